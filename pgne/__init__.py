@@ -1,0 +1,3 @@
+"""pgne: PostgreSQL LISTEN/NOTIFY exporter for Prometheus."""
+
+__version__ = "0.1.0"

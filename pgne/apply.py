@@ -1,0 +1,87 @@
+"""Runs the rendered SQL on a database: `pgne apply`, and perform_setup in the worker.
+
+Compare first: a database that already matches the config is not touched (no DDL, no lock
+on application tables). Otherwise the script that `pgne render-sql` prints for that database
+runs as it is, in its own BEGIN ... COMMIT, under an advisory lock and a lock_timeout.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import psycopg2
+
+from pgne.config import Database
+from pgne.drift import Difference, find_differences, read_inventory
+from pgne.render import Renderer
+
+log = logging.getLogger(__name__)
+
+UP_TO_DATE, APPLIED, WOULD_APPLY, FAILED = "up to date", "applied", "would apply", "FAILED"
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    database: Database
+    outcome: str
+    detail: str = ""
+    changes: tuple[Difference, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome != FAILED
+
+    def line(self) -> str:
+        text = f"{self.database.display_name}: {self.outcome}"
+        return f"{text}: {self.detail}" if self.detail else text
+
+
+def pg_error_text(exc: psycopg2.Error) -> str:
+    """The server's message, first line only (libpq errors never contain the password)."""
+    text = (getattr(exc, "pgerror", None) or str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def apply_on_connection(conn, database: Database, renderer: Renderer, dry_run: bool = False) -> ApplyResult:
+    """Apply on an open connection (autocommit is switched on for the duration)."""
+    previous_autocommit = conn.autocommit
+    conn.autocommit = True
+    try:
+        changes = [d for d in find_differences(read_inventory(conn, database), database, renderer)
+                   if d.kind != "extra"]
+        missing_tables = [d.what for d in changes if d.kind == "missing_table"]
+        if missing_tables:
+            return ApplyResult(database, FAILED, "; ".join(missing_tables) + " (nothing applied)",
+                               tuple(changes))
+        if not changes:
+            return ApplyResult(database, UP_TO_DATE)
+        summary = f"{len(changes)} change{'s' if len(changes) != 1 else ''}: " + "; ".join(map(str, changes))
+        if dry_run:
+            return ApplyResult(database, WOULD_APPLY, summary, tuple(changes))
+        script = renderer.render_database(database)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(script)  # no parameters: psycopg2 sends the text as it is
+        except psycopg2.Error as exc:
+            if not conn.closed:
+                with conn.cursor() as cur:  # the script's BEGIN left an aborted transaction
+                    cur.execute("ROLLBACK")
+            return ApplyResult(database, FAILED, pg_error_text(exc) + " (nothing applied)", tuple(changes))
+        return ApplyResult(database, APPLIED, summary, tuple(changes))
+    finally:
+        if not conn.closed:
+            conn.autocommit = previous_autocommit
+
+
+def apply_database(database: Database, renderer: Renderer, dry_run: bool = False) -> ApplyResult:
+    """Connect, apply, disconnect. Connection errors become a FAILED result."""
+    try:
+        conn = psycopg2.connect(**database.connect_kwargs())
+    except psycopg2.Error as exc:
+        return ApplyResult(database, FAILED, f"cannot connect: {pg_error_text(exc)}")
+    try:
+        return apply_on_connection(conn, database, renderer, dry_run)
+    except psycopg2.Error as exc:
+        return ApplyResult(database, FAILED, pg_error_text(exc))
+    finally:
+        conn.close()

@@ -1,0 +1,108 @@
+"""The `pgne` command line: a thin argparse layer over pgne.commands.
+
+User errors (UserError) are caught here, once: message lines on stderr, exit 2 for an
+invalid config or usage, 1 for a runtime failure. No traceback unless --debug.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+
+from pgne import __version__, commands
+from pgne.config import load_config, config_path
+from pgne.errors import EXIT_RUNTIME, UserError
+from pgne.render import DEFAULT_LOCK_TIMEOUT, Renderer
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 3600 seconds")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", help="config file (default: $PGNE_CONFIG, else config/events_config.yml)")
+    common.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
+    common.add_argument("--templates", action="append", default=[], metavar="DIR",
+                        help="a folder of SQL templates searched before the built-in ones (repeatable)")
+    common.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+
+    select = argparse.ArgumentParser(add_help=False)
+    select.add_argument("--host", help="only the databases of this host")
+    select.add_argument("--database", help="only databases of this name")
+
+    lock = argparse.ArgumentParser(add_help=False)
+    lock.add_argument("--lock-timeout", type=_positive_seconds, default=DEFAULT_LOCK_TIMEOUT, metavar="SECONDS",
+                      help=f"lock_timeout for DDL on application tables (default {DEFAULT_LOCK_TIMEOUT:g})")
+
+    parser = argparse.ArgumentParser(prog="pgne", description="PostgreSQL LISTEN/NOTIFY exporter for Prometheus.")
+    parser.add_argument("--version", action="version", version=f"pgne {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("check", parents=[common], help="validate the config and its templates")
+    sub.add_parser("render-sql", parents=[common, select, lock],
+                   help="print the SQL that apply would run, without connecting")
+    p_apply = sub.add_parser("apply", parents=[common, select, lock],
+                             help="install/update/remove pgne's triggers and functions")
+    p_apply.add_argument("--dry-run", action="store_true", help="change nothing; say what would run")
+    p_run = sub.add_parser("run", parents=[common, lock], help="run the exporter")
+    p_run.add_argument("--listen-address", default="0.0.0.0:9292", metavar="HOST:PORT",
+                       help="where /metrics is served (default 0.0.0.0:9292)")
+    p_run.add_argument("--state-dir", metavar="DIR",
+                       help="multiprocess metrics directory (default: $PROMETHEUS_MULTIPROC_DIR, "
+                            "else a private temporary directory)")
+    sub.add_parser("status", parents=[common, select], help="compare the databases with the config")
+    return parser
+
+
+def _parse_listen_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--listen-address {text!r}: expected HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        renderer = Renderer(args.templates, lock_timeout=getattr(args, "lock_timeout", DEFAULT_LOCK_TIMEOUT))
+        path = config_path(args.config)
+        config = load_config(path, renderer)
+        if args.command == "check":
+            return commands.check(config, renderer)
+        if args.command == "render-sql":
+            return commands.render_sql(config, renderer, args.host, args.database)
+        if args.command == "apply":
+            return commands.apply(config, renderer, args.host, args.database, dry_run=args.dry_run)
+        if args.command == "status":
+            return commands.status(config, renderer, args.host, args.database)
+        if args.command == "run":
+            renderer.check(config)
+            from pgne.master import run  # imports prometheus_client: only after the state dir is known
+
+            return run(config, renderer, args, _parse_listen_address(args.listen_address))
+        raise AssertionError(args.command)
+    except UserError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `pgne render-sql | head`
+        return EXIT_RUNTIME
+    except Exception as exc:  # a bug: say so plainly
+        if args.debug:
+            traceback.print_exc()
+        print(f"pgne: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_RUNTIME

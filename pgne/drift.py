@@ -1,0 +1,130 @@
+"""Compares a live database with what the config says pgne should have installed there.
+
+Used by `pgne apply` (compare first: an up-to-date database is left alone), by perform_setup
+at every (re)connect, by `pgne status`, and by the worker's `pgne_trigger_installed` gauge.
+Every query takes parameters; nothing is formatted into SQL.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pgne.config import EVENTS, Database, Monitor
+from pgne.render import SCHEMA, TRIGGER_SPECS, Renderer, function_name, qualified_table, trigger_name
+
+TRIGGER_NAMES = tuple(trigger_name(e) for e in EVENTS)
+
+_TRIGGERS_SQL = """
+SELECT n.nspname, c.relname, t.tgname, pn.nspname, p.proname,
+       t.tgtype, t.tgenabled, t.tgqual IS NULL, t.tgnargs, t.tgnewtable, t.tgoldtable
+FROM pg_catalog.pg_trigger t
+JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+WHERE NOT t.tgisinternal AND t.tgparentid = 0 AND t.tgname = ANY(%s)
+"""
+
+_FUNCTIONS_SQL = """
+SELECT p.proname, pg_catalog.obj_description(p.oid, 'pg_proc')
+FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = %s
+"""
+
+
+@dataclass(frozen=True)
+class Difference:
+    kind: str  # missing_table, missing, outdated, unwanted, extra
+    what: str  # e.g. 'trigger pgne_insert on public.one'
+
+    def __str__(self) -> str:
+        return f"{self.kind.replace('_', ' ')}: {self.what}"
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """pgne's objects as found in one database."""
+
+    schema_exists: bool
+    functions: dict[str, str | None]  # name in schema pgne -> comment
+    triggers: dict[tuple[str, str, str], tuple]  # (schema, table, trigger) -> pg_trigger facts
+    existing_tables: frozenset[tuple[str, str]]
+
+
+def read_inventory(conn, database: Database) -> Inventory:
+    with conn.cursor() as cur:
+        cur.execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = %s)", (SCHEMA,))
+        schema_exists = cur.fetchone()[0]
+        cur.execute(_FUNCTIONS_SQL, (SCHEMA,))
+        functions = dict(cur.fetchall())
+        cur.execute(_TRIGGERS_SQL, (list(TRIGGER_NAMES),))
+        triggers = {(row[0], row[1], row[2]): row[3:] for row in cur.fetchall()}
+        existing = set()
+        for monitor in database.monitors:
+            cur.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (qualified_table(monitor),))
+            if cur.fetchone()[0]:
+                existing.add((monitor.schema, monitor.table))
+    return Inventory(schema_exists, functions, triggers, frozenset(existing))
+
+
+def trigger_matches(monitor: Monitor, event: str, facts: tuple | None) -> bool:
+    """Does the pg_trigger row `facts` hold exactly the trigger pgne creates for `event`?"""
+    if facts is None:
+        return False
+    fn_schema, fn_name, tgtype, tgenabled, no_qual, nargs, new_table, old_table = facts
+    spec = TRIGGER_SPECS[event]
+    return (fn_schema == SCHEMA and fn_name == function_name(monitor) and tgtype == spec.tgtype
+            and tgenabled == "O" and no_qual and nargs == 0
+            and new_table == spec.new_table and old_table == spec.old_table)
+
+
+def find_differences(inventory: Inventory, database: Database, renderer: Renderer) -> list[Difference]:
+    """What `apply` would change. Objects the config does not name at all are `extra`."""
+    diffs: list[Difference] = []
+    enabled = set(database.enabled_monitors)
+    if database.enabled and not inventory.schema_exists:
+        diffs.append(Difference("missing", f"schema {SCHEMA}"))
+    named_functions: set[str] = set()
+    named_tables: set[tuple[str, str]] = set()
+    for monitor in database.monitors:
+        fn = function_name(monitor)
+        named_functions.add(fn)
+        named_tables.add((monitor.schema, monitor.table))
+        table = monitor.qualified_name
+        if monitor in enabled:
+            if (monitor.schema, monitor.table) not in inventory.existing_tables:
+                diffs.append(Difference("missing_table", f"table {table} does not exist"))
+                continue
+            if fn not in inventory.functions:
+                diffs.append(Difference("missing", f"function {SCHEMA}.{fn} for {table}"))
+            elif inventory.functions[fn] != renderer.render_monitor(database, monitor).comment:
+                diffs.append(Difference("outdated", f"function {SCHEMA}.{fn} for {table}"))
+        elif fn in inventory.functions:
+            diffs.append(Difference("unwanted", f"function {SCHEMA}.{fn} for disabled {table}"))
+        for event in EVENTS:
+            facts = inventory.triggers.get((monitor.schema, monitor.table, trigger_name(event)))
+            wanted = monitor in enabled and event in monitor.events
+            where = f"trigger {trigger_name(event)} on {table}"
+            if wanted and facts is None:
+                diffs.append(Difference("missing", where))
+            elif wanted and not trigger_matches(monitor, event, facts):
+                diffs.append(Difference("outdated", where))
+            elif not wanted and facts is not None:
+                diffs.append(Difference("unwanted", where))
+    if not database.enabled and inventory.schema_exists:
+        diffs.append(Difference("unwanted", f"schema {SCHEMA} in a disabled database"))
+    for fn in sorted(set(inventory.functions) - named_functions):
+        diffs.append(Difference("extra", f"function {SCHEMA}.{fn} (not named by the config)"))
+    for (schema, table, trigger), facts in sorted(inventory.triggers.items()):
+        if (schema, table) not in named_tables and facts[0] == SCHEMA:
+            diffs.append(Difference("extra", f"trigger {trigger} on {schema}.{table} (not named by the config)"))
+    return diffs
+
+
+def installed_triggers(inventory: Inventory, database: Database) -> dict[tuple[str, str, str], bool]:
+    """(schema, table, event) -> is pgne's trigger there and as rendered; for the gauge."""
+    return {
+        (monitor.schema, monitor.table, event): trigger_matches(
+            monitor, event, inventory.triggers.get((monitor.schema, monitor.table, trigger_name(event))))
+        for monitor in database.enabled_monitors
+        for event in monitor.events
+    }

@@ -1,0 +1,220 @@
+"""Renders the SQL that `pgne apply` runs, from Jinja templates in `sql_templates/`.
+
+One renderer serves `check`, `render-sql`, `apply`, `status` and perform_setup, so what a DBA
+reviews is what runs. Every identifier and literal taken from the config goes through the
+`ident` / `literal` filters; nothing is built by string formatting from config values.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import jinja2
+import jinja2.meta
+
+from pgne import __version__
+from pgne.config import EVENTS, OTHER, Config, Database, Monitor, TemplateCatalog
+from pgne.errors import UserError
+from pgne.resources import builtin_templates_dir
+
+TEMPLATE_SUFFIX = ".sql.j2"
+DATABASE_TEMPLATE = "_database.sql.j2"  # the per-database skeleton; `_` names are internal
+SCHEMA = "pgne"
+NEW_TABLE = "pgne_new"  # transition table names the triggers declare (REFERENCING ... AS)
+OLD_TABLE = "pgne_old"
+ADVISORY_LOCK_KEY = 0x70676E65  # "pgne": serialises concurrent applies on one database
+DEFAULT_LOCK_TIMEOUT = 5.0
+COMMENT_PREFIX = "pgne sha256:"
+
+
+def quote_ident(name: str) -> str:
+    """A PostgreSQL identifier, always double-quoted (so case and punctuation survive)."""
+    if "\x00" in name:
+        raise ValueError("identifiers cannot contain NUL")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: object) -> str:
+    """A PostgreSQL string literal; E'' form when backslashes are present, like psycopg2."""
+    text = str(value)
+    if "\x00" in text:
+        raise ValueError("literals cannot contain NUL")
+    text = text.replace("'", "''")
+    if "\\" in text:
+        return "E'" + text.replace("\\", "\\\\") + "'"
+    return "'" + text + "'"
+
+
+def dollar_quote(body: str) -> str:
+    """Wrap a function body in a dollar-quote tag that does not occur in it."""
+    tag, n = "$pgne$", 0
+    while tag in body:
+        n += 1
+        tag = f"$pgne{n}$"
+    return f"{tag}{body}{tag}"
+
+
+def sql_comment(value: object) -> str:
+    """A config value inside a `--` comment: JSON-escaped, so a newline cannot end the comment."""
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class TriggerSpec:
+    """What pg_trigger holds for an AFTER ... FOR EACH STATEMENT trigger on one event."""
+
+    tgtype: int  # TRIGGER_TYPE_* bits: INSERT 4, DELETE 8, UPDATE 16, TRUNCATE 32; no ROW/BEFORE bit
+    new_table: str | None
+    old_table: str | None
+
+
+TRIGGER_SPECS = {
+    "INSERT": TriggerSpec(4, NEW_TABLE, None),
+    "UPDATE": TriggerSpec(16, NEW_TABLE, None),
+    "DELETE": TriggerSpec(8, None, OLD_TABLE),
+    "TRUNCATE": TriggerSpec(32, None, None),  # no transition tables on TRUNCATE
+}
+
+
+def function_name(monitor: Monitor) -> str:
+    """Deterministic, at most 63 bytes: a readable part plus a hash of the exact table name."""
+    digest = hashlib.sha256(f"{monitor.schema}\x00{monitor.table}".encode()).hexdigest()[:10]
+    readable = re.sub(r"[^a-z0-9_]+", "_", f"{monitor.schema}_{monitor.table}".lower()).strip("_")
+    return f"{readable[:40]}_{digest}"
+
+
+def qualified_function(monitor: Monitor) -> str:
+    return f"{quote_ident(SCHEMA)}.{quote_ident(function_name(monitor))}"
+
+
+def qualified_table(monitor: Monitor) -> str:
+    return f"{quote_ident(monitor.schema)}.{quote_ident(monitor.table)}"
+
+
+def trigger_name(event: str) -> str:
+    return f"pgne_{event.lower()}"
+
+
+def body_comment(create_function_sql: str) -> str:
+    """The COMMENT stored on each function: lets `status` see an out-of-date body."""
+    return COMMENT_PREFIX + hashlib.sha256(create_function_sql.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RenderedMonitor:
+    monitor: Monitor
+    function_name: str  # unquoted, in schema pgne
+    create_function: str  # CREATE OR REPLACE FUNCTION ... ; as rendered from the template
+    comment: str  # what COMMENT ON FUNCTION stores
+
+
+class Renderer(TemplateCatalog):
+    """Jinja environment over the user's template folders, then the built-in ones."""
+
+    def __init__(self, template_dirs: Sequence[str | Path] = (), lock_timeout: float = DEFAULT_LOCK_TIMEOUT):
+        for directory in template_dirs:
+            if not Path(directory).is_dir():
+                raise UserError(f"--templates {directory}: not a directory")
+        self.search_path = [str(d) for d in template_dirs] + [str(builtin_templates_dir())]
+        self.lock_timeout = lock_timeout
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(self.search_path),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.filters.update(ident=quote_ident, literal=quote_literal, dollar_quote=dollar_quote,
+                                comment=sql_comment)
+        self._uses_labels: dict[str, bool] = {}
+
+    # -- TemplateCatalog: what config validation asks ------------------------------------
+
+    def _source(self, name: str) -> str:
+        source, _, _ = self.env.loader.get_source(self.env, name + TEMPLATE_SUFFIX)
+        return source
+
+    def problem(self, name: str) -> str | None:
+        if name.startswith("_"):
+            return f"{name!r} is an internal template, not a trigger function"
+        try:
+            source = self._source(name)
+        except jinja2.TemplateNotFound:
+            return (f"no template {name + TEMPLATE_SUFFIX!r} (searched {', '.join(self.search_path)})")
+        try:
+            self.env.parse(source)
+        except jinja2.TemplateSyntaxError as exc:
+            return f"template {name!r} line {exc.lineno}: {exc.message}"
+        return None
+
+    def uses_labels(self, name: str) -> bool:
+        if name not in self._uses_labels:
+            ast = self.env.parse(self._source(name))
+            self._uses_labels[name] = "columns_to_label" in jinja2.meta.find_undeclared_variables(ast)
+        return self._uses_labels[name]
+
+    # -- rendering -----------------------------------------------------------------------
+
+    def render_monitor(self, database: Database, monitor: Monitor) -> RenderedMonitor:
+        """CREATE OR REPLACE FUNCTION for one monitor, from its template."""
+        name = function_name(monitor)
+        context = {
+            "function_name": f"{quote_ident(SCHEMA)}.{quote_ident(name)}",
+            "table_name": monitor.qualified_name,
+            "schema_name": monitor.schema,
+            "relation_name": monitor.table,
+            "events": list(monitor.events),
+            "columns_to_label": list(monitor.label_columns),
+            "other": OTHER,
+            "channel": database.channel,
+            "new_table": NEW_TABLE,
+            "old_table": OLD_TABLE,
+            "database": {"host": database.host, "port": database.port,
+                         "name": database.name, "tag": database.tag},
+        }
+        template_name = monitor.function + TEMPLATE_SUFFIX
+        try:
+            sql = self.env.get_template(template_name).render(context)
+        except jinja2.TemplateError as exc:
+            lineno = getattr(exc, "lineno", None)
+            where = f" line {lineno}" if lineno else ""
+            raise UserError(f"template {monitor.function!r}{where}: {exc} "
+                            f"(rendering {monitor.location or monitor.qualified_name})") from None
+        except ValueError as exc:  # a NUL from the quoting filters
+            raise UserError(f"{monitor.location}: {exc}") from None
+        sql = sql.strip() + "\n"
+        return RenderedMonitor(monitor, name, sql, body_comment(sql))
+
+    def render_database(self, database: Database) -> str:
+        """The whole script for one database: header comment, then BEGIN ... COMMIT."""
+        enabled = [self.render_monitor(database, m) for m in database.enabled_monitors]
+        dropped = [m for m in database.monitors if m not in database.enabled_monitors]
+        template = self.env.get_template(DATABASE_TEMPLATE)
+        return template.render(
+            version=__version__,
+            database=database,
+            schema=SCHEMA,
+            enabled=enabled,
+            dropped=dropped,
+            all_events=EVENTS,
+            trigger_specs=TRIGGER_SPECS,
+            lock_key=ADVISORY_LOCK_KEY,
+            lock_timeout=f"{int(self.lock_timeout * 1000)}ms",
+            new_table=NEW_TABLE,
+            old_table=OLD_TABLE,
+            qualified_table=qualified_table,
+            qualified_function=qualified_function,
+            trigger_name=trigger_name,
+        )
+
+    def render_config(self, databases: Iterable[Database]) -> str:
+        return "\n".join(self.render_database(d) for d in databases)
+
+    def check(self, config: Config) -> None:
+        """Render everything once, so that `check` catches template errors too."""
+        self.render_config(config.databases)

@@ -1,0 +1,52 @@
+"""Packaging for pgne.
+
+The SQL templates and the config's JSON Schema live at the top of the repository
+(`sql_templates/`, `schema/`) where a DBA finds them, and are installed *inside* the
+package as `pgne.sql_templates` and `pgne.schema`, so that a plain `pip install .`
+finds them from any directory (pgne/resources.py resolves them).
+"""
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "pgne" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="pgne",
+    version=VERSION,
+    description="PostgreSQL LISTEN/NOTIFY exporter for Prometheus",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=["pgne", "pgne.sql_templates", "pgne.schema"],
+    package_dir={
+        "pgne": "pgne",
+        "pgne.sql_templates": "sql_templates",
+        "pgne.schema": "schema",
+    },
+    package_data={
+        "pgne.sql_templates": ["*.sql.j2"],
+        "pgne.schema": ["*.json"],
+    },
+    include_package_data=False,
+    install_requires=[
+        "psycopg2-binary>=2.9",
+        "prometheus_client>=0.20",
+        "Jinja2>=3.0",
+        "jsonschema>=4.0",
+        "PyYAML>=5.4",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7",
+            "pytest-timeout>=2",
+            "hypothesis>=6",
+            "supervisor>=4.2",
+            "ruff>=0.4",
+        ],
+    },
+    entry_points={"console_scripts": ["pgne = pgne.cli:main"]},
+)
