@@ -54,7 +54,7 @@ class Monitor:
     function: str  # template name
     events: tuple[str, ...]  # upper case, in config order
     label_columns: tuple[LabelColumn, ...] = ()
-    location: str = ""  # "localhost > test > monitors[0]", for messages
+    location: str = field(default="", compare=False)  # "localhost > test > monitors[0]", for messages
 
     @property
     def qualified_name(self) -> str:
@@ -79,7 +79,7 @@ class Database:
     channel: str = DEFAULT_CHANNEL
     sslmode: str | None = None
     connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
-    location: str = ""
+    location: str = field(default="", compare=False)
 
     @property
     def key(self) -> tuple[str, int, str]:

@@ -1,0 +1,125 @@
+"""The master's HTTP server: /metrics, a landing page at /, and /-/healthy.
+
+Each connection is handled in its own thread (ThreadingHTTPServer), so a slow client cannot
+block the others. /metrics reads every process's multiprocess files through a fresh
+CollectorRegistry with a MultiProcessCollector per scrape, as prometheus_client documents.
+"""
+from __future__ import annotations
+
+import html
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from pgne import __version__
+
+log = logging.getLogger("pgne.http")
+
+
+def collect(state_dir: str) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=state_dir)
+    return registry
+
+
+def database_rows(registry: CollectorRegistry) -> list[tuple[str, str, str, float, float | None]]:
+    """(host, database, tag, up, last event time) per database, for the landing page."""
+    up: dict[tuple[str, str], tuple[str, float]] = {}
+    last: dict[tuple[str, str], float] = {}
+    for family in registry.collect():
+        if family.name == "pgne_database_up":
+            for s in family.samples:
+                up[(s.labels["host"], s.labels["database"])] = (s.labels.get("tag", ""), s.value)
+        elif family.name == "pgne_last_event_timestamp_seconds":
+            for s in family.samples:
+                key = (s.labels["host"], s.labels["database"])
+                if s.value > last.get(key, 0):
+                    last[key] = s.value
+    return [(host, db, tag, value, last.get((host, db)) or None)
+            for (host, db), (tag, value) in sorted(up.items())]
+
+
+def landing_page(rows: Iterable[tuple[str, str, str, float, float | None]]) -> bytes:
+    def cell(text: object) -> str:
+        return f"<td>{html.escape(str(text))}</td>"
+
+    body = []
+    for host, db, tag, up, last in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last)) if last else "never"
+        body.append("<tr>" + cell(host) + cell(db) + cell(tag) + cell("up" if up else "DOWN") + cell(when) + "</tr>")
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>pgne</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em 1em;text-align:left}}</style></head>
+<body><h1>pgne {html.escape(__version__)}</h1>
+<p>PostgreSQL LISTEN/NOTIFY exporter. <a href="/metrics">Metrics</a> · <a href="/-/healthy">Health</a></p>
+<table><tr><th>host</th><th>database</th><th>tag</th><th>state</th><th>last event</th></tr>
+{''.join(body)}
+</table></body></html>
+"""
+    return page.encode("utf-8")
+
+
+def make_handler(state_dir: str) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = f"pgne/{__version__}"
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            path = self.path.split("?", 1)[0]
+            try:
+                if path == "/metrics":
+                    encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                    self._send(200, content_type, encoder(collect(state_dir)))
+                elif path == "/":
+                    self._send(200, "text/html; charset=utf-8", landing_page(database_rows(collect(state_dir))))
+                elif path == "/-/healthy":
+                    self._send(200, "text/plain; charset=utf-8", b"OK\n")
+                else:
+                    self._send(404, "text/plain; charset=utf-8", b"Not found\n")
+            except BrokenPipeError:
+                pass
+
+        def _send(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            log.debug("%s %s", self.address_string(), format % args)
+
+    return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class MetricsServer:
+    def __init__(self, address: tuple[str, int], state_dir: str):
+        server_class = _Server6 if ":" in address[0] else _Server
+        self.httpd = server_class(address, make_handler(state_dir))
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="pgne-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

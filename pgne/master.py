@@ -1,0 +1,290 @@
+"""`pgne run`: the master process.
+
+It prepares the multiprocess metrics directory, serves HTTP, and keeps one worker per enabled
+database alive (plus a one-off teardown worker for a disabled database with perform_setup).
+
+Workers are started with fork+exec (`python -m pgne.worker`), so no lock held by the HTTP
+thread or prometheus_client is ever inherited. Signal handlers only set flags and wake the
+main loop through signal.set_wakeup_fd; the loop reaps with waitpid(-1, WNOHANG), calls
+mark_process_dead(pid) for every reaped worker, and restarts workers with backoff.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pgne import __version__
+from pgne.config import Config, Database, load_config
+from pgne.errors import EXIT_OK, UserError
+from pgne.render import Renderer
+
+log = logging.getLogger("pgne.master")
+
+STOP_GRACE = 5.0  # SIGTERM to workers, then SIGKILL: the master exits well within 10 s
+RESTART_BACKOFF_FIRST, RESTART_BACKOFF_MAX = 1.0, 30.0
+STABLE_AFTER = 60.0  # a worker that ran this long restarts with the first delay again
+LOOP_TICK = 0.5
+
+
+def prepare_state_dir(requested: str | None) -> tuple[str, bool]:
+    """(directory, remove at exit). Wipes old *.db files: stale counts must not be served."""
+    requested = requested or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if requested:
+        path = Path(requested)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            for stale in path.glob("*.db"):
+                stale.unlink()
+        except OSError as exc:
+            raise UserError(f"--state-dir {requested}: {exc.strerror or exc}", exit_code=1) from None
+        return str(path.resolve()), False
+    return tempfile.mkdtemp(prefix="pgne-metrics-"), True
+
+
+@dataclass
+class WorkerSlot:
+    """One database's worker, across its restarts."""
+
+    database: Database
+    mode: str
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restart_at: float | None = 0.0  # when to (re)start; None: do not
+    failures: int = 0
+    restarts_counted: bool = field(default=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+
+class Master:
+    def __init__(self, config: Config, renderer: Renderer, args: argparse.Namespace,
+                 listen: tuple[str, int], state_dir: str):
+        from pgne.http import MetricsServer
+        from pgne.metrics import MasterMetrics
+
+        self.config = config
+        self.renderer = renderer
+        self.args = args
+        self.state_dir = state_dir
+        self.metrics = MasterMetrics(__version__)
+        self.server = MetricsServer(listen, state_dir)
+        self.slots: dict[tuple, WorkerSlot] = {}
+        self.flags: set[int] = set()
+        self.stopping = False
+        self.wakeup_r, self.wakeup_w = os.pipe()
+        for fd in (self.wakeup_r, self.wakeup_w):
+            os.set_blocking(fd, False)
+
+    # -- signals -------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.flags.add(signum)  # only a flag: the main loop acts on it
+
+    def install_signal_handlers(self) -> None:
+        signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def _slots_for(self, config: Config) -> dict[tuple, WorkerSlot]:
+        from pgne.worker import LISTEN, TEARDOWN
+
+        slots = {}
+        for db in config.databases:
+            if db.enabled:
+                slots[db.key] = WorkerSlot(db, LISTEN)
+            elif db.perform_setup:
+                slots[db.key] = WorkerSlot(db, TEARDOWN)
+        return slots
+
+    def _spawn(self, slot: WorkerSlot) -> None:
+        from pgne.worker import WorkerSpec, encode_spec
+
+        spec = WorkerSpec(
+            database=slot.database,
+            label_names=self.config.label_names,
+            mode=slot.mode,
+            template_dirs=tuple(self.renderer.search_path[:-1]),
+            lock_timeout=self.renderer.lock_timeout,
+            log_level=self.args.log_level,
+            master_pid=os.getpid(),
+        )
+        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=self.state_dir)
+        process = subprocess.Popen([sys.executable, "-m", "pgne.worker"], stdin=subprocess.PIPE, env=env,
+                                   close_fds=True)
+        try:
+            process.stdin.write(encode_spec(spec))
+            process.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died at once; the reaper sees it
+        # process.stdin stays open: its EOF tells the worker that we are gone.
+        slot.process, slot.started_at, slot.restart_at = process, time.monotonic(), None
+        log.info("%s: %s worker started (pid %d)", slot.database.display_name, slot.mode, process.pid)
+
+    def _stop_slot(self, slot: WorkerSlot) -> None:
+        if slot.process and slot.process.returncode is None:
+            slot.process.terminate()
+
+    def _reap(self) -> None:
+        from prometheus_client.multiprocess import mark_process_dead
+
+        from pgne.worker import EXIT_TEARDOWN_FAILED, TEARDOWN
+
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            mark_process_dead(pid, self.state_dir)
+            code = os.waitstatus_to_exitcode(status)
+            slot = next((s for s in self.slots.values() if s.pid == pid), None)
+            if slot is None:  # a worker of a slot we already replaced (reload)
+                continue
+            slot.process.returncode = code
+            slot.process.stdin.close()
+            name = slot.database.display_name
+            if self.stopping:
+                continue
+            if slot.mode == TEARDOWN and code in (0, EXIT_TEARDOWN_FAILED):
+                log.info("%s: teardown %s", name, "done" if code == 0 else "failed (see above); not retried")
+                slot.restart_at = None
+                continue
+            ran = time.monotonic() - slot.started_at
+            slot.failures = 1 if ran >= STABLE_AFTER else slot.failures + 1
+            delay = min(RESTART_BACKOFF_FIRST * 2 ** (slot.failures - 1), RESTART_BACKOFF_MAX)
+            slot.restart_at = time.monotonic() + delay
+            how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            log.error("%s: worker (pid %d) %s; restarting in %.0f s", name, pid, how, delay)
+
+    def _start_due(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots.values():
+            if slot.restart_at is not None and slot.restart_at <= now:
+                if slot.process is not None:  # not the first start
+                    db = slot.database
+                    self.metrics.worker_restarts.labels(db.host, db.name).inc()
+                self._spawn(slot)
+
+    def _init_series(self) -> None:
+        for slot in self.slots.values():
+            db = slot.database
+            if slot.mode == "listen":
+                self.metrics.database_up.labels(db.host, db.name, db.tag).set(0)
+                self.metrics.worker_restarts.labels(db.host, db.name).inc(0)
+
+    # -- reload (SIGHUP) -----------------------------------------------------------------------
+
+    def reload(self) -> None:
+        path = self.config.path
+        try:
+            config = load_config(path, self.renderer)
+            self.renderer.check(config)
+        except UserError as exc:
+            for line in exc.lines:
+                log.error("reload: %s", line)
+            log.error("reload: the config above is invalid; the running config stays")
+            self.metrics.reload_ok.set(0)
+            return
+        old_labels = self.config.label_names
+        self.config = config
+        wanted = self._slots_for(config)
+        restart_all = config.label_names != old_labels  # pgne_events_total changes its label names
+        for key, slot in list(self.slots.items()):
+            new = wanted.get(key)
+            if new is not None and new.database == slot.database and new.mode == slot.mode and not restart_all:
+                continue
+            self._stop_slot(slot)
+            del self.slots[key]
+            log.info("%s: %s in the new config", slot.database.display_name,
+                     "changed" if new else "removed")
+            if new is None and slot.database.perform_setup and slot.mode == "listen":
+                wanted[key] = WorkerSlot(dataclasses.replace(slot.database, enabled=False), "teardown")
+        for key, slot in wanted.items():
+            self.slots.setdefault(key, slot)
+        self._init_series()
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_time.set(time.time())
+        log.info("reload: %s loaded", path)
+
+    # -- main loop -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.slots = self._slots_for(self.config)
+        self._init_series()
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_time.set(time.time())
+        self.install_signal_handlers()
+        self.server.start()
+        log.info("pgne %s serving http://%s:%d/metrics; %d worker(s); state dir %s", __version__,
+                 self.args.listen_address.rpartition(":")[0], self.server.port, len(self.slots), self.state_dir)
+        try:
+            while True:
+                self._start_due()
+                select.select([self.wakeup_r], [], [], LOOP_TICK)
+                try:
+                    os.read(self.wakeup_r, 512)
+                except BlockingIOError:
+                    pass
+                self._reap()
+                if self.flags & {signal.SIGTERM, signal.SIGINT}:
+                    log.info("stopping")
+                    break
+                if signal.SIGHUP in self.flags:
+                    self.flags.discard(signal.SIGHUP)
+                    log.info("SIGHUP: reloading %s", self.config.path)
+                    self.reload()
+        finally:
+            self.shutdown()
+        return EXIT_OK
+
+    def shutdown(self) -> None:
+        self.stopping = True
+        running = [s for s in self.slots.values() if s.process and s.process.returncode is None]
+        for slot in running:
+            slot.process.terminate()
+        deadline = time.monotonic() + STOP_GRACE
+        while time.monotonic() < deadline and any(s.process.returncode is None for s in running):
+            self._reap()
+            time.sleep(0.05)
+        for slot in running:
+            if slot.process.returncode is None:
+                log.warning("%s: worker (pid %d) ignored SIGTERM; killing it",
+                            slot.database.display_name, slot.pid)
+                slot.process.kill()
+        for slot in running:
+            if slot.process.returncode is None:
+                slot.process.wait()
+                slot.process.stdin.close()
+        self.server.stop()
+
+
+def run(config: Config, renderer: Renderer, args: argparse.Namespace, listen: tuple[str, int]) -> int:
+    if "prometheus_client" in sys.modules and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        raise RuntimeError("prometheus_client was imported before the multiprocess directory was set")
+    state_dir, remove_at_exit = prepare_state_dir(args.state_dir)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = state_dir  # before anything imports prometheus_client
+    try:
+        try:
+            master = Master(config, renderer, args, listen, state_dir)
+        except OSError as exc:
+            raise UserError(f"--listen-address {args.listen_address}: {exc.strerror or exc}", exit_code=1) from None
+        return master.run()
+    finally:
+        if remove_at_exit:
+            shutil.rmtree(state_dir, ignore_errors=True)

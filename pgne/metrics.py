@@ -1,0 +1,84 @@
+"""pgne's Prometheus metrics, in prometheus_client's multiprocess mode.
+
+prometheus_client picks its value class when it is first imported: PROMETHEUS_MULTIPROC_DIR
+must be set before *any* import of it, in every process that counts, or that process counts
+into memory nobody scrapes. So this module refuses to load without it, and the master imports
+it only after preparing the directory (workers get the variable in their environment).
+
+Every Gauge has an explicit multiprocess_mode:
+- `livemax` for what a live process asserts: the master writes pgne_database_up 0 for every
+  database, the worker 1 while listening; when a worker dies, the master's
+  mark_process_dead() removes its file and the series reads 0, never absent.
+- `max` for timestamps, `mostrecent` for readings taken by the worker.
+Counters of dead workers stay in their files and keep adding to the total: counts survive
+worker restarts.
+"""
+from __future__ import annotations
+
+import os
+
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # pragma: no cover - a programming error
+    raise RuntimeError("pgne.metrics imported before PROMETHEUS_MULTIPROC_DIR was set")
+
+from prometheus_client import Counter, Gauge  # noqa: E402
+
+from pgne.config import BUILTIN_LABELS  # noqa: E402
+from pgne.payload import RESULTS  # noqa: E402
+
+DATABASE_LABELS = ("host", "database")
+
+# Label order of pgne_events_total: operation, host, database, tag, schema, table, then columns.
+assert BUILTIN_LABELS == ("operation", "host", "database", "tag", "schema", "table")
+
+
+class WorkerMetrics:
+    """The metrics one worker writes, with children for its database bound once."""
+
+    def __init__(self, host: str, database: str, tag: str, label_names: tuple[str, ...]):
+        self.host, self.database, self.tag = host, database, tag
+        names = BUILTIN_LABELS + label_names
+        self.events = Counter("pgne_events_total", "Rows counted, by table, operation and label values.", names, registry=None)
+        self.last_event = Gauge("pgne_last_event_timestamp_seconds",
+                                "Unix time of the last counted event of the series.", names,
+                                multiprocess_mode="max", registry=None)
+        self.up = Gauge("pgne_database_up", "1 while the worker is connected and listening, else 0.",
+                        ("host", "database", "tag"), multiprocess_mode="livemax", registry=None).labels(host, database, tag)
+        notifications = Counter("pgne_notifications_total", "Notifications received, by result.",
+                                DATABASE_LABELS + ("result",), registry=None)
+        self.notifications = {r: notifications.labels(host, database, r) for r in RESULTS}
+        self.reconnects = Counter("pgne_reconnects_total", "Connection attempts after the first one.",
+                                  DATABASE_LABELS, registry=None).labels(host, database)
+        self.queue_usage = Gauge("pgne_notify_queue_usage_ratio",
+                                 "pg_notification_queue_usage() at the last heartbeat.", DATABASE_LABELS,
+                                 multiprocess_mode="mostrecent", registry=None).labels(host, database)
+        self.trigger_installed = Gauge("pgne_trigger_installed",
+                                       "1 if pgne's trigger is installed as configured, else 0.",
+                                       DATABASE_LABELS + ("schema", "table", "event"),
+                                       multiprocess_mode="mostrecent", registry=None)
+        self._children: dict[tuple, tuple] = {}
+
+    def series(self, key: tuple) -> tuple:
+        """(counter child, timestamp child) for a key from payload.Router; cached."""
+        children = self._children.get(key)
+        if children is None:
+            operation, schema, table, *labels = key
+            values = (operation, self.host, self.database, self.tag, schema, table, *labels)
+            children = (self.events.labels(*values), self.last_event.labels(*values))
+            self._children[key] = children
+        return children
+
+
+class MasterMetrics:
+    """What the master itself writes."""
+
+    def __init__(self, version: str):
+        self.database_up = Gauge("pgne_database_up", "1 while the worker is connected and listening, else 0.",
+                                 ("host", "database", "tag"), multiprocess_mode="livemax", registry=None)
+        self.worker_restarts = Counter("pgne_worker_restarts_total", "Workers restarted by the master.",
+                                       DATABASE_LABELS, registry=None)
+        Gauge("pgne_build_info", "Always 1; the version is a label.", ("version",),
+              multiprocess_mode="livemax", registry=None).labels(version).set(1)
+        self.reload_ok = Gauge("pgne_config_last_reload_successful",
+                               "1 if the last config (re)load succeeded, else 0.", multiprocess_mode="livemax", registry=None)
+        self.reload_time = Gauge("pgne_config_last_reload_success_timestamp_seconds",
+                                 "Unix time of the last successful config (re)load.", multiprocess_mode="livemax", registry=None)

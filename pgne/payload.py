@@ -1,0 +1,114 @@
+"""Parses v1 notification payloads and maps them to a metric series; pure logic, no I/O.
+
+A v1 payload is a JSON object: `table` ("schema.table", or "table" for schema public),
+`action` (INSERT, UPDATE, DELETE, TRUNCATE; any case), optional `data` (label column ->
+value), optional `count` (positive integer, default 1), optional `timestamp` and `seq` (not
+used for counting). pg_notify_exporter's payloads are v1 payloads whose `data` may hold raw
+column values, so the whitelist is applied here too: unlisted values count as `other`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from itertools import product
+from typing import Iterator
+
+from pgne.config import EVENTS, OTHER, Database, value_as_text
+
+COUNTED, INVALID, UNKNOWN_TABLE, UNMONITORED_EVENT = "counted", "invalid", "unknown_table", "unmonitored_event"
+RESULTS = (COUNTED, INVALID, UNKNOWN_TABLE, UNMONITORED_EVENT)
+MAX_COUNT = 2**53  # larger counts cannot be added exactly to a float counter
+MAX_PRECREATED_COMBINATIONS = 1000  # per monitor and event; beyond that, series appear when seen
+
+_EVENT_BY_ACTION = {event.lower(): event for event in EVENTS}
+
+
+@dataclass(frozen=True)
+class _Route:
+    schema: str
+    table: str
+    events: frozenset[str]
+    # per label of the whole config, in order: the whitelist, or None when the monitor lacks it
+    whitelists: tuple[frozenset[str] | None, ...]
+    label_columns: tuple[str | None, ...]
+
+
+class Router:
+    """Maps payloads of one database to series keys: (operation, schema, table, *label values).
+
+    Built once per worker; `classify` is the hot path.
+    """
+
+    def __init__(self, database: Database, label_names: tuple[str, ...]):
+        self.label_names = label_names
+        self._routes: dict[str, _Route] = {}
+        self._empty_labels = ("",) * len(label_names)
+        for monitor in database.enabled_monitors:
+            columns = {c.name: frozenset(c.values) for c in monitor.label_columns}
+            route = _Route(
+                schema=monitor.schema,
+                table=monitor.table,
+                events=frozenset(monitor.events),
+                whitelists=tuple(columns.get(name) for name in label_names),
+                label_columns=tuple(name if name in columns else None for name in label_names),
+            )
+            if monitor.schema == "public":  # pg_notify_exporter sent bare table names
+                self._routes.setdefault(monitor.table, route)
+            self._routes[monitor.qualified_name] = route  # a qualified name always wins
+
+    def classify(self, payload: str) -> tuple[object, int]:
+        """(series key, count) for a countable payload; (result name, 0) otherwise."""
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            return INVALID, 0
+        if type(obj) is not dict:
+            return INVALID, 0
+        table, action = obj.get("table"), obj.get("action")
+        if type(table) is not str or type(action) is not str:
+            return INVALID, 0
+        operation = _EVENT_BY_ACTION.get(action.lower())
+        count = obj.get("count", 1)
+        data = obj.get("data")
+        if (operation is None or type(count) is not int or not 0 < count <= MAX_COUNT
+                or (data is not None and type(data) is not dict)):
+            return INVALID, 0
+        route = self._routes.get(table)
+        if route is None:
+            return UNKNOWN_TABLE, 0
+        if operation not in route.events:
+            return UNMONITORED_EVENT, 0
+        if operation == "TRUNCATE" or not route.whitelists:
+            return (operation, route.schema, route.table) + self._empty_labels, count
+        labels = []
+        for column, whitelist in zip(route.label_columns, route.whitelists):
+            if whitelist is None:
+                labels.append("")
+                continue
+            value = value_as_text(data.get(column)) if data else None
+            labels.append(value if value in whitelist else OTHER)
+        return (operation, route.schema, route.table, *labels), count
+
+    def configured_keys(self) -> Iterator[tuple[str, ...]]:
+        """Every series the config names, for pre-creation at 0.
+
+        A monitor/event whose label combinations exceed MAX_PRECREATED_COMBINATIONS is skipped
+        (its series appear when first seen).
+        """
+        seen = set()
+        for route in self._routes.values():
+            if route in seen:
+                continue
+            seen.add(route)
+            choices = [("",) if wl is None else tuple(sorted(wl)) + (OTHER,) for wl in route.whitelists]
+            combinations = 1
+            for c in choices:
+                combinations *= len(c)
+            for event in EVENTS:
+                if event not in route.events:
+                    continue
+                if event == "TRUNCATE":
+                    yield (event, route.schema, route.table) + self._empty_labels
+                elif combinations <= MAX_PRECREATED_COMBINATIONS:
+                    for labels in product(*choices):
+                        yield (event, route.schema, route.table, *labels)

@@ -1,0 +1,322 @@
+"""One worker process per database: connect, (set up,) LISTEN, count.
+
+Started by the master as `python -m pgne.worker` (fork+exec: nothing of the master's threads
+or locks is inherited). Its WorkerSpec, password included, arrives pickled on stdin, never in
+argv or the environment. stdin then stays open: its write end is held only by the master, so
+EOF means the master is gone. PR_SET_PDEATHSIG covers the moments the worker is blocked in
+libpq (which retries on EINTR and cannot be interrupted).
+
+SIGTERM keeps its default action: the worker dies at once, even inside a blocking libpq call.
+Counts are written to the multiprocess files at every increment, so nothing is lost.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import pickle
+import random
+import select
+import signal
+import struct
+import sys
+import time
+from dataclasses import dataclass
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+
+from pgne.config import Database
+
+log = logging.getLogger("pgne.worker")
+
+HEARTBEAT_INTERVAL = 10.0  # seconds; also reads pg_notification_queue_usage()
+TRIGGER_CHECK_INTERVAL = 60.0
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
+# A silently dropped network is noticed by keepalives while idle, and by tcp_user_timeout
+# while the heartbeat waits for its answer: at most HEARTBEAT_INTERVAL + 15 s.
+KEEPALIVE_OPTIONS = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15000,
+}
+
+LISTEN, TEARDOWN = "listen", "teardown"
+EXIT_TEARDOWN_FAILED = 3  # the master does not restart a teardown that failed on SQL
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, sent by the master on stdin."""
+
+    database: Database
+    label_names: tuple[str, ...]
+    mode: str  # LISTEN or TEARDOWN
+    template_dirs: tuple[str, ...]
+    lock_timeout: float
+    log_level: str
+    master_pid: int
+
+
+def encode_spec(spec: WorkerSpec) -> bytes:
+    data = pickle.dumps(spec)
+    return struct.pack("!I", len(data)) + data
+
+
+def _read_spec(fd: int) -> WorkerSpec:
+    def read_exactly(n: int) -> bytes:
+        chunks = b""
+        while len(chunks) < n:
+            chunk = os.read(fd, n - len(chunks))
+            if not chunk:
+                raise EOFError("the master closed the pipe before sending the worker spec")
+            chunks += chunk
+        return chunks
+
+    (length,) = struct.unpack("!I", read_exactly(4))
+    return pickle.loads(read_exactly(length))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL us when the master's (main) thread exits."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the stdin pipe still covers it
+        pass
+
+
+class MasterGone(Exception):
+    """stdin reached EOF: the master exited."""
+
+
+class Backoff:
+    """1 s doubling to 30 s, with jitter (+-20%), so that many workers do not retry in step."""
+
+    def __init__(self, first: float = BACKOFF_FIRST, maximum: float = BACKOFF_MAX):
+        self.first, self.maximum, self.current = first, maximum, first
+
+    def next(self) -> float:
+        delay = self.current * random.uniform(0.8, 1.2)
+        self.current = min(self.current * 2, self.maximum)
+        return min(delay, self.maximum)
+
+    def reset(self) -> None:
+        self.current = self.first
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec, master_fd: int):
+        from pgne.metrics import WorkerMetrics  # PROMETHEUS_MULTIPROC_DIR is in our environment
+        from pgne.payload import COUNTED, Router
+        from pgne.render import Renderer
+
+        self.spec = spec
+        self.db = spec.database
+        self.name = self.db.display_name
+        self.master_fd = master_fd
+        self.renderer = Renderer(spec.template_dirs, lock_timeout=spec.lock_timeout)
+        self.router = Router(self.db, spec.label_names)
+        self.metrics = WorkerMetrics(self.db.host, self.db.name, self.db.tag, spec.label_names)
+        self.counted = self.metrics.notifications[COUNTED]
+        self.backoff = Backoff()
+
+    # -- waiting -------------------------------------------------------------------------
+
+    def _check_master(self) -> None:
+        try:
+            data = os.read(self.master_fd, 4096)
+        except BlockingIOError:
+            return
+        if not data:
+            raise MasterGone()
+
+    def sleep(self, seconds: float) -> None:
+        """Wait, but return at once (raising MasterGone) if the master exits."""
+        deadline = time.monotonic() + seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            readable, _, _ = select.select([self.master_fd], [], [], remaining)
+            if readable:
+                self._check_master()
+
+    # -- the connection --------------------------------------------------------------------
+
+    def connect(self):
+        conn = psycopg2.connect(**self.db.connect_kwargs(), **KEEPALIVE_OPTIONS)
+        conn.autocommit = True
+        return conn
+
+    def connect_with_retry(self):
+        first = True
+        while True:
+            if not first:
+                self.metrics.reconnects.inc()
+            first = False
+            try:
+                return self.connect()
+            except psycopg2.Error as exc:
+                delay = self.backoff.next()
+                log.warning("%s: cannot connect: %s; retrying in %.1f s", self.name, _first_line(exc), delay)
+                self.sleep(delay)
+
+    def setup(self, conn) -> bool:
+        from pgne.apply import apply_on_connection
+
+        result = apply_on_connection(conn, self.db, self.renderer)
+        if result.ok:
+            log.info("%s: setup: %s", self.name, result.line().split(": ", 1)[1])
+        else:
+            log.error("%s: setup failed: %s", self.name, result.detail)
+        return result.ok
+
+    # -- modes -----------------------------------------------------------------------------
+
+    def teardown(self) -> int:
+        conn = self.connect_with_retry()
+        try:
+            return 0 if self.setup(conn) else EXIT_TEARDOWN_FAILED
+        finally:
+            conn.close()
+
+    def listen_forever(self) -> int:
+        self.metrics.up.set(0)
+        for key in self.router.configured_keys():  # every configured series exists from the start
+            self.metrics.series(key)
+        for counter in self.metrics.notifications.values():
+            counter.inc(0)
+        self.metrics.reconnects.inc(0)
+        reconnecting = False
+        while True:
+            if reconnecting:
+                self.metrics.reconnects.inc()
+            conn = self.connect_with_retry()
+            try:
+                if self.db.perform_setup:
+                    self.setup(conn)  # a failure is logged; we listen all the same
+                with conn.cursor() as cur:
+                    cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.db.channel)))
+                self.check_triggers(conn)
+                self.metrics.up.set(1)
+                self.backoff.reset()
+                log.info("%s: listening on channel %s", self.name, self.db.channel)
+                self.listen(conn)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                lost = _first_line(exc)
+            finally:
+                self.metrics.up.set(0)
+                conn.close()
+            delay = self.backoff.next()
+            log.warning("%s: connection lost: %s; reconnecting in %.1f s", self.name, lost, delay)
+            self.sleep(delay)
+            reconnecting = True
+
+    def listen(self, conn) -> None:
+        master_fd = self.master_fd
+        now = time.monotonic()
+        next_heartbeat = now + HEARTBEAT_INTERVAL
+        next_trigger_check = now + TRIGGER_CHECK_INTERVAL
+        self.heartbeat(conn)
+        while True:
+            timeout = max(0.0, min(next_heartbeat, next_trigger_check) - time.monotonic())
+            readable, _, _ = select.select([conn, master_fd], [], [], timeout)
+            if readable:
+                if master_fd in readable:
+                    self._check_master()
+                conn.poll()
+                self.drain(conn)
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                self.heartbeat(conn)
+                next_heartbeat = now + HEARTBEAT_INTERVAL
+            if now >= next_trigger_check:
+                self.check_triggers(conn)
+                next_trigger_check = now + TRIGGER_CHECK_INTERVAL
+
+    def heartbeat(self, conn) -> None:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_catalog.pg_notification_queue_usage()")
+            self.metrics.queue_usage.set(cur.fetchone()[0])
+        self.drain(conn)  # notifications that arrived during the query
+
+    def check_triggers(self, conn) -> None:
+        from pgne.drift import installed_triggers, read_inventory
+
+        try:
+            installed = installed_triggers(read_inventory(conn, self.db), self.db)
+        except psycopg2.DatabaseError as exc:
+            if isinstance(exc, psycopg2.OperationalError):
+                raise
+            log.warning("%s: cannot check triggers: %s", self.name, _first_line(exc))
+            return
+        finally:
+            self.drain(conn)
+        gauge = self.metrics.trigger_installed
+        for (schema, table, event), present in installed.items():
+            gauge.labels(self.db.host, self.db.name, schema, table, event).set(1 if present else 0)
+            if not present:
+                log.warning("%s: trigger pgne_%s on %s.%s is missing or differs from the config",
+                            self.name, event.lower(), schema, table)
+
+    # -- the hot path ------------------------------------------------------------------------
+
+    def drain(self, conn) -> None:
+        """Count every pending notification: one increment per series per batch."""
+        batch = conn.notifies
+        if not batch:
+            return
+        conn.notifies = []  # take the whole list at once; pop(0) would be O(n)
+        classify = self.router.classify
+        pending: dict[tuple, int] = {}
+        rejected: dict[str, int] = {}
+        for note in batch:
+            key, count = classify(note.payload)
+            if count:
+                pending[key] = pending.get(key, 0) + count
+            else:  # `key` is the result name
+                rejected[key] = rejected.get(key, 0) + 1
+        if log.isEnabledFor(logging.DEBUG):
+            for note in batch:
+                log.debug("%s: notification %r", self.name, note.payload)
+        if pending:
+            now = time.time()
+            for key, n in pending.items():
+                counter, last_event = self.metrics.series(key)
+                counter.inc(n)
+                last_event.set(now)
+            self.counted.inc(len(batch) - sum(rejected.values()))
+        for result, n in rejected.items():
+            self.metrics.notifications[result].inc(n)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the master decides
+    _die_with_parent()
+    master_fd = sys.stdin.fileno()
+    spec = _read_spec(master_fd)
+    if os.getppid() != spec.master_pid:  # the master died before PR_SET_PDEATHSIG was armed
+        return 0
+    os.set_blocking(master_fd, False)
+    logging.basicConfig(level=spec.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    worker = Worker(spec, master_fd)
+    try:
+        return worker.teardown() if spec.mode == TEARDOWN else worker.listen_forever()
+    except MasterGone:
+        log.info("%s: the master is gone; exiting", worker.name)
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
