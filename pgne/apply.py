@@ -10,10 +10,11 @@ import logging
 from dataclasses import dataclass, field
 
 import psycopg2
+from psycopg2 import sql
 
 from pgne.config import Database
 from pgne.drift import Difference, find_differences, read_inventory
-from pgne.render import Renderer
+from pgne.render import ADVISORY_LOCK_KEY, SCHEMA, Renderer
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,39 @@ def pg_error_text(exc: psycopg2.Error) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def apply_on_connection(conn, database: Database, renderer: Renderer, dry_run: bool = False) -> ApplyResult:
-    """Apply on an open connection (autocommit is switched on for the duration)."""
+def prune_statements(extras: list[Difference], renderer: Renderer) -> sql.Composed:
+    """DROP statements for pgne objects that the config no longer names, in one transaction.
+
+    Names come from the catalog and are quoted as identifiers; triggers go before functions.
+    """
+    drops = [sql.SQL("DROP TRIGGER {} ON {}.{};").format(sql.Identifier(name), sql.Identifier(schema),
+                                                          sql.Identifier(table))
+             for kind, *rest in (d.object_id for d in extras) if kind == "trigger"
+             for schema, table, name in [rest]]
+    drops += [sql.SQL("DROP FUNCTION {}.{}();").format(sql.Identifier(SCHEMA), sql.Identifier(name))
+              for kind, *rest in (d.object_id for d in extras) if kind == "function"
+              for (name,) in [rest]]
+    return sql.SQL("\n").join([
+        sql.SQL("BEGIN;"),
+        sql.SQL("SELECT pg_advisory_xact_lock({});").format(sql.Literal(ADVISORY_LOCK_KEY)),
+        sql.SQL("SET LOCAL lock_timeout = {};").format(sql.Literal(f"{int(renderer.lock_timeout * 1000)}ms")),
+        *drops,
+        sql.SQL("COMMIT;"),
+    ])
+
+
+def apply_on_connection(conn, database: Database, renderer: Renderer, dry_run: bool = False,
+                        prune: bool = False) -> ApplyResult:
+    """Apply on an open connection (autocommit is switched on for the duration).
+
+    With `prune`, pgne objects that the config does not name at all are dropped as well.
+    """
     previous_autocommit = conn.autocommit
     conn.autocommit = True
     try:
-        changes = [d for d in find_differences(read_inventory(conn, database), database, renderer)
-                   if d.kind != "extra"]
+        differences = find_differences(read_inventory(conn, database), database, renderer)
+        extras = [d for d in differences if d.kind == "extra"] if prune else []
+        changes = [d for d in differences if d.kind != "extra"] + extras
         missing_tables = [d.what for d in changes if d.kind == "missing_table"]
         if missing_tables:
             return ApplyResult(database, FAILED, "; ".join(missing_tables) + " (nothing applied)",
@@ -58,10 +85,12 @@ def apply_on_connection(conn, database: Database, renderer: Renderer, dry_run: b
         summary = f"{len(changes)} change{'s' if len(changes) != 1 else ''}: " + "; ".join(map(str, changes))
         if dry_run:
             return ApplyResult(database, WOULD_APPLY, summary, tuple(changes))
-        script = renderer.render_database(database)
         try:
             with conn.cursor() as cur:
-                cur.execute(script)  # no parameters: psycopg2 sends the text as it is
+                if any(d.kind != "extra" for d in changes):
+                    cur.execute(renderer.render_database(database))  # no parameters: sent as it is
+                if extras:
+                    cur.execute(prune_statements(extras, renderer))
         except psycopg2.Error as exc:
             if not conn.closed:
                 with conn.cursor() as cur:  # the script's BEGIN left an aborted transaction
@@ -73,14 +102,15 @@ def apply_on_connection(conn, database: Database, renderer: Renderer, dry_run: b
             conn.autocommit = previous_autocommit
 
 
-def apply_database(database: Database, renderer: Renderer, dry_run: bool = False) -> ApplyResult:
+def apply_database(database: Database, renderer: Renderer, dry_run: bool = False,
+                   prune: bool = False) -> ApplyResult:
     """Connect, apply, disconnect. Connection errors become a FAILED result."""
     try:
         conn = psycopg2.connect(**database.connect_kwargs())
     except psycopg2.Error as exc:
         return ApplyResult(database, FAILED, f"cannot connect: {pg_error_text(exc)}")
     try:
-        return apply_on_connection(conn, database, renderer, dry_run)
+        return apply_on_connection(conn, database, renderer, dry_run, prune)
     except psycopg2.Error as exc:
         return ApplyResult(database, FAILED, pg_error_text(exc))
     finally:

@@ -54,12 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     p_apply = sub.add_parser("apply", parents=[common, select, lock],
                              help="install/update/remove pgne's triggers and functions")
     p_apply.add_argument("--dry-run", action="store_true", help="change nothing; say what would run")
+    p_apply.add_argument("--prune", action="store_true",
+                         help="also drop pgne triggers and functions that the config no longer names")
     p_run = sub.add_parser("run", parents=[common, lock], help="run the exporter")
     p_run.add_argument("--listen-address", default="0.0.0.0:9292", metavar="HOST:PORT",
                        help="where /metrics is served (default 0.0.0.0:9292)")
     p_run.add_argument("--state-dir", metavar="DIR",
                        help="multiprocess metrics directory (default: $PROMETHEUS_MULTIPROC_DIR, "
                             "else a private temporary directory)")
+    p_run.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                       help="TLS and basic auth for the HTTP server (Prometheus exporter-toolkit format)")
+    p_run.add_argument("--trigger-check-interval", type=_positive_seconds, default=60.0, metavar="SECONDS",
+                       help="how often workers check that pgne's triggers exist (default 60)")
     sub.add_parser("status", parents=[common, select], help="compare the databases with the config")
     return parser
 
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "render-sql":
             return commands.render_sql(config, renderer, args.host, args.database)
         if args.command == "apply":
-            return commands.apply(config, renderer, args.host, args.database, dry_run=args.dry_run)
+            return commands.apply(config, renderer, args.host, args.database, dry_run=args.dry_run, prune=args.prune)
         if args.command == "status":
             return commands.status(config, renderer, args.host, args.database)
         if args.command == "run":

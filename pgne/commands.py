@@ -33,10 +33,10 @@ def render_sql(config: Config, renderer: Renderer, host: str | None = None, data
 
 
 def apply(config: Config, renderer: Renderer, host: str | None = None, database: str | None = None,
-          dry_run: bool = False, out: TextIO = sys.stdout) -> int:
+          dry_run: bool = False, prune: bool = False, out: TextIO = sys.stdout) -> int:
     failed = False
     for db in config.select(host, database):
-        result = apply_database(db, renderer, dry_run=dry_run)
+        result = apply_database(db, renderer, dry_run=dry_run, prune=prune)
         failed |= not result.ok
         print(result.line(), file=out, flush=True)
     return EXIT_RUNTIME if failed else EXIT_OK

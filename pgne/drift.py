@@ -27,7 +27,7 @@ WHERE NOT t.tgisinternal AND t.tgparentid = 0 AND t.tgname = ANY(%s)
 _FUNCTIONS_SQL = """
 SELECT p.proname, pg_catalog.obj_description(p.oid, 'pg_proc')
 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-WHERE n.nspname = %s
+WHERE n.nspname = %s AND p.pronargs = 0 AND p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype
 """
 
 
@@ -35,6 +35,8 @@ WHERE n.nspname = %s
 class Difference:
     kind: str  # missing_table, missing, outdated, unwanted, extra
     what: str  # e.g. 'trigger pgne_insert on public.one'
+    # for `extra` objects, what `apply --prune` drops: ("trigger", schema, table, name) or ("function", name)
+    object_id: tuple = ()
 
     def __str__(self) -> str:
         return f"{self.kind.replace('_', ' ')}: {self.what}"
@@ -113,10 +115,11 @@ def find_differences(inventory: Inventory, database: Database, renderer: Rendere
     if not database.enabled and inventory.schema_exists:
         diffs.append(Difference("unwanted", f"schema {SCHEMA} in a disabled database"))
     for fn in sorted(set(inventory.functions) - named_functions):
-        diffs.append(Difference("extra", f"function {SCHEMA}.{fn} (not named by the config)"))
+        diffs.append(Difference("extra", f"function {SCHEMA}.{fn} (not named by the config)", ("function", fn)))
     for (schema, table, trigger), facts in sorted(inventory.triggers.items()):
         if (schema, table) not in named_tables and facts[0] == SCHEMA:
-            diffs.append(Difference("extra", f"trigger {trigger} on {schema}.{table} (not named by the config)"))
+            diffs.append(Difference("extra", f"trigger {trigger} on {schema}.{table} (not named by the config)",
+                                    ("trigger", schema, table, trigger)))
     return diffs
 
 

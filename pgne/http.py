@@ -6,9 +6,11 @@ CollectorRegistry with a MultiProcessCollector per scrape, as prometheus_client 
 """
 from __future__ import annotations
 
+import base64
 import html
 import logging
 import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,8 +21,11 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from pgne import __version__
+from pgne.webconfig import WebConfig
 
 log = logging.getLogger("pgne.http")
+
+HANDSHAKE_TIMEOUT = 10.0
 
 
 def collect(state_dir: str) -> CollectorRegistry:
@@ -66,13 +71,36 @@ def landing_page(rows: Iterable[tuple[str, str, str, float, float | None]]) -> b
     return page.encode("utf-8")
 
 
-def make_handler(state_dir: str) -> type[BaseHTTPRequestHandler]:
+def make_handler(state_dir: str, web: WebConfig) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = f"pgne/{__version__}"
+        timeout = 60  # an idle or stalled client gives up its thread after this
+
+        def _authorized(self) -> bool:
+            if not web.users:
+                return True
+            header = self.headers.get("Authorization", "")
+            scheme, _, encoded = header.partition(" ")
+            if scheme.lower() == "basic":
+                try:
+                    user, sep, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+                except (ValueError, UnicodeDecodeError):
+                    sep = ""
+                if sep and web.check_password(user, password):
+                    return True
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="pgne", charset="UTF-8"')
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", "13")
+            self.end_headers()
+            self.wfile.write(b"Unauthorized\n")
+            return False
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             path = self.path.split("?", 1)[0]
             try:
+                if not self._authorized():
+                    return
                 if path == "/metrics":
                     encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
                     self._send(200, content_type, encoder(collect(state_dir)))
@@ -101,6 +129,19 @@ def make_handler(state_dir: str) -> type[BaseHTTPRequestHandler]:
 class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     daemon_threads = True
+    ssl_context: ssl.SSLContext | None = None
+
+    def finish_request(self, request, client_address) -> None:
+        # Runs in the connection's own thread: a client that never finishes its TLS handshake
+        # holds only this thread (prometheus_client's server shakes hands in accept()).
+        if self.ssl_context is not None:
+            request.settimeout(HANDSHAKE_TIMEOUT)
+            try:
+                request = self.ssl_context.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+                return
+        super().finish_request(request, client_address)
 
 
 class _Server6(_Server):
@@ -108,9 +149,12 @@ class _Server6(_Server):
 
 
 class MetricsServer:
-    def __init__(self, address: tuple[str, int], state_dir: str):
+    def __init__(self, address: tuple[str, int], state_dir: str, web: WebConfig | None = None):
+        web = web or WebConfig()
         server_class = _Server6 if ":" in address[0] else _Server
-        self.httpd = server_class(address, make_handler(state_dir))
+        self.httpd = server_class(address, make_handler(state_dir, web))
+        self.httpd.ssl_context = web.ssl_context
+        self.scheme = "https" if web.ssl_context else "http"
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="pgne-http", daemon=True)
 
     @property

@@ -71,7 +71,7 @@ class WorkerSlot:
 
 class Master:
     def __init__(self, config: Config, renderer: Renderer, args: argparse.Namespace,
-                 listen: tuple[str, int], state_dir: str):
+                 listen: tuple[str, int], state_dir: str, web=None):
         from pgne.http import MetricsServer
         from pgne.metrics import MasterMetrics
 
@@ -80,7 +80,7 @@ class Master:
         self.args = args
         self.state_dir = state_dir
         self.metrics = MasterMetrics(__version__)
-        self.server = MetricsServer(listen, state_dir)
+        self.server = MetricsServer(listen, state_dir, web)
         self.slots: dict[tuple, WorkerSlot] = {}
         self.flags: set[int] = set()
         self.stopping = False
@@ -121,6 +121,7 @@ class Master:
             template_dirs=tuple(self.renderer.search_path[:-1]),
             lock_timeout=self.renderer.lock_timeout,
             log_level=self.args.log_level,
+            trigger_check_interval=self.args.trigger_check_interval,
             master_pid=os.getpid(),
         )
         env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=self.state_dir)
@@ -231,8 +232,8 @@ class Master:
         self.metrics.reload_time.set(time.time())
         self.install_signal_handlers()
         self.server.start()
-        log.info("pgne %s serving http://%s:%d/metrics; %d worker(s); state dir %s", __version__,
-                 self.args.listen_address.rpartition(":")[0], self.server.port, len(self.slots), self.state_dir)
+        log.info("pgne %s serving %s://%s:%d/metrics; %d worker(s); state dir %s", __version__,
+                 self.server.scheme, self.args.listen_address.rpartition(":")[0], self.server.port, len(self.slots), self.state_dir)
         try:
             while True:
                 self._start_due()
@@ -277,11 +278,14 @@ class Master:
 def run(config: Config, renderer: Renderer, args: argparse.Namespace, listen: tuple[str, int]) -> int:
     if "prometheus_client" in sys.modules and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         raise RuntimeError("prometheus_client was imported before the multiprocess directory was set")
+    from pgne.webconfig import load_web_config
+
+    web = load_web_config(args.web_config_file) if args.web_config_file else None
     state_dir, remove_at_exit = prepare_state_dir(args.state_dir)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = state_dir  # before anything imports prometheus_client
     try:
         try:
-            master = Master(config, renderer, args, listen, state_dir)
+            master = Master(config, renderer, args, listen, state_dir, web)
         except OSError as exc:
             raise UserError(f"--listen-address {args.listen_address}: {exc.strerror or exc}", exit_code=1) from None
         return master.run()

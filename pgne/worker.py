@@ -32,7 +32,6 @@ from pgne.config import Database
 log = logging.getLogger("pgne.worker")
 
 HEARTBEAT_INTERVAL = 10.0  # seconds; also reads pg_notification_queue_usage()
-TRIGGER_CHECK_INTERVAL = 60.0
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 # A silently dropped network is noticed by keepalives while idle, and by tcp_user_timeout
 # while the heartbeat waits for its answer: at most HEARTBEAT_INTERVAL + 15 s.
@@ -59,6 +58,7 @@ class WorkerSpec:
     lock_timeout: float
     log_level: str
     master_pid: int
+    trigger_check_interval: float = 60.0
 
 
 def encode_spec(spec: WorkerSpec) -> bytes:
@@ -221,7 +221,7 @@ class Worker:
         master_fd = self.master_fd
         now = time.monotonic()
         next_heartbeat = now + HEARTBEAT_INTERVAL
-        next_trigger_check = now + TRIGGER_CHECK_INTERVAL
+        next_trigger_check = now + self.spec.trigger_check_interval
         self.heartbeat(conn)
         while True:
             timeout = max(0.0, min(next_heartbeat, next_trigger_check) - time.monotonic())
@@ -237,7 +237,7 @@ class Worker:
                 next_heartbeat = now + HEARTBEAT_INTERVAL
             if now >= next_trigger_check:
                 self.check_triggers(conn)
-                next_trigger_check = now + TRIGGER_CHECK_INTERVAL
+                next_trigger_check = now + self.spec.trigger_check_interval
 
     def heartbeat(self, conn) -> None:
         with conn.cursor() as cur:

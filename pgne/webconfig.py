@@ -1,0 +1,130 @@
+"""`--web.config.file`: TLS and basic auth for the HTTP server, in the format of the Prometheus
+exporter-toolkit (https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md):
+
+    tls_server_config:
+      cert_file: server.crt
+      key_file: server.key
+      client_auth_type: RequireAndVerifyClientCert   # optional
+      client_ca_file: ca.crt                         # optional
+      min_version: TLS12                             # optional
+    basic_auth_users:
+      alice: $2y$10$...                              # bcrypt hashes
+
+Keys of the toolkit that pgne does not implement are rejected, not ignored.
+"""
+from __future__ import annotations
+
+import ssl
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pgne.errors import UserError
+
+# Python's ssl verifies every client certificate it asks for, so the toolkit's two modes that
+# accept unverified certificates (RequestClientCert, RequireAnyClientCert) are not offered.
+CLIENT_AUTH_TYPES = {
+    "NoClientCert": ssl.CERT_NONE,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+TLS_KEYS = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version"}
+TOP_KEYS = {"tls_server_config", "basic_auth_users"}
+
+
+@dataclass
+class WebConfig:
+    ssl_context: ssl.SSLContext | None = None
+    users: dict[str, bytes] = field(default_factory=dict)  # user -> bcrypt hash
+    _verified: set[tuple[str, str]] = field(default_factory=set)  # bcrypt is slow: remember successes
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def check_password(self, user: str, password: str) -> bool:
+        import bcrypt
+
+        hashed = self.users.get(user)
+        if hashed is None:
+            return False
+        with self._lock:
+            if (user, password) in self._verified:
+                return True
+        try:
+            ok = bcrypt.checkpw(password.encode("utf-8"), hashed)
+        except ValueError:
+            return False
+        if ok:
+            with self._lock:
+                self._verified.add((user, password))
+        return ok
+
+
+def load_web_config(path: str) -> WebConfig:
+    where = f"--web.config.file {path}"
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise UserError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{where}: YAML syntax error: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping")
+    errors = [f"{where}: unknown key {k!r} (supported: {', '.join(sorted(TOP_KEYS))})"
+              for k in data if k not in TOP_KEYS]
+    config = WebConfig()
+    base = Path(path).resolve().parent
+
+    users = data.get("basic_auth_users") or {}
+    if not isinstance(users, dict):
+        errors.append(f"{where}: basic_auth_users: expected a mapping of user -> bcrypt hash")
+        users = {}
+    for user, hashed in users.items():
+        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            errors.append(f"{where}: basic_auth_users > {user}: not a bcrypt hash")
+        else:
+            config.users[str(user)] = hashed.encode("ascii")
+
+    tls = data.get("tls_server_config")
+    if tls is not None:
+        if not isinstance(tls, dict):
+            errors.append(f"{where}: tls_server_config: expected a mapping")
+        else:
+            errors += [f"{where}: tls_server_config: unsupported key {k!r} (supported: {', '.join(sorted(TLS_KEYS))})"
+                       for k in tls if k not in TLS_KEYS]
+            for required in ("cert_file", "key_file"):
+                if not tls.get(required):
+                    errors.append(f"{where}: tls_server_config > {required} is required")
+            auth = tls.get("client_auth_type", "NoClientCert")
+            if auth not in CLIENT_AUTH_TYPES:
+                errors.append(f"{where}: tls_server_config > client_auth_type: {auth!r} is not one of "
+                              f"{', '.join(CLIENT_AUTH_TYPES)}")
+            version = tls.get("min_version", "TLS12")
+            if version not in TLS_VERSIONS:
+                errors.append(f"{where}: tls_server_config > min_version: {version!r} is not one of "
+                              f"{', '.join(TLS_VERSIONS)}")
+            if not errors:
+                config.ssl_context = _ssl_context(where, base, tls, auth, version)
+    if errors:
+        raise UserError(errors)
+    return config
+
+
+def _ssl_context(where: str, base: Path, tls: dict, auth: str, version: str) -> ssl.SSLContext:
+    def resolve(name: str) -> str:
+        p = Path(tls[name]).expanduser()
+        return str(p if p.is_absolute() else base / p)
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = TLS_VERSIONS[version]
+    try:
+        context.load_cert_chain(resolve("cert_file"), resolve("key_file"))
+        if tls.get("client_ca_file"):
+            context.load_verify_locations(resolve("client_ca_file"))
+        elif auth != "NoClientCert":
+            raise UserError(f"{where}: tls_server_config > client_auth_type {auth} needs client_ca_file")
+    except (OSError, ssl.SSLError) as exc:
+        raise UserError(f"{where}: tls_server_config: {getattr(exc, 'strerror', None) or exc}") from None
+    context.verify_mode = CLIENT_AUTH_TYPES[auth]
+    return context
