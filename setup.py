@@ -38,6 +38,7 @@ setup(
         "Jinja2>=3.0",
         "jsonschema>=4.0",
         "PyYAML>=5.4",
+        "bcrypt>=4.0",  # --web.config.file basic_auth_users hashes
     ],
     extras_require={
         "test": [
