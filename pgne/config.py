@@ -33,8 +33,9 @@ DEFAULT_CONNECT_TIMEOUT = 10
 EVENTS = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
 BUILTIN_LABELS = ("operation", "host", "database", "tag", "schema", "table")
 OTHER = "other"  # the label value of anything outside a whitelist
-LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-ENV_REF_RE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+# \Z, not $: Python's $ also matches before a trailing newline ("code\n" is no label name).
+LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*\Z")
+ENV_REF_RE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 
 
@@ -147,20 +148,29 @@ class Config:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys (PyYAML silently keeps the last one)."""
+    """SafeLoader that refuses duplicate mapping keys (PyYAML silently keeps the last one).
+
+    Only the keys written in the mapping itself count: a key that overrides one merged in
+    with `<<: *anchor` is not a duplicate.
+    """
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    loader.flatten_mapping(node)
     seen: dict[Any, yaml.Node] = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
         key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
+        try:
+            duplicate = key in seen
+        except TypeError:  # unhashable: construct_mapping below reports it as a YAML error
+            continue
+        if duplicate:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
             )
         seen[key] = key_node
-    return loader.construct_mapping(node, deep=deep)
+    return loader.construct_mapping(node, deep=deep)  # flattens `<<` merges itself
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
@@ -314,7 +324,10 @@ def _build_monitor(raw: dict, where: str, templates: "TemplateCatalog", errors: 
     events: list[str] = []
     for i, event in enumerate(raw["events"]):
         upper = event.upper()
-        if upper in events:
+        if upper not in EVENTS:  # "insert\n" passes the schema's pattern (Python's $)
+            errors.append(f"{where} > events[{i}]: {event!r} is not one of insert, update, delete, "
+                          f"truncate (any case)")
+        elif upper in events:
             errors.append(f"{where} > events[{i}]: duplicate event {event!r}")
         else:
             events.append(upper)
@@ -372,7 +385,7 @@ def _build(path: str, data: list, templates: "TemplateCatalog", base_dir: Path) 
         for j, entry in enumerate(entries):
             where = _describe(data, [i, host, j])
             password = _resolve_password(entry, f"{path}: {where}", base_dir, errors)
-            port = entry.get("port", DEFAULT_PORT)
+            port = int(entry.get("port", DEFAULT_PORT))  # JSON Schema's integer accepts 5432.0
             key = (host, port, entry["database"])
             if key in seen_databases:
                 errors.append(f"{path}: {where}: duplicate database {host}:{port}/{entry['database']} "
@@ -407,7 +420,7 @@ def _build(path: str, data: list, templates: "TemplateCatalog", base_dir: Path) 
                 port=port,
                 channel=channel,
                 sslmode=entry.get("sslmode"),
-                connect_timeout=entry.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+                connect_timeout=int(entry.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)),
                 location=where,
             ))
     return databases, errors

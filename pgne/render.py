@@ -50,9 +50,12 @@ def quote_literal(value: object) -> str:
 
 
 def dollar_quote(body: str) -> str:
-    """Wrap a function body in a dollar-quote tag that does not occur in it."""
+    """Wrap a function body in a dollar-quote tag that does not occur in it.
+
+    Nor may the body end with the tag less its last `$`: "...$pgne" + "$pgne$" would close early.
+    """
     tag, n = "$pgne$", 0
-    while tag in body:
+    while tag in body or body.endswith(tag[:-1]):
         n += 1
         tag = f"$pgne{n}$"
     return f"{tag}{body}{tag}"
