@@ -33,6 +33,8 @@ DEFAULT_CONNECT_TIMEOUT = 10
 EVENTS = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
 BUILTIN_LABELS = ("operation", "host", "database", "tag", "schema", "table")
 OTHER = "other"  # the label value of anything outside a whitelist
+NOTIFY, OUTBOX = "notify", "outbox"  # delivery modes
+DEFAULT_DRAIN_INTERVAL = 1.0
 # \Z, not $: Python's $ also matches before a trailing newline ("code\n" is no label name).
 LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*\Z")
 ENV_REF_RE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
@@ -80,6 +82,8 @@ class Database:
     channel: str = DEFAULT_CHANNEL
     sslmode: str | None = None
     connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
+    delivery: str = NOTIFY
+    drain_interval: float = DEFAULT_DRAIN_INTERVAL
     location: str = field(default="", compare=False)
 
     @property
@@ -316,7 +320,8 @@ def _check_name_bytes(kind: str, name: str, where: str, errors: list[str]) -> No
         errors.append(f"{where}: {kind} {name!r} is longer than {MAX_IDENTIFIER_BYTES} bytes")
 
 
-def _build_monitor(raw: dict, where: str, templates: "TemplateCatalog", errors: list[str]) -> Monitor:
+def _build_monitor(raw: dict, where: str, templates: "TemplateCatalog", errors: list[str],
+                   delivery: str = NOTIFY) -> Monitor:
     schema, table = split_table(raw["table"])
     _check_name_bytes("schema", schema, f"{where} > table", errors)
     _check_name_bytes("table", table, f"{where} > table", errors)
@@ -358,10 +363,10 @@ def _build_monitor(raw: dict, where: str, templates: "TemplateCatalog", errors: 
         label_columns.append(LabelColumn(column, tuple(texts)))
 
     function = raw["function"]
-    problem = templates.problem(function)
+    problem = templates.problem(function, delivery)
     if problem:
         errors.append(f"{where} > function: {problem}")
-    elif label_columns and not templates.uses_labels(function):
+    elif label_columns and not templates.uses_labels(function, delivery):
         errors.append(f"{where} > columns_to_label: template {function!r} ignores columns_to_label "
                       f"(use notification_with_payload, or a template that reads columns_to_label)")
 
@@ -392,6 +397,9 @@ def _build(path: str, data: list, templates: "TemplateCatalog", base_dir: Path) 
                               f"(also at {seen_databases[key]})")
             seen_databases.setdefault(key, where)
             channel = entry.get("channel", DEFAULT_CHANNEL)
+            delivery = entry.get("delivery", NOTIFY)
+            if "drain_interval" in entry and delivery != OUTBOX:
+                errors.append(f"{path}: {where} > drain_interval: only used with delivery: outbox")
             _check_name_bytes("channel", channel, f"{path}: {where} > channel", errors)
 
             monitors: list[Monitor] = []
@@ -399,7 +407,7 @@ def _build(path: str, data: list, templates: "TemplateCatalog", base_dir: Path) 
             for k, raw_monitor in enumerate(entry["monitors"]):
                 mwhere = _describe(data, [i, host, j, "monitors", k])
                 monitor_errors: list[str] = []
-                monitor = _build_monitor(raw_monitor, mwhere, templates, monitor_errors)
+                monitor = _build_monitor(raw_monitor, mwhere, templates, monitor_errors, delivery)
                 errors.extend(f"{path}: {line}" for line in monitor_errors)
                 table_key = (monitor.schema, monitor.table)
                 if table_key in seen_tables:
@@ -421,6 +429,8 @@ def _build(path: str, data: list, templates: "TemplateCatalog", base_dir: Path) 
                 channel=channel,
                 sslmode=entry.get("sslmode"),
                 connect_timeout=int(entry.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)),
+                delivery=delivery,
+                drain_interval=float(entry.get("drain_interval", DEFAULT_DRAIN_INTERVAL)),
                 location=where,
             ))
     return databases, errors
@@ -432,10 +442,10 @@ class TemplateCatalog:
     Implemented by pgne.render.Renderer; a protocol here so config does not import Jinja.
     """
 
-    def problem(self, name: str) -> str | None:  # pragma: no cover - interface
+    def problem(self, name: str, delivery: str = NOTIFY) -> str | None:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def uses_labels(self, name: str) -> bool:  # pragma: no cover - interface
+    def uses_labels(self, name: str, delivery: str = NOTIFY) -> bool:  # pragma: no cover - interface
         raise NotImplementedError
 
 

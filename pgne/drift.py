@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pgne.config import EVENTS, Database, Monitor
+from pgne.config import EVENTS, OUTBOX, Database, Monitor
 from pgne.render import SCHEMA, TRIGGER_SPECS, Renderer, function_name, qualified_table, trigger_name
 
+OUTBOX_TABLES = ("event_log", "totals")
 TRIGGER_NAMES = tuple(trigger_name(e) for e in EVENTS)
 
 _TRIGGERS_SQL = """
@@ -50,6 +51,7 @@ class Inventory:
     functions: dict[str, str | None]  # name in schema pgne -> comment
     triggers: dict[tuple[str, str, str], tuple]  # (schema, table, trigger) -> pg_trigger facts
     existing_tables: frozenset[tuple[str, str]]
+    schema_tables: frozenset[str] = frozenset()  # tables in schema pgne (outbox delivery)
 
 
 def read_inventory(conn, database: Database) -> Inventory:
@@ -60,12 +62,15 @@ def read_inventory(conn, database: Database) -> Inventory:
         functions = dict(cur.fetchall())
         cur.execute(_TRIGGERS_SQL, (list(TRIGGER_NAMES),))
         triggers = {(row[0], row[1], row[2]): row[3:] for row in cur.fetchall()}
+        cur.execute("SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                    "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'", (SCHEMA,))
+        schema_tables = frozenset(row[0] for row in cur.fetchall())
         existing = set()
         for monitor in database.monitors:
             cur.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (qualified_table(monitor),))
             if cur.fetchone()[0]:
                 existing.add((monitor.schema, monitor.table))
-    return Inventory(schema_exists, functions, triggers, frozenset(existing))
+    return Inventory(schema_exists, functions, triggers, frozenset(existing), schema_tables)
 
 
 def trigger_matches(monitor: Monitor, event: str, facts: tuple | None) -> bool:
@@ -85,6 +90,9 @@ def find_differences(inventory: Inventory, database: Database, renderer: Rendere
     enabled = set(database.enabled_monitors)
     if database.enabled and not inventory.schema_exists:
         diffs.append(Difference("missing", f"schema {SCHEMA}"))
+    if database.enabled and database.delivery == OUTBOX:
+        diffs += [Difference("missing", f"table {SCHEMA}.{table}") for table in OUTBOX_TABLES
+                  if table not in inventory.schema_tables]
     named_functions: set[str] = set()
     named_tables: set[tuple[str, str]] = set()
     for monitor in database.monitors:

@@ -34,7 +34,7 @@ assert BUILTIN_LABELS == ("operation", "host", "database", "tag", "schema", "tab
 class WorkerMetrics:
     """The metrics one worker writes, with children for its database bound once."""
 
-    def __init__(self, host: str, database: str, tag: str, label_names: tuple[str, ...]):
+    def __init__(self, host: str, database: str, tag: str, label_names: tuple[str, ...], outbox: bool = False):
         self.host, self.database, self.tag = host, database, tag
         names = BUILTIN_LABELS + label_names
         self.events = Counter("pgne_events_total", "Rows counted, by table, operation and label values.", names, registry=None)
@@ -55,6 +55,14 @@ class WorkerMetrics:
                                        "1 if pgne's trigger is installed as configured, else 0.",
                                        DATABASE_LABELS + ("schema", "table", "event"),
                                        multiprocess_mode="mostrecent", registry=None)
+        if outbox:  # only databases with delivery: outbox have these series
+            self.outbox_backlog = Gauge("pgne_outbox_backlog_rows", "Rows in pgne.event_log not yet drained.",
+                                        DATABASE_LABELS, multiprocess_mode="mostrecent",
+                                        registry=None).labels(host, database)
+            self.outbox_oldest_age = Gauge("pgne_outbox_oldest_event_age_seconds",
+                                           "Age of the oldest row in pgne.event_log (0 when empty).",
+                                           DATABASE_LABELS, multiprocess_mode="mostrecent",
+                                           registry=None).labels(host, database)
         self._children: dict[tuple, tuple] = {}
 
     def series(self, key: tuple) -> tuple:

@@ -65,13 +65,16 @@ class Router:
         if type(obj) is not dict:
             return INVALID, 0
         table, action = obj.get("table"), obj.get("action")
-        if type(table) is not str or type(action) is not str:
-            return INVALID, 0
-        operation = _EVENT_BY_ACTION.get(action.lower())
         count = obj.get("count", 1)
-        data = obj.get("data")
-        if (operation is None or type(count) is not int or not 0 < count <= MAX_COUNT
-                or (data is not None and type(data) is not dict)):
+        if (type(table) is not str or type(action) is not str
+                or type(count) is not int or not 0 < count <= MAX_COUNT):
+            return INVALID, 0
+        return self.key_for(table, action, obj.get("data"), count)
+
+    def key_for(self, table: str, action: str, data: object, count: int = 1) -> tuple[object, int]:
+        """Like classify, for a payload already decoded (outbox rows come as columns)."""
+        operation = _EVENT_BY_ACTION.get(action.lower())
+        if operation is None or (data is not None and type(data) is not dict):
             return INVALID, 0
         route = self._routes.get(table)
         if route is None:

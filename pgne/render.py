@@ -17,7 +17,7 @@ import jinja2
 import jinja2.meta
 
 from pgne import __version__
-from pgne.config import EVENTS, OTHER, Config, Database, Monitor, TemplateCatalog
+from pgne.config import EVENTS, NOTIFY, OTHER, OUTBOX, Config, Database, Monitor, TemplateCatalog
 from pgne.errors import UserError
 from pgne.resources import builtin_templates_dir
 
@@ -59,6 +59,11 @@ def dollar_quote(body: str) -> str:
         n += 1
         tag = f"$pgne{n}$"
     return f"{tag}{body}{tag}"
+
+
+def template_file(name: str, delivery: str = NOTIFY) -> str:
+    """`notification_with_payload.sql.j2`; with delivery outbox `notification_with_payload.outbox.sql.j2`."""
+    return f"{name}.outbox{TEMPLATE_SUFFIX}" if delivery == OUTBOX else name + TEMPLATE_SUFFIX
 
 
 def sql_comment(value: object) -> str:
@@ -138,28 +143,29 @@ class Renderer(TemplateCatalog):
 
     # -- TemplateCatalog: what config validation asks ------------------------------------
 
-    def _source(self, name: str) -> str:
-        source, _, _ = self.env.loader.get_source(self.env, name + TEMPLATE_SUFFIX)
+    def _source(self, name: str, delivery: str) -> str:
+        source, _, _ = self.env.loader.get_source(self.env, template_file(name, delivery))
         return source
 
-    def problem(self, name: str) -> str | None:
+    def problem(self, name: str, delivery: str = NOTIFY) -> str | None:
         if name.startswith("_"):
             return f"{name!r} is an internal template, not a trigger function"
         try:
-            source = self._source(name)
+            source = self._source(name, delivery)
         except jinja2.TemplateNotFound:
-            return (f"no template {name + TEMPLATE_SUFFIX!r} (searched {', '.join(self.search_path)})")
+            return (f"no template {template_file(name, delivery)!r} (searched {', '.join(self.search_path)})")
         try:
             self.env.parse(source)
         except jinja2.TemplateSyntaxError as exc:
             return f"template {name!r} line {exc.lineno}: {exc.message}"
         return None
 
-    def uses_labels(self, name: str) -> bool:
-        if name not in self._uses_labels:
-            ast = self.env.parse(self._source(name))
-            self._uses_labels[name] = "columns_to_label" in jinja2.meta.find_undeclared_variables(ast)
-        return self._uses_labels[name]
+    def uses_labels(self, name: str, delivery: str = NOTIFY) -> bool:
+        file = template_file(name, delivery)
+        if file not in self._uses_labels:
+            ast = self.env.parse(self._source(name, delivery))
+            self._uses_labels[file] = "columns_to_label" in jinja2.meta.find_undeclared_variables(ast)
+        return self._uses_labels[file]
 
     # -- rendering -----------------------------------------------------------------------
 
@@ -180,7 +186,7 @@ class Renderer(TemplateCatalog):
             "database": {"host": database.host, "port": database.port,
                          "name": database.name, "tag": database.tag},
         }
-        template_name = monitor.function + TEMPLATE_SUFFIX
+        template_name = template_file(monitor.function, database.delivery)
         try:
             sql = self.env.get_template(template_name).render(context)
         except jinja2.TemplateError as exc:

@@ -27,7 +27,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from pgne.config import Database
+from pgne.config import OUTBOX, Database
 
 log = logging.getLogger("pgne.worker")
 
@@ -121,7 +121,17 @@ class Worker:
         self.master_fd = master_fd
         self.renderer = Renderer(spec.template_dirs, lock_timeout=spec.lock_timeout)
         self.router = Router(self.db, spec.label_names)
-        self.metrics = WorkerMetrics(self.db.host, self.db.name, self.db.tag, spec.label_names)
+        self.outbox = None
+        if self.db.delivery == OUTBOX:
+            from pgne.outbox import OutboxExporter
+
+            # Reads what earlier workers exported *before* this one writes anything.
+            self.outbox = OutboxExporter(self.router, None, os.environ["PROMETHEUS_MULTIPROC_DIR"],
+                                         self.db.host, self.db.name)
+        self.metrics = WorkerMetrics(self.db.host, self.db.name, self.db.tag, spec.label_names,
+                                     outbox=self.outbox is not None)
+        if self.outbox is not None:
+            self.outbox.metrics = self.metrics
         self.counted = self.metrics.notifications[COUNTED]
         self.backoff = Backoff()
 
@@ -187,8 +197,9 @@ class Worker:
 
     def listen_forever(self) -> int:
         self.metrics.up.set(0)
-        for key in self.router.configured_keys():  # every configured series exists from the start
-            self.metrics.series(key)
+        if self.outbox is None:  # outbox: a series appears once its durable total is known
+            for key in self.router.configured_keys():  # every configured series exists from the start
+                self.metrics.series(key)
         for counter in self.metrics.notifications.values():
             counter.inc(0)
         self.metrics.reconnects.inc(0)
@@ -200,6 +211,8 @@ class Worker:
             try:
                 if self.db.perform_setup:
                     self.setup(conn)  # a failure is logged; we listen all the same
+                if self.outbox is not None:
+                    self.drain_forever(conn)
                 with conn.cursor() as cur:
                     cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.db.channel)))
                 self.check_triggers(conn)
@@ -216,6 +229,39 @@ class Worker:
             log.warning("%s: connection lost: %s; reconnecting in %.1f s", self.name, lost, delay)
             self.sleep(delay)
             reconnecting = True
+
+    def drain_forever(self, conn) -> None:
+        """delivery: outbox. Drain and export now, then every drain_interval."""
+        self.check_triggers(conn)
+        self.backoff.reset()
+        log.info("%s: draining pgne.event_log every %g s", self.name, self.db.drain_interval)
+        now = time.monotonic()
+        next_heartbeat, next_trigger_check = now, now + self.spec.trigger_check_interval
+        failing = False
+        while True:
+            try:
+                self.outbox.drain(conn)
+                self.outbox.export(conn)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                raise
+            except psycopg2.Error as exc:  # e.g. pgne.event_log missing: retry, loudly
+                self.metrics.up.set(0)
+                if not failing:
+                    log.error("%s: cannot drain pgne.event_log: %s (run pgne apply?)", self.name, _first_line(exc))
+                failing = True
+            else:
+                if failing:
+                    log.info("%s: draining again", self.name)
+                failing = False
+                self.metrics.up.set(1)
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                self.heartbeat(conn)
+                next_heartbeat = now + HEARTBEAT_INTERVAL
+            if now >= next_trigger_check:
+                self.check_triggers(conn)
+                next_trigger_check = now + self.spec.trigger_check_interval
+            self.sleep(self.db.drain_interval)
 
     def listen(self, conn) -> None:
         master_fd = self.master_fd

@@ -1,0 +1,117 @@
+"""`delivery: outbox`: drain pgne.event_log into pgne.totals, and export the totals.
+
+The triggers append rows to pgne.event_log in the application's own transaction, so a row
+exists exactly when the application's write committed. Each drain statement deletes a chunk
+of rows and adds them to pgne.totals in the same statement (one transaction): a row is moved
+exactly once, even with several pgne instances draining one database (SKIP LOCKED).
+
+What is exported comes from pgne.totals, the durable count, never from a sum kept in memory:
+the worker raises pgne_events_total by the difference between the database's total and what
+is already exported. "Already exported" is read back from the multiprocess files when the
+worker starts, so a restarted worker does not add again what its predecessor exported, and
+after a restart of pgne itself (files wiped) the series reappear at the database's total.
+A series is only exported once its total is known: it never shows a 0 that would look like
+a counter reset.
+"""
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from pgne.payload import Router
+
+log = logging.getLogger("pgne.worker")
+
+DRAIN_CHUNK = 50_000  # rows per statement: a large backlog is moved in several transactions
+
+DRAIN_SQL = """
+WITH batch AS (
+  DELETE FROM pgne.event_log
+  WHERE ctid = ANY (ARRAY(SELECT ctid FROM pgne.event_log LIMIT %s FOR UPDATE SKIP LOCKED))
+  RETURNING table_name, operation, labels, n, created_at
+), grouped AS (
+  SELECT table_name, operation, labels, sum(n)::bigint AS n, max(created_at) AS last_event
+  FROM batch GROUP BY table_name, operation, labels
+), merged AS (
+  INSERT INTO pgne.totals AS t (table_name, operation, labels, total, last_event)
+  SELECT table_name, operation, labels, n, last_event FROM grouped
+  ON CONFLICT (table_name, operation, labels) DO UPDATE
+    SET total = t.total + EXCLUDED.total, last_event = greatest(t.last_event, EXCLUDED.last_event)
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM merged)
+"""
+TOTALS_SQL = "SELECT table_name, operation, labels, total, extract(epoch FROM last_event) FROM pgne.totals"
+BACKLOG_SQL = "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM pgne.event_log"
+
+
+def exported_totals(state_dir: str, host: str, database: str, label_names: tuple[str, ...]) -> dict[tuple, float]:
+    """pgne_events_total as currently served for one database, keyed like payload.Router keys."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=state_dir)
+    totals: dict[tuple, float] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            labels = sample.labels
+            if (sample.name != "pgne_events_total" or labels.get("host") != host
+                    or labels.get("database") != database):
+                continue
+            key = (labels["operation"], labels["schema"], labels["table"],
+                   *(labels.get(name, "") for name in label_names))
+            totals[key] = sample.value
+    return totals
+
+
+class OutboxExporter:
+    def __init__(self, router: Router, metrics, state_dir: str, host: str, database: str):
+        self.router = router
+        self.metrics = metrics
+        self.exported = exported_totals(state_dir, host, database, router.label_names)
+        self.first_export_done = False
+        self._warned: set[tuple] = set()
+
+    def drain(self, conn) -> int:
+        """Move every committed event_log row into totals; returns the number of rows moved."""
+        moved = 0
+        with conn.cursor() as cur:
+            while True:
+                cur.execute(DRAIN_SQL, (DRAIN_CHUNK,))  # autocommit: one statement, one transaction
+                rows, _groups = cur.fetchone()
+                moved += rows
+                if rows < DRAIN_CHUNK:
+                    return moved
+
+    def export(self, conn) -> None:
+        with conn.cursor() as cur:
+            cur.execute(TOTALS_SQL)
+            rows = cur.fetchall()
+            cur.execute(BACKLOG_SQL)
+            backlog, oldest_age = cur.fetchone()
+        self.metrics.outbox_backlog.set(backlog)
+        self.metrics.outbox_oldest_age.set(float(oldest_age))
+        totals: dict[tuple, list] = {}
+        for table_name, operation, labels, total, last_event in rows:
+            key, _ = self.router.key_for(table_name, operation, labels)
+            if type(key) is str:  # a table or event the config no longer monitors
+                continue
+            entry = totals.setdefault(key, [0, 0.0])
+            entry[0] += total
+            entry[1] = max(entry[1], float(last_event))
+        for key, (total, last_event) in totals.items():
+            counter, last_event_gauge = self.metrics.series(key)
+            delta = total - self.exported.get(key, 0)
+            if delta > 0:
+                counter.inc(delta)
+                self.exported[key] = total
+            elif delta < 0 and key not in self._warned:
+                self._warned.add(key)
+                log.warning("pgne.totals for %s went down from %d to %d (rows deleted by hand?); "
+                            "the exported counter keeps its value", key, self.exported[key], total)
+            last_event_gauge.set(last_event)
+        if not self.first_export_done:
+            self.first_export_done = True
+            for key in self.router.configured_keys():  # the rest of the configured series, at 0
+                if key not in totals and key not in self.exported:
+                    self.metrics.series(key)
