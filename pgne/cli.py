@@ -11,7 +11,7 @@ import sys
 import traceback
 
 from pgne import __version__, commands
-from pgne.config import load_config, config_path
+from pgne.config import config_path, load_config
 from pgne.errors import EXIT_RUNTIME, UserError
 from pgne.render import DEFAULT_LOCK_TIMEOUT, Renderer
 
