@@ -1,0 +1,156 @@
+-- pgne 0.1.0: host "localhost", port 5432, database "test", tag "business_tag"
+BEGIN;
+-- One apply at a time per database (pgne apply, and pgne run's perform_setup).
+SELECT pg_advisory_xact_lock(1885826661);
+-- Fail rather than queue behind application traffic for a table lock.
+SET LOCAL lock_timeout = '5000ms';
+CREATE SCHEMA IF NOT EXISTS "pgne";
+REVOKE ALL ON SCHEMA "pgne" FROM PUBLIC;
+
+-- "public.one": "notification_with_payload" on INSERT
+CREATE OR REPLACE FUNCTION "pgne"."public_one_6415285b3b"()
+  RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, pg_temp
+AS $pgne$
+DECLARE
+  seq bigint := coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint;
+  grp record;
+BEGIN
+  BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+      seq := seq + 1;
+      PERFORM pg_notify('pg_notify_exporter', json_build_object(
+        'table', 'public.one', 'action', TG_OP, 'count', 1, 'seq', seq)::text);
+    ELSE
+      FOR grp IN
+        SELECT
+          CASE WHEN pgne_new."code"::text IN ('alpha', 'beta', 'gamma')
+               THEN pgne_new."code"::text ELSE 'other' END AS "code",
+          count(*) AS n
+        FROM pgne_new
+        GROUP BY 1
+        HAVING count(*) > 0
+      LOOP
+        seq := seq + 1;
+        PERFORM pg_notify('pg_notify_exporter', json_build_object(
+          'table', 'public.one', 'action', TG_OP,
+          'data', json_build_object('code', grp."code"),
+          'count', grp.n, 'seq', seq)::text);
+      END LOOP;
+    END IF;
+    PERFORM set_config('pgne.seq', seq::text, true);
+  EXCEPTION WHEN OTHERS THEN
+    -- Never fail the application's statement: this statement's events are not counted.
+    RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
+      TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, SQLERRM, SQLSTATE;
+  END;
+  RETURN NULL;
+END
+$pgne$;
+
+COMMENT ON FUNCTION "pgne"."public_one_6415285b3b"() IS 'pgne sha256:656c6595a7124ecfd5359a9ef6e1a4993eb917d71f58f13df4d63b9e96c52f94';
+DO $pgne$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = '"public"."one"'::regclass
+                   AND tgname = 'pgne_insert' AND tgparentid = 0
+                   AND tgfoid = '"pgne"."public_one_6415285b3b"()'::regprocedure
+                   AND tgtype = 4 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
+                   AND tgnewtable = 'pgne_new'
+                   AND tgoldtable IS NULL) THEN
+    CREATE OR REPLACE TRIGGER pgne_insert
+      AFTER INSERT ON "public"."one"
+      REFERENCING NEW TABLE AS pgne_new
+      FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."public_one_6415285b3b"();
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"public"."one"'::regclass
+               AND tgname = 'pgne_update' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_update ON "public"."one";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"public"."one"'::regclass
+               AND tgname = 'pgne_delete' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_delete ON "public"."one";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"public"."one"'::regclass
+               AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_truncate ON "public"."one";
+  END IF;
+END
+$pgne$;
+
+-- "public.two": "simple_event_notification" on INSERT, DELETE
+CREATE OR REPLACE FUNCTION "pgne"."public_two_93be4d32ed"()
+  RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, pg_temp
+AS $pgne$
+DECLARE
+  seq bigint := coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint;
+  n bigint := 1;
+BEGIN
+  BEGIN
+    IF TG_OP = 'DELETE' THEN
+      SELECT count(*) INTO n FROM pgne_old;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+      SELECT count(*) INTO n FROM pgne_new;
+    END IF;
+    IF n > 0 THEN
+      seq := seq + 1;
+      PERFORM pg_notify('pg_notify_exporter', json_build_object(
+        'table', 'public.two', 'action', TG_OP, 'count', n, 'seq', seq)::text);
+      PERFORM set_config('pgne.seq', seq::text, true);
+    END IF;
+  EXCEPTION WHEN OTHERS THEN
+    -- Never fail the application's statement: this statement's events are not counted.
+    RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
+      TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, SQLERRM, SQLSTATE;
+  END;
+  RETURN NULL;
+END
+$pgne$;
+
+COMMENT ON FUNCTION "pgne"."public_two_93be4d32ed"() IS 'pgne sha256:59fa0f6eba296a7ef6db93d9a9203275ab2026cfeb44396f3256821525bf66de';
+DO $pgne$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = '"public"."two"'::regclass
+                   AND tgname = 'pgne_insert' AND tgparentid = 0
+                   AND tgfoid = '"pgne"."public_two_93be4d32ed"()'::regprocedure
+                   AND tgtype = 4 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
+                   AND tgnewtable = 'pgne_new'
+                   AND tgoldtable IS NULL) THEN
+    CREATE OR REPLACE TRIGGER pgne_insert
+      AFTER INSERT ON "public"."two"
+      REFERENCING NEW TABLE AS pgne_new
+      FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."public_two_93be4d32ed"();
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"public"."two"'::regclass
+               AND tgname = 'pgne_update' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_update ON "public"."two";
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = '"public"."two"'::regclass
+                   AND tgname = 'pgne_delete' AND tgparentid = 0
+                   AND tgfoid = '"pgne"."public_two_93be4d32ed"()'::regprocedure
+                   AND tgtype = 8 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
+                   AND tgnewtable IS NULL
+                   AND tgoldtable = 'pgne_old') THEN
+    CREATE OR REPLACE TRIGGER pgne_delete
+      AFTER DELETE ON "public"."two"
+      REFERENCING OLD TABLE AS pgne_old
+      FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."public_two_93be4d32ed"();
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"public"."two"'::regclass
+               AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_truncate ON "public"."two";
+  END IF;
+END
+$pgne$;
+COMMIT;

@@ -1,0 +1,451 @@
+-- pgne 0.1.0: host "db1.example.com", port 6543, database "shop", tag "production"
+BEGIN;
+-- One apply at a time per database (pgne apply, and pgne run's perform_setup).
+SELECT pg_advisory_xact_lock(1885826661);
+-- Fail rather than queue behind application traffic for a table lock.
+SET LOCAL lock_timeout = '5000ms';
+CREATE SCHEMA IF NOT EXISTS "pgne";
+REVOKE ALL ON SCHEMA "pgne" FROM PUBLIC;
+
+-- "sales.orders": "notification_with_payload" on INSERT, UPDATE, DELETE, TRUNCATE
+CREATE OR REPLACE FUNCTION "pgne"."sales_orders_74609b9789"()
+  RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, pg_temp
+AS $pgne$
+DECLARE
+  seq bigint := coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint;
+  grp record;
+BEGIN
+  BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+      seq := seq + 1;
+      PERFORM pg_notify('shop_events', json_build_object(
+        'table', 'sales.orders', 'action', TG_OP, 'count', 1, 'seq', seq)::text);
+    ELSIF TG_OP = 'DELETE' THEN
+      FOR grp IN
+        SELECT
+          CASE WHEN pgne_old."status"::text IN ('new', 'paid', 'shipped')
+               THEN pgne_old."status"::text ELSE 'other' END AS "status",
+          CASE WHEN pgne_old."priority"::text IN ('1', '2', 'true', '1.5')
+               THEN pgne_old."priority"::text ELSE 'other' END AS "priority",
+          count(*) AS n
+        FROM pgne_old
+        GROUP BY 1, 2
+        HAVING count(*) > 0
+      LOOP
+        seq := seq + 1;
+        PERFORM pg_notify('shop_events', json_build_object(
+          'table', 'sales.orders', 'action', TG_OP,
+          'data', json_build_object('status', grp."status", 'priority', grp."priority"),
+          'count', grp.n, 'seq', seq)::text);
+      END LOOP;
+    ELSE
+      FOR grp IN
+        SELECT
+          CASE WHEN pgne_new."status"::text IN ('new', 'paid', 'shipped')
+               THEN pgne_new."status"::text ELSE 'other' END AS "status",
+          CASE WHEN pgne_new."priority"::text IN ('1', '2', 'true', '1.5')
+               THEN pgne_new."priority"::text ELSE 'other' END AS "priority",
+          count(*) AS n
+        FROM pgne_new
+        GROUP BY 1, 2
+        HAVING count(*) > 0
+      LOOP
+        seq := seq + 1;
+        PERFORM pg_notify('shop_events', json_build_object(
+          'table', 'sales.orders', 'action', TG_OP,
+          'data', json_build_object('status', grp."status", 'priority', grp."priority"),
+          'count', grp.n, 'seq', seq)::text);
+      END LOOP;
+    END IF;
+    PERFORM set_config('pgne.seq', seq::text, true);
+  EXCEPTION WHEN OTHERS THEN
+    -- Never fail the application's statement: this statement's events are not counted.
+    RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
+      TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, SQLERRM, SQLSTATE;
+  END;
+  RETURN NULL;
+END
+$pgne$;
+
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:5e9d4ba5de92437516be9c4d2766c2344f662409948ee40a11cba71967efe1b5';
+DO $pgne$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = '"sales"."orders"'::regclass
+                   AND tgname = 'pgne_insert' AND tgparentid = 0
+                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::regprocedure
+                   AND tgtype = 4 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
+                   AND tgnewtable = 'pgne_new'
+                   AND tgoldtable IS NULL) THEN
+    CREATE OR REPLACE TRIGGER pgne_insert
+      AFTER INSERT ON "sales"."orders"
+      REFERENCING NEW TABLE AS pgne_new
+      FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."sales_orders_74609b9789"();
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = '"sales"."orders"'::regclass
+                   AND tgname = 'pgne_update' AND tgparentid = 0
+                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::regprocedure
+                   AND tgtype = 16 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
+                   AND tgnewtable = 'pgne_new'
+                   AND tgoldtable IS NULL) THEN
+    CREATE OR REPLACE TRIGGER pgne_update
+      AFTER UPDATE ON "sales"."orders"
+      REFERENCING NEW TABLE AS pgne_new
+      FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."sales_orders_74609b9789"();
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = '"sales"."orders"'::regclass
+                   AND tgname = 'pgne_delete' AND tgparentid = 0
+                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::regprocedure
+                   AND tgtype = 8 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
+                   AND tgnewtable IS NULL
+                   AND tgoldtable = 'pgne_old') THEN
+    CREATE OR REPLACE TRIGGER pgne_delete
+      AFTER DELETE ON "sales"."orders"
+      REFERENCING OLD TABLE AS pgne_old
+      FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."sales_orders_74609b9789"();
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = '"sales"."orders"'::regclass
+                   AND tgname = 'pgne_truncate' AND tgparentid = 0
+                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::regprocedure
+                   AND tgtype = 32 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
+                   AND tgnewtable IS NULL
+                   AND tgoldtable IS NULL) THEN
+    CREATE OR REPLACE TRIGGER pgne_truncate
+      AFTER TRUNCATE ON "sales"."orders"
+      FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."sales_orders_74609b9789"();
+  END IF;
+END
+$pgne$;
+
+-- "public.customers": "simple_event_notification" on TRUNCATE
+CREATE OR REPLACE FUNCTION "pgne"."public_customers_746dedf2f4"()
+  RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, pg_temp
+AS $pgne$
+DECLARE
+  seq bigint := coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint;
+  n bigint := 1;
+BEGIN
+  BEGIN
+    IF n > 0 THEN
+      seq := seq + 1;
+      PERFORM pg_notify('shop_events', json_build_object(
+        'table', 'public.customers', 'action', TG_OP, 'count', n, 'seq', seq)::text);
+      PERFORM set_config('pgne.seq', seq::text, true);
+    END IF;
+  EXCEPTION WHEN OTHERS THEN
+    -- Never fail the application's statement: this statement's events are not counted.
+    RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
+      TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, SQLERRM, SQLSTATE;
+  END;
+  RETURN NULL;
+END
+$pgne$;
+
+COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:eae75f3e930a83571bf6968057b0b9a3d50cd4ff1c288d7276bf9d476bcc4c90';
+DO $pgne$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"public"."customers"'::regclass
+               AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_insert ON "public"."customers";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"public"."customers"'::regclass
+               AND tgname = 'pgne_update' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_update ON "public"."customers";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"public"."customers"'::regclass
+               AND tgname = 'pgne_delete' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_delete ON "public"."customers";
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = '"public"."customers"'::regclass
+                   AND tgname = 'pgne_truncate' AND tgparentid = 0
+                   AND tgfoid = '"pgne"."public_customers_746dedf2f4"()'::regprocedure
+                   AND tgtype = 32 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
+                   AND tgnewtable IS NULL
+                   AND tgoldtable IS NULL) THEN
+    CREATE OR REPLACE TRIGGER pgne_truncate
+      AFTER TRUNCATE ON "public"."customers"
+      FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."public_customers_746dedf2f4"();
+  END IF;
+END
+$pgne$;
+
+-- "audit.Log": "notification_with_payload" on DELETE, UPDATE
+CREATE OR REPLACE FUNCTION "pgne"."audit_log_dd556fb87f"()
+  RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, pg_temp
+AS $pgne$
+DECLARE
+  seq bigint := coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint;
+  grp record;
+BEGIN
+  BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+      seq := seq + 1;
+      PERFORM pg_notify('shop_events', json_build_object(
+        'table', 'audit.Log', 'action', TG_OP, 'count', 1, 'seq', seq)::text);
+    ELSIF TG_OP = 'DELETE' THEN
+      FOR grp IN
+        SELECT
+          count(*) AS n
+        FROM pgne_old
+        HAVING count(*) > 0
+      LOOP
+        seq := seq + 1;
+        PERFORM pg_notify('shop_events', json_build_object(
+          'table', 'audit.Log', 'action', TG_OP,
+          'count', grp.n, 'seq', seq)::text);
+      END LOOP;
+    ELSE
+      FOR grp IN
+        SELECT
+          count(*) AS n
+        FROM pgne_new
+        HAVING count(*) > 0
+      LOOP
+        seq := seq + 1;
+        PERFORM pg_notify('shop_events', json_build_object(
+          'table', 'audit.Log', 'action', TG_OP,
+          'count', grp.n, 'seq', seq)::text);
+      END LOOP;
+    END IF;
+    PERFORM set_config('pgne.seq', seq::text, true);
+  EXCEPTION WHEN OTHERS THEN
+    -- Never fail the application's statement: this statement's events are not counted.
+    RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
+      TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, SQLERRM, SQLSTATE;
+  END;
+  RETURN NULL;
+END
+$pgne$;
+
+COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:13b33a911f399e8c383cf7458dfcba40a9269f20192955f812c306d29248ca92';
+DO $pgne$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"audit"."Log"'::regclass
+               AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_insert ON "audit"."Log";
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = '"audit"."Log"'::regclass
+                   AND tgname = 'pgne_update' AND tgparentid = 0
+                   AND tgfoid = '"pgne"."audit_log_dd556fb87f"()'::regprocedure
+                   AND tgtype = 16 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
+                   AND tgnewtable = 'pgne_new'
+                   AND tgoldtable IS NULL) THEN
+    CREATE OR REPLACE TRIGGER pgne_update
+      AFTER UPDATE ON "audit"."Log"
+      REFERENCING NEW TABLE AS pgne_new
+      FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."audit_log_dd556fb87f"();
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = '"audit"."Log"'::regclass
+                   AND tgname = 'pgne_delete' AND tgparentid = 0
+                   AND tgfoid = '"pgne"."audit_log_dd556fb87f"()'::regprocedure
+                   AND tgtype = 8 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
+                   AND tgnewtable IS NULL
+                   AND tgoldtable = 'pgne_old') THEN
+    CREATE OR REPLACE TRIGGER pgne_delete
+      AFTER DELETE ON "audit"."Log"
+      REFERENCING OLD TABLE AS pgne_old
+      FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."audit_log_dd556fb87f"();
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"audit"."Log"'::regclass
+               AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_truncate ON "audit"."Log";
+  END IF;
+END
+$pgne$;
+
+-- "public.legacy": disabled; its triggers and function are removed
+DO $pgne$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = to_regclass('"public"."legacy"')
+               AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_insert ON "public"."legacy";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = to_regclass('"public"."legacy"')
+               AND tgname = 'pgne_update' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_update ON "public"."legacy";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = to_regclass('"public"."legacy"')
+               AND tgname = 'pgne_delete' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_delete ON "public"."legacy";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = to_regclass('"public"."legacy"')
+               AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_truncate ON "public"."legacy";
+  END IF;
+END
+$pgne$;
+DROP FUNCTION IF EXISTS "pgne"."public_legacy_3f1e6d0630"();
+COMMIT;
+
+-- pgne 0.1.0: host "db1.example.com", port 5432, database "reports", tag ""
+BEGIN;
+-- One apply at a time per database (pgne apply, and pgne run's perform_setup).
+SELECT pg_advisory_xact_lock(1885826661);
+-- Fail rather than queue behind application traffic for a table lock.
+SET LOCAL lock_timeout = '5000ms';
+CREATE SCHEMA IF NOT EXISTS "pgne";
+REVOKE ALL ON SCHEMA "pgne" FROM PUBLIC;
+
+-- "public.refunds": "notification_with_payload" on DELETE
+CREATE OR REPLACE FUNCTION "pgne"."public_refunds_520c957fdd"()
+  RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, pg_temp
+AS $pgne$
+DECLARE
+  seq bigint := coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint;
+  grp record;
+BEGIN
+  BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+      seq := seq + 1;
+      PERFORM pg_notify('pg_notify_exporter', json_build_object(
+        'table', 'public.refunds', 'action', TG_OP, 'count', 1, 'seq', seq)::text);
+    ELSIF TG_OP = 'DELETE' THEN
+      FOR grp IN
+        SELECT
+          CASE WHEN pgne_old."reason"::text IN ('fraud', 'damaged')
+               THEN pgne_old."reason"::text ELSE 'other' END AS "reason",
+          count(*) AS n
+        FROM pgne_old
+        GROUP BY 1
+        HAVING count(*) > 0
+      LOOP
+        seq := seq + 1;
+        PERFORM pg_notify('pg_notify_exporter', json_build_object(
+          'table', 'public.refunds', 'action', TG_OP,
+          'data', json_build_object('reason', grp."reason"),
+          'count', grp.n, 'seq', seq)::text);
+      END LOOP;
+    END IF;
+    PERFORM set_config('pgne.seq', seq::text, true);
+  EXCEPTION WHEN OTHERS THEN
+    -- Never fail the application's statement: this statement's events are not counted.
+    RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
+      TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, SQLERRM, SQLSTATE;
+  END;
+  RETURN NULL;
+END
+$pgne$;
+
+COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:c901b85848661b0d7ef1815abe362ba995caab7afbb494ec588c3d2dde1a73a9';
+DO $pgne$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"public"."refunds"'::regclass
+               AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_insert ON "public"."refunds";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"public"."refunds"'::regclass
+               AND tgname = 'pgne_update' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_update ON "public"."refunds";
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = '"public"."refunds"'::regclass
+                   AND tgname = 'pgne_delete' AND tgparentid = 0
+                   AND tgfoid = '"pgne"."public_refunds_520c957fdd"()'::regprocedure
+                   AND tgtype = 8 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
+                   AND tgnewtable IS NULL
+                   AND tgoldtable = 'pgne_old') THEN
+    CREATE OR REPLACE TRIGGER pgne_delete
+      AFTER DELETE ON "public"."refunds"
+      REFERENCING OLD TABLE AS pgne_old
+      FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."public_refunds_520c957fdd"();
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"public"."refunds"'::regclass
+               AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_truncate ON "public"."refunds";
+  END IF;
+END
+$pgne$;
+COMMIT;
+
+-- pgne 0.1.0: host "localhost", port 5432, database "archive", tag "old"
+-- This database is disabled in the config: every pgne object is removed from it.
+BEGIN;
+-- One apply at a time per database (pgne apply, and pgne run's perform_setup).
+SELECT pg_advisory_xact_lock(1885826661);
+-- Fail rather than queue behind application traffic for a table lock.
+SET LOCAL lock_timeout = '5000ms';
+
+-- "public.one": disabled; its triggers and function are removed
+DO $pgne$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = to_regclass('"public"."one"')
+               AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_insert ON "public"."one";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = to_regclass('"public"."one"')
+               AND tgname = 'pgne_update' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_update ON "public"."one";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = to_regclass('"public"."one"')
+               AND tgname = 'pgne_delete' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_delete ON "public"."one";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = to_regclass('"public"."one"')
+               AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_truncate ON "public"."one";
+  END IF;
+END
+$pgne$;
+DROP FUNCTION IF EXISTS "pgne"."public_one_6415285b3b"();
+
+-- "public.two": disabled; its triggers and function are removed
+DO $pgne$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = to_regclass('"public"."two"')
+               AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_insert ON "public"."two";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = to_regclass('"public"."two"')
+               AND tgname = 'pgne_update' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_update ON "public"."two";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = to_regclass('"public"."two"')
+               AND tgname = 'pgne_delete' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_delete ON "public"."two";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = to_regclass('"public"."two"')
+               AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_truncate ON "public"."two";
+  END IF;
+END
+$pgne$;
+DROP FUNCTION IF EXISTS "pgne"."public_two_93be4d32ed"();
+
+-- Schema pgne holds only pgne's objects; CASCADE also removes functions (and their
+-- triggers) of monitors that were deleted from the config instead of disabled.
+DROP SCHEMA IF EXISTS "pgne" CASCADE;
+COMMIT;
