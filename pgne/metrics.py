@@ -31,38 +31,46 @@ DATABASE_LABELS = ("host", "database")
 assert BUILTIN_LABELS == ("operation", "host", "database", "tag", "schema", "table")
 
 
+def _counter(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
+    # registry=None: /metrics is served from the multiprocess files, never a process registry.
+    return Counter(name, documentation, labels, registry=None)
+
+
+def _gauge(name: str, documentation: str, labels: tuple[str, ...], mode: str) -> Gauge:
+    return Gauge(name, documentation, labels, registry=None, multiprocess_mode=mode)
+
+
+def _database_up() -> Gauge:
+    return _gauge("pgne_database_up", "1 while the worker is connected and listening, else 0.",
+                  ("host", "database", "tag"), "livemax")
+
+
 class WorkerMetrics:
     """The metrics one worker writes, with children for its database bound once."""
 
     def __init__(self, host: str, database: str, tag: str, label_names: tuple[str, ...], outbox: bool = False):
         self.host, self.database, self.tag = host, database, tag
         names = BUILTIN_LABELS + label_names
-        self.events = Counter("pgne_events_total", "Rows counted, by table, operation and label values.", names, registry=None)
-        self.last_event = Gauge("pgne_last_event_timestamp_seconds",
-                                "Unix time of the last counted event of the series.", names,
-                                multiprocess_mode="max", registry=None)
-        self.up = Gauge("pgne_database_up", "1 while the worker is connected and listening, else 0.",
-                        ("host", "database", "tag"), multiprocess_mode="livemax", registry=None).labels(host, database, tag)
-        notifications = Counter("pgne_notifications_total", "Notifications received, by result.",
-                                DATABASE_LABELS + ("result",), registry=None)
+        self.events = _counter("pgne_events_total", "Rows counted, by table, operation and label values.", names)
+        self.last_event = _gauge("pgne_last_event_timestamp_seconds",
+                                 "Unix time of the last counted event of the series (0: none yet).", names, "max")
+        self.up = _database_up().labels(host, database, tag)
+        notifications = _counter("pgne_notifications_total", "Notifications received, by result.",
+                                 DATABASE_LABELS + ("result",))
         self.notifications = {r: notifications.labels(host, database, r) for r in RESULTS}
-        self.reconnects = Counter("pgne_reconnects_total", "Connection attempts after the first one.",
-                                  DATABASE_LABELS, registry=None).labels(host, database)
-        self.queue_usage = Gauge("pgne_notify_queue_usage_ratio",
-                                 "pg_notification_queue_usage() at the last heartbeat.", DATABASE_LABELS,
-                                 multiprocess_mode="mostrecent", registry=None).labels(host, database)
-        self.trigger_installed = Gauge("pgne_trigger_installed",
-                                       "1 if pgne's trigger is installed as configured, else 0.",
-                                       DATABASE_LABELS + ("schema", "table", "event"),
-                                       multiprocess_mode="mostrecent", registry=None)
+        self.reconnects = _counter("pgne_reconnects_total", "Connection attempts after the first one.",
+                                   DATABASE_LABELS).labels(host, database)
+        self.queue_usage = _gauge("pgne_notify_queue_usage_ratio", "pg_notification_queue_usage() at the last "
+                                  "heartbeat.", DATABASE_LABELS, "mostrecent").labels(host, database)
+        self.trigger_installed = _gauge("pgne_trigger_installed",
+                                        "1 if pgne's trigger is installed as configured, else 0.",
+                                        DATABASE_LABELS + ("schema", "table", "event"), "mostrecent")
         if outbox:  # only databases with delivery: outbox have these series
-            self.outbox_backlog = Gauge("pgne_outbox_backlog_rows", "Rows in pgne.event_log not yet drained.",
-                                        DATABASE_LABELS, multiprocess_mode="mostrecent",
-                                        registry=None).labels(host, database)
-            self.outbox_oldest_age = Gauge("pgne_outbox_oldest_event_age_seconds",
-                                           "Age of the oldest row in pgne.event_log (0 when empty).",
-                                           DATABASE_LABELS, multiprocess_mode="mostrecent",
-                                           registry=None).labels(host, database)
+            self.outbox_backlog = _gauge("pgne_outbox_backlog_rows", "Rows in pgne.event_log not yet drained.",
+                                         DATABASE_LABELS, "mostrecent").labels(host, database)
+            self.outbox_oldest_age = _gauge("pgne_outbox_oldest_event_age_seconds",
+                                            "Age of the oldest row in pgne.event_log (0 when empty).",
+                                            DATABASE_LABELS, "mostrecent").labels(host, database)
         self._children: dict[tuple, tuple] = {}
 
     def series(self, key: tuple) -> tuple:
@@ -80,13 +88,11 @@ class MasterMetrics:
     """What the master itself writes."""
 
     def __init__(self, version: str):
-        self.database_up = Gauge("pgne_database_up", "1 while the worker is connected and listening, else 0.",
-                                 ("host", "database", "tag"), multiprocess_mode="livemax", registry=None)
-        self.worker_restarts = Counter("pgne_worker_restarts_total", "Workers restarted by the master.",
-                                       DATABASE_LABELS, registry=None)
-        Gauge("pgne_build_info", "Always 1; the version is a label.", ("version",),
-              multiprocess_mode="livemax", registry=None).labels(version).set(1)
-        self.reload_ok = Gauge("pgne_config_last_reload_successful",
-                               "1 if the last config (re)load succeeded, else 0.", multiprocess_mode="livemax", registry=None)
-        self.reload_time = Gauge("pgne_config_last_reload_success_timestamp_seconds",
-                                 "Unix time of the last successful config (re)load.", multiprocess_mode="livemax", registry=None)
+        self.database_up = _database_up()
+        self.worker_restarts = _counter("pgne_worker_restarts_total", "Workers restarted by the master.",
+                                        DATABASE_LABELS)
+        _gauge("pgne_build_info", "Always 1; the version is a label.", ("version",), "livemax").labels(version).set(1)
+        self.reload_ok = _gauge("pgne_config_last_reload_successful",
+                                "1 if the last config (re)load succeeded, else 0.", (), "livemax")
+        self.reload_time = _gauge("pgne_config_last_reload_success_timestamp_seconds",
+                                  "Unix time of the last successful config (re)load.", (), "livemax")

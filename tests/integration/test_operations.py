@@ -18,7 +18,6 @@ import bcrypt
 import psycopg2
 import pytest
 import yaml
-
 from runner import (
     PgneProcess,
     config_yaml,
