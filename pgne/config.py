@@ -256,12 +256,18 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
     return error.message
 
 
-def _schema_errors(path: str, data: Any) -> list[str]:
+def _schema_errors(path: str, data: Any) -> tuple[list[str], set[tuple]]:
+    """(error lines, the paths (host index, host, entry index) of database entries they hit).
+
+    An error above the level of a database entry puts `()` in the set: nothing can be cross-checked.
+    """
     errors = sorted(_validator().iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
-    lines = []
+    lines, broken = [], set()
     for error in errors:
         lines.append(f"{path}: {_describe(data, list(error.absolute_path))}: {_schema_message(error)}")
-    return lines
+        location = tuple(error.absolute_path)
+        broken.add(location[:3] if len(location) >= 3 else ())
+    return lines, broken
 
 
 # --------------------------------------------------------------------------- stage 2: cross-checks
@@ -381,21 +387,26 @@ def _build_monitor(raw: dict, where: str, templates: "TemplateCatalog", errors: 
     )
 
 
-def _build(path: str, data: list, templates: "TemplateCatalog", base_dir: Path) -> tuple[list[Database], list[str]]:
+def _build(path: str, data: list, templates: "TemplateCatalog", base_dir: Path,
+           skip: set[tuple] = frozenset()) -> tuple[list[Database], list[str]]:
     errors: list[str] = []
     databases: list[Database] = []
-    seen_databases: dict[tuple[str, int, str], str] = {}
+    seen_databases: dict[tuple[str, int, str], int] = {}  # -> entry number, for messages
+    number = 0
     for i, host_entry in enumerate(data):
         (host, entries), = host_entry.items()
         for j, entry in enumerate(entries):
+            number += 1
+            if (i, host, j) in skip:
+                continue
             where = _describe(data, [i, host, j])
             password = _resolve_password(entry, f"{path}: {where}", base_dir, errors)
             port = int(entry.get("port", DEFAULT_PORT))  # JSON Schema's integer accepts 5432.0
             key = (host, port, entry["database"])
             if key in seen_databases:
                 errors.append(f"{path}: {where}: duplicate database {host}:{port}/{entry['database']} "
-                              f"(also at {seen_databases[key]})")
-            seen_databases.setdefault(key, where)
+                              f"(database entries #{seen_databases[key]} and #{number} of the file)")
+            seen_databases.setdefault(key, number)
             channel = entry.get("channel", DEFAULT_CHANNEL)
             delivery = entry.get("delivery", NOTIFY)
             if "drain_interval" in entry and delivery != OUTBOX:
@@ -452,12 +463,13 @@ class TemplateCatalog:
 def parse_config(path: str, text: str, templates: TemplateCatalog, base_dir: Path | None = None) -> Config:
     """Validate `text` (the content of `path`); raise UserError listing every problem."""
     data = _read_yaml(path, text)
-    errors = _schema_errors(path, data)
-    if errors:
+    errors, broken = _schema_errors(path, data)
+    if () in broken:  # the file's shape is wrong: cross-checks would only guess
         raise UserError(errors)
-    databases, errors = _build(path, data, templates, base_dir or Path(path).resolve().parent)
-    if errors:
-        raise UserError(errors)
+    # Cross-check every database entry whose structure is valid, so that all errors show at once.
+    databases, cross_errors = _build(path, data, templates, base_dir or Path(path).resolve().parent, skip=broken)
+    if errors or cross_errors:
+        raise UserError(errors + cross_errors)
     return Config(path=path, databases=tuple(databases))
 
 

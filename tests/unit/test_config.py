@@ -324,7 +324,7 @@ def test_duplicate_database_same_host_port_name():
               events: [delete]
         """)
     assert errors(text) == [f"{NAME}: localhost > test: duplicate database localhost:5432/test "
-                            f"(also at localhost > test)"]
+                            f"(database entries #1 and #2 of the file)"]
 
 
 def test_same_database_name_on_another_port_or_host_is_fine():
@@ -668,7 +668,7 @@ def test_every_cross_check_error_is_reported_at_once(monkeypatch):
         f"{NAME}: localhost > test > monitors[1] > table: duplicate table 'public.one' "
         f"(also at localhost > test > monitors[0])",
         f"{NAME}: localhost > test: password or password_file is required",
-        f"{NAME}: localhost > test: duplicate database localhost:5432/test (also at localhost > test)",
+        f"{NAME}: localhost > test: duplicate database localhost:5432/test (database entries #1 and #2 of the file)",
         f"{NAME}: localhost > test > monitors[0] > columns_to_label[0] > code[1]: duplicate value '1'",
         f"{NAME}: localhost > test > monitors[0] > columns_to_label: template 'simple_event_notification' "
         f"ignores columns_to_label (use notification_with_payload, or a template that reads columns_to_label)",
@@ -781,3 +781,41 @@ def test_config_path_precedence(monkeypatch):
     monkeypatch.setenv("PGNE_CONFIG", "")
     assert config_path(None) == DEFAULT_CONFIG_PATH
     assert os.environ["PGNE_CONFIG"] == ""
+
+
+def test_schema_errors_and_cross_check_errors_of_other_entries_are_reported_together():
+    text = yaml_text("""
+        - localhost:
+          - database: a
+            tag: t
+            perform_setup: true
+            username: postgres
+            password: x
+            enabled: true
+            monitors:
+            - {table: one, enabled: true, function: nope, events: [insert]}
+          - database: b
+            tag: t
+            perform_setup: maybe
+            username: postgres
+            password: x
+            enabled: true
+            monitors:
+            - {table: one, enabled: true, function: notification_with_payload, events: [upsert]}
+          - database: a
+            tag: t
+            perform_setup: true
+            username: postgres
+            password: x
+            enabled: true
+            monitors:
+            - {table: one, enabled: true, function: simple_event_notification, events: [insert]}
+        """)
+    assert errors(text) == [
+        f"{NAME}: localhost > b > monitors[0] > events[0]: 'upsert' is not one of insert, update, delete, "
+        f"truncate (any case)",
+        f"{NAME}: localhost > b > perform_setup: 'maybe' is not of type 'boolean'",
+        f"{NAME}: localhost > a > monitors[0] > function: no template 'nope.sql.j2' "
+        f"(searched {builtin_templates_dir()})",
+        f"{NAME}: localhost > a: duplicate database localhost:5432/a (database entries #1 and #3 of the file)",
+    ]
