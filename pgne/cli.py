@@ -67,7 +67,28 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--trigger-check-interval", type=_positive_seconds, default=60.0, metavar="SECONDS",
                        help="how often workers check that pgne's triggers exist (default 60)")
     sub.add_parser("status", parents=[common, select], help="compare the databases with the config")
+    p_demo = sub.add_parser("demo", help="try pgne: a demo table, its triggers, the exporter and sample writes "
+                                         "(no config needed); Ctrl-C removes it all")
+    p_demo.add_argument("--dsn", required=True, help="the database to play in, e.g. "
+                                                      "'host=127.0.0.1 dbname=postgres user=postgres' or a URI")
+    p_demo.add_argument("--listen-address", default="127.0.0.1:9292", metavar="HOST:PORT",
+                        help="where the exporter serves /metrics (default 127.0.0.1:9292)")
+    p_demo.add_argument("--rate", type=_demo_rate, default=5.0, metavar="N",
+                        help="sample statements per second (default 5)")
+    p_demo.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
+    p_demo.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     return parser
+
+
+def _demo_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 1000")
+    return value
 
 
 def _parse_listen_address(text: str) -> tuple[str, int]:
@@ -81,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
     try:
+        if args.command == "demo":  # needs no config file
+            from pgne.demo import demo
+
+            _parse_listen_address(args.listen_address)
+            return demo(args.dsn, args.listen_address, rate=args.rate, log_level=args.log_level)
         renderer = Renderer(args.templates, lock_timeout=getattr(args, "lock_timeout", DEFAULT_LOCK_TIMEOUT))
         path = config_path(args.config)
         config = load_config(path, renderer)

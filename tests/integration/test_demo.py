@@ -1,0 +1,197 @@
+"""`pgne demo --dsn DSN`, run as a user runs it: a subprocess in its own session, stopped the
+way a terminal's Ctrl-C stops it (SIGINT to the whole process group) or by SIGTERM.
+
+Nothing sleeps and hopes: every wait polls until a deadline, then fails with what it saw.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+DEADLINE = 60.0
+STOP_DEADLINE = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pgne_env() -> dict[str, str]:
+    """The pgne this test imports (the checkout, or the installed package) first on the path."""
+    import pgne
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PGNE_CONFIG", "PROMETHEUS_MULTIPROC_DIR")}
+    root = str(Path(pgne.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
+class DemoProcess:
+    """`python -m pgne demo` in a session of its own (its exporter and workers join its group)."""
+
+    def __init__(self, dsn: str, tmp_path: Path, rate: float = 20.0):
+        self.port = _free_port()
+        self.stdout_path, self.stderr_path = tmp_path / "demo.stdout", tmp_path / "demo.stderr"
+        with self.stdout_path.open("w") as out, self.stderr_path.open("w") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pgne", "demo", "--dsn", dsn, "--listen-address", f"127.0.0.1:{self.port}",
+                 "--rate", str(rate)],
+                env=_pgne_env(), cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True)
+        self.pgid = self.process.pid
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def output(self) -> str:
+        return f"--- stdout:\n{self.stdout[-3000:]}\n--- stderr:\n{self.stderr[-3000:]}"
+
+    def wait_for_banner(self) -> None:
+        deadline = time.monotonic() + DEADLINE
+        while "Ctrl-C stops the demo" not in self.stdout:
+            assert self.process.poll() is None, f"pgne demo exited {self.process.returncode}\n{self.output()}"
+            assert time.monotonic() < deadline, f"no banner after {DEADLINE:.0f} s\n{self.output()}"
+            time.sleep(0.05)
+
+    def samples(self) -> list:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+    def stop(self, signum: int, whole_group: bool) -> int:
+        """Send `signum` (to the whole group, as a terminal's Ctrl-C does); the exit code once
+        the demo and every process of its group are gone."""
+        if whole_group:
+            os.killpg(self.pgid, signum)
+        else:
+            self.process.send_signal(signum)
+        code = self.process.wait(STOP_DEADLINE)
+        deadline = time.monotonic() + STOP_DEADLINE
+        while True:
+            try:
+                os.killpg(self.pgid, 0)
+            except ProcessLookupError:
+                return code
+            assert time.monotonic() < deadline, f"processes of the demo's group still run\n{self.output()}"
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+
+@pytest.fixture
+def start_demo(tmp_path):
+    demos: list[DemoProcess] = []
+
+    def start(dsn: str) -> DemoProcess:
+        demo = DemoProcess(dsn, tmp_path)
+        demos.append(demo)
+        return demo
+
+    yield start
+    for demo in demos:
+        demo.kill()
+
+
+def pgne_objects(db) -> list[tuple]:
+    """Every schema, function and trigger that pgne or its demo could leave behind."""
+    return db.execute("""
+        SELECT 'schema', nspname FROM pg_namespace WHERE nspname IN ('pgne', 'pgne_demo')
+        UNION ALL
+        SELECT 'function', p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname IN ('pgne', 'pgne_demo')
+        UNION ALL
+        SELECT 'trigger', tgname FROM pg_trigger WHERE tgname LIKE 'pgne\\_%' OR tgrelid::regclass::text LIKE 'pgne%'
+        ORDER BY 1, 2""")
+
+
+def inserted_rows(db) -> int:
+    """Rows the demo has inserted so far: its sequence (one INSERT per transaction, none rolled back)."""
+    rows = db.execute("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM pgne_demo.orders_id_seq")
+    return rows[0][0]
+
+
+def counted(samples, database: str) -> dict[tuple[str, str], float]:
+    """{(operation, supplier): value} of pgne_events_total for the demo table."""
+    return {(s.labels["operation"], s.labels["supplier"]): s.value for s in samples
+            if s.name == "pgne_events_total" and s.labels["database"] == database
+            and (s.labels["schema"], s.labels["table"]) == ("pgne_demo", "orders")}
+
+
+def test_demo_counts_every_inserted_row_never_more_and_ctrl_c_removes_everything(pg_database, start_demo):
+    demo = start_demo(pg_database.dsn)
+    demo.wait_for_banner()
+    assert f"http://localhost:{demo.port}/metrics" in demo.stdout
+    assert f"http://localhost:{demo.port}/" in demo.stdout
+    state_dir = re.search(r"state dir (\S+)", demo.stderr).group(1)
+
+    # Every row inserted before `target` must be counted; no scrape may count more rows
+    # than the sequence had handed out by the time the scrape was answered.
+    target = inserted_rows(pg_database)
+    assert target > 0
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        totals = counted(demo.samples(), pg_database.name)
+        written = inserted_rows(pg_database)
+        inserts = sum(v for (operation, _), v in totals.items() if operation == "INSERT")
+        assert inserts <= written, f"pgne counted {inserts} INSERTs but only {written} rows were inserted"
+        operations = {operation for (operation, _), v in totals.items() if v > 0}
+        if inserts >= target and operations == {"INSERT", "UPDATE", "DELETE"} and totals[("INSERT", "other")] > 0:
+            break
+        assert time.monotonic() < deadline, f"after {DEADLINE:.0f} s: {totals}, {written} inserted\n{demo.output()}"
+        time.sleep(0.1)
+    assert {supplier for _, supplier in totals} == {"acme", "globex", "initech", "other"}
+    suppliers = {row[0] for row in pg_database.execute("SELECT DISTINCT supplier FROM pgne_demo.orders")}
+    assert suppliers == {"acme", "globex", "initech", "umbrella"}  # umbrella is counted as `other`
+
+    assert demo.stop(signal.SIGINT, whole_group=True) == 0, demo.output()
+    assert "stopped" in demo.stdout.splitlines()[-1], demo.output()
+    assert "Traceback" not in demo.stderr and " ERROR " not in demo.stderr, demo.output()
+    assert pgne_objects(pg_database) == []
+    assert not Path(state_dir).parent.exists(), "the demo's temporary directory is left behind"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", demo.port), timeout=2).close()
+
+
+def test_demo_stopped_by_sigterm_keeps_a_pgne_setup_that_was_already_there(pg_database, start_demo):
+    pg_database.execute("CREATE SCHEMA pgne; CREATE FUNCTION pgne.keep_me() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+    demo = start_demo(pg_database.dsn)
+    demo.wait_for_banner()
+    assert ("trigger", "pgne_insert") in pgne_objects(pg_database)
+
+    assert demo.stop(signal.SIGTERM, whole_group=False) == 0, demo.output()
+    assert " ERROR " not in demo.stderr, demo.output()
+    assert pgne_objects(pg_database) == [("function", "pgne.keep_me()"), ("schema", "pgne")]
+
+
+def test_demo_refuses_a_pgne_demo_schema_it_did_not_create_and_changes_nothing(pg_database, tmp_path):
+    pg_database.execute("CREATE SCHEMA pgne_demo; CREATE TABLE pgne_demo.orders (id int)")
+    result = subprocess.run([sys.executable, "-m", "pgne", "demo", "--dsn", pg_database.dsn,
+                             "--listen-address", f"127.0.0.1:{_free_port()}"],
+                            env=_pgne_env(), cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True,
+                            text=True, timeout=DEADLINE)
+    assert (result.returncode, result.stderr) == (
+        2, "pgne demo: schema pgne_demo already exists and was not created by pgne demo; nothing was changed\n")
+    assert pgne_objects(pg_database) == [("schema", "pgne_demo")]
+    assert pg_database.execute("SELECT count(*) FROM pgne_demo.orders") == [(0,)]
