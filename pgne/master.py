@@ -82,6 +82,10 @@ class Master:
         self.metrics = MasterMetrics(__version__)
         self.server = MetricsServer(listen, state_dir, web)
         self.slots: dict[tuple, WorkerSlot] = {}
+        # Workers of slots replaced by a reload, kept until we reap them: a Popen dropped while its
+        # child runs is reaped by subprocess's own cleanup at the next Popen(), and then never by
+        # _reap, so mark_process_dead() would not run and its pgne_database_up 1 would stay.
+        self.retiring: dict[int, subprocess.Popen] = {}
         self.flags: set[int] = set()
         self.stopping = False
         self.wakeup_r, self.wakeup_w = os.pipe()
@@ -139,6 +143,7 @@ class Master:
     def _stop_slot(self, slot: WorkerSlot) -> None:
         if slot.process and slot.process.returncode is None:
             slot.process.terminate()
+            self.retiring[slot.process.pid] = slot.process
 
     def _reap(self) -> None:
         from prometheus_client.multiprocess import mark_process_dead
@@ -156,6 +161,10 @@ class Master:
             code = os.waitstatus_to_exitcode(status)
             slot = next((s for s in self.slots.values() if s.pid == pid), None)
             if slot is None:  # a worker of a slot we already replaced (reload)
+                retired = self.retiring.pop(pid, None)
+                if retired is not None:
+                    retired.returncode = code
+                    retired.stdin.close()
                 continue
             slot.process.returncode = code
             slot.process.stdin.close()
@@ -260,7 +269,7 @@ class Master:
         for slot in running:
             slot.process.terminate()
         deadline = time.monotonic() + STOP_GRACE
-        while time.monotonic() < deadline and any(s.process.returncode is None for s in running):
+        while time.monotonic() < deadline and (self.retiring or any(s.process.returncode is None for s in running)):
             self._reap()
             time.sleep(0.05)
         for slot in running:
@@ -272,6 +281,9 @@ class Master:
             if slot.process.returncode is None:
                 slot.process.wait()
                 slot.process.stdin.close()
+        for process in self.retiring.values():  # already sent SIGTERM by a reload
+            process.kill()
+            process.wait()
         self.server.stop()
 
 

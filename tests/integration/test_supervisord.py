@@ -1,0 +1,211 @@
+"""deploy/supervisord.conf under a real supervisord: RUNNING, exact counts, a clean stop.
+
+The temporary main config includes the shipped file unchanged; the environment variables it
+expands (%(ENV_...)s) point it at this checkout's pgne, a throwaway config and a free port.
+Every process of this test carries a marker in its environment, so that other pgne processes
+on a shared machine are never mistaken for ours.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import psycopg2
+import pytest
+from helpers import pgne_env
+from runner import REPO, free_port, http_get, parse_metrics, wait_until
+
+SHIPPED = REPO / "deploy" / "supervisord.conf"
+MONITOR = {"table": "one", "enabled": True, "function": "notification_with_payload",
+           "columns_to_label": [{"code": ["alpha", "beta"]}], "events": ["insert"]}
+
+
+def _runs_pgne(argv: list[str]) -> bool:
+    """`pgne ...`, `python -m pgne ...` (the master) or `python -m pgne.worker` (a worker)."""
+    return any(arg in ("pgne", "pgne.worker") or arg.endswith("/pgne") for arg in argv)
+
+
+def marked_processes(marker: str, exclude: set[int]) -> dict[int, str]:
+    """{pid: cmdline} of live processes running pgne whose environment carries `marker`."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in exclude:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in environ and _runs_pgne(argv) and state not in ("Z", "X"):
+            found[int(entry.name)] = " ".join(argv)
+    return found
+
+
+class Supervisor:
+    def __init__(self, workdir: str, env: dict[str, str]):
+        self.workdir = workdir
+        self.env = env
+        self.conf = os.path.join(workdir, "supervisord.conf")
+        self.log = os.path.join(workdir, "supervisord.log")
+        sock = os.path.join(workdir, "s.sock")  # a unix socket path must stay short
+        Path(self.conf).write_text(f"""\
+[unix_http_server]
+file={sock}
+
+[supervisord]
+nodaemon=true
+logfile={self.log}
+pidfile={workdir}/supervisord.pid
+childlogdir={workdir}
+loglevel=info
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{sock}
+
+[include]
+files = {SHIPPED}
+""")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(os.path.join(self.workdir, "supervisord.stderr"), "wb") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", self.conf],
+                env=self.env, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=stderr, start_new_session=True)
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", self.conf, *args],
+                              env=self.env, capture_output=True, text=True, timeout=60)
+
+    def status(self) -> str:
+        return self.ctl("status", "pgne").stdout
+
+    def program_log(self) -> str:
+        """pgne's stderr (redirect_stderr=true) as supervisord logged it (childlogdir)."""
+        return "".join(p.read_text(errors="replace") for p in Path(self.workdir).glob("pgne-stdout*.log"))
+
+    def describe(self) -> str:
+        parts = []
+        for name in sorted(os.listdir(self.workdir)):
+            if name.endswith((".log", ".stderr")):
+                text = Path(self.workdir, name).read_text(errors="replace").splitlines()[-30:]
+                parts.append(f"--- {name} ---\n" + "\n".join(text))
+        return "\n".join(parts)
+
+    def kill_leftovers(self) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+@pytest.fixture
+def workdir():
+    path = tempfile.mkdtemp(prefix="svtest-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def pgne_command() -> str:
+    """PGNE_BIN: the `pgne` console script next to this Python (an installed pgne, as an operator
+    runs it), else `python -m pgne` (a bare checkout). Either imports the pgne of pgne_env()."""
+    script = Path(sys.executable).with_name("pgne")
+    return str(script) if os.access(script, os.X_OK) else f"{sys.executable} -m pgne"
+
+
+def test_the_shipped_supervisord_program_runs_counts_exactly_and_stops_every_process(pg_database, write_config,
+                                                                                     workdir):
+    db = pg_database
+    conn = psycopg2.connect(db.dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE one (id serial PRIMARY KEY, code text)")
+    finally:
+        conn.close()
+    config = write_config(db, [MONITOR], tag="sv", perform_setup=True)
+    port = free_port()
+    marker = f"PGNE_TEST_MARKER={uuid.uuid4().hex}"
+    env = pgne_env(
+        PGNE_BIN=pgne_command(),
+        PGNE_CONFIG=str(config),
+        PGNE_STATE_DIR=os.path.join(workdir, "state"),
+        PGNE_LISTEN_ADDRESS=f"127.0.0.1:{port}",
+        PGNE_TEST_MARKER=marker.split("=", 1)[1],
+    )
+    sv = Supervisor(workdir, env)
+    sv.start()
+    try:
+        wait_until(lambda: "RUNNING" in sv.status(), 30, "supervisorctl status pgne: RUNNING", sv.describe)
+        labels = {"host": db.host, "database": db.name}
+
+        def scrape() -> dict:
+            try:
+                status, _, body = http_get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+            except OSError:
+                return {}
+            return parse_metrics(body.decode()) if status == 200 else {}
+
+        up = ("pgne_database_up", frozenset(dict(labels, tag="sv").items()))
+        wait_until(lambda: scrape().get(up) == 1, 30, "pgne_database_up 1", sv.describe)
+
+        conn = psycopg2.connect(db.dsn)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute("INSERT INTO one (code) SELECT CASE WHEN i % 3 = 0 THEN 'alpha' ELSE 'x' END "
+                            "FROM generate_series(1, 999) AS i")  # 333 alpha, 666 other
+        finally:
+            conn.close()
+
+        def count(code: str) -> tuple:
+            return ("pgne_events_total", frozenset(dict(labels, operation="INSERT", tag="sv", schema="public",
+                                                        table="one", code=code).items()))
+
+        want = {count("alpha"): 333, count("beta"): 0, count("other"): 666}
+        wait_until(lambda: {k: scrape().get(k) for k in want} == want, 30, f"counts {want}", sv.describe)
+
+        ours = marked_processes(marker, exclude={sv.process.pid})
+        master = int(sv.ctl("pid", "pgne").stdout.strip())
+        assert master in ours, (master, ours)
+        assert len(ours) == 2, ours  # the master and the one worker
+
+        # `supervisorctl signal HUP pgne` (the reload the shipped file documents) reaches the
+        # master only: the config is unchanged, so the worker keeps running
+        assert "pgne: signalled" in sv.ctl("signal", "HUP", "pgne").stdout
+        wait_until(lambda: "reload: " in sv.program_log() and " loaded" in sv.program_log(), 10,
+                   "the reload in pgne's log", sv.describe)
+        assert marked_processes(marker, exclude={sv.process.pid}) == ours
+        assert {k: scrape().get(k) for k in want} == want
+        assert scrape().get(("pgne_config_last_reload_successful", frozenset())) == 1
+
+        stopped = sv.ctl("stop", "pgne")
+        assert "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+        wait_until(lambda: not marked_processes(marker, exclude={sv.process.pid}), 5,
+                   "no pgne process left", lambda: str(marked_processes(marker, {sv.process.pid})))
+        # it stopped on SIGTERM by itself, not killed by supervisord after stopwaitsecs
+        wait_until(lambda: "stopped: pgne (exit status 0)" in Path(sv.log).read_text(), 10,
+                   "'stopped: pgne (exit status 0)' in supervisord's log", sv.describe)
+        assert "STOPPED" in sv.status()
+
+        sv.ctl("shutdown")
+        sv.process.wait(30)
+    finally:
+        sv.kill_leftovers()
