@@ -7,8 +7,10 @@ CollectorRegistry with a MultiProcessCollector per scrape, as prometheus_client 
 from __future__ import annotations
 
 import base64
+import glob
 import html
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -28,9 +30,36 @@ log = logging.getLogger("pgne.http")
 HANDSHAKE_TIMEOUT = 10.0
 
 
+class _Collector(MultiProcessCollector):
+    """MultiProcessCollector that tolerates the files of processes starting or being reaped.
+
+    A process that is just creating its file leaves it 0 bytes long for a moment (opened, not
+    yet sized): reading it raises struct.error, and the scrape failed with it. A file can also
+    vanish between listing and reading (mark_process_dead). Empty files hold no value yet and
+    are skipped; a vanished file makes us list the directory again.
+    """
+
+    def collect(self):
+        retries = 5
+        while True:
+            files = []
+            for path in glob.glob(os.path.join(self._path, "*.db")):
+                try:
+                    if os.path.getsize(path) >= 8:  # past the 4-byte used-size header and its padding
+                        files.append(path)
+                except FileNotFoundError:
+                    pass
+            try:
+                return self.merge(files, accumulate=True)
+            except FileNotFoundError:
+                retries -= 1
+                if retries < 0:
+                    raise
+
+
 def collect(state_dir: str) -> CollectorRegistry:
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=state_dir)
+    _Collector(registry, path=state_dir)
     return registry
 
 

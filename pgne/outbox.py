@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.multiprocess import MultiProcessCollector
-
+from pgne.http import collect
 from pgne.payload import Router
 
 log = logging.getLogger("pgne.worker")
@@ -37,6 +35,7 @@ WITH batch AS (
 ), merged AS (
   INSERT INTO pgne.totals AS t (table_name, operation, labels, total, last_event)
   SELECT table_name, operation, labels, n, last_event FROM grouped
+  ORDER BY table_name, operation, labels  -- one lock order for every drainer: no deadlock
   ON CONFLICT (table_name, operation, labels) DO UPDATE
     SET total = t.total + EXCLUDED.total, last_event = greatest(t.last_event, EXCLUDED.last_event)
   RETURNING 1
@@ -49,10 +48,8 @@ BACKLOG_SQL = "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_
 
 def exported_totals(state_dir: str, host: str, database: str, label_names: tuple[str, ...]) -> dict[tuple, float]:
     """pgne_events_total as currently served for one database, keyed like payload.Router keys."""
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=state_dir)
     totals: dict[tuple, float] = {}
-    for family in registry.collect():
+    for family in collect(state_dir).collect():  # tolerates files of workers starting right now
         for sample in family.samples:
             labels = sample.labels
             if (sample.name != "pgne_events_total" or labels.get("host") != host
