@@ -37,9 +37,26 @@ class _Collector(MultiProcessCollector):
     yet sized): reading it raises struct.error, and the scrape failed with it. A file can also
     vanish between listing and reading (mark_process_dead). Empty files hold no value yet and
     are skipped; a vanished file makes us list the directory again.
+
+    With `databases`, samples labelled with a host and database that the running config no
+    longer has (removed by a reload) are left out: their dead workers' files stay on disk.
     """
 
+    def __init__(self, registry: CollectorRegistry, path: str,
+                 databases: frozenset[tuple[str, str]] | None = None):
+        self.databases = databases
+        super().__init__(registry, path=path)
+
     def collect(self):
+        metrics = self._collect_files()
+        if self.databases is not None:
+            for metric in metrics:
+                metric.samples = [s for s in metric.samples
+                                  if (s.labels.get("host"), s.labels.get("database")) in self.databases
+                                  or "database" not in s.labels]
+        return metrics
+
+    def _collect_files(self):
         retries = 5
         while True:
             files = []
@@ -57,9 +74,9 @@ class _Collector(MultiProcessCollector):
                     raise
 
 
-def collect(state_dir: str) -> CollectorRegistry:
+def collect(state_dir: str, databases: frozenset[tuple[str, str]] | None = None) -> CollectorRegistry:
     registry = CollectorRegistry()
-    _Collector(registry, path=state_dir)
+    _Collector(registry, state_dir, databases)
     return registry
 
 
@@ -132,9 +149,10 @@ def make_handler(state_dir: str, web: WebConfig) -> type[BaseHTTPRequestHandler]
                     return
                 if path == "/metrics":
                     encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                    self._send(200, content_type, encoder(collect(state_dir)))
+                    self._send(200, content_type, encoder(collect(state_dir, self.server.databases)))
                 elif path == "/":
-                    self._send(200, "text/html; charset=utf-8", landing_page(database_rows(collect(state_dir))))
+                    rows = database_rows(collect(state_dir, self.server.databases))
+                    self._send(200, "text/html; charset=utf-8", landing_page(rows))
                 elif path == "/-/healthy":
                     self._send(200, "text/plain; charset=utf-8", b"OK\n")
                 else:
@@ -159,6 +177,7 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     daemon_threads = True
     ssl_context: ssl.SSLContext | None = None
+    databases: frozenset[tuple[str, str]] | None = None  # (host, database) served; None: all
 
     def finish_request(self, request, client_address) -> None:
         # Runs in the connection's own thread: a client that never finishes its TLS handshake
@@ -189,6 +208,10 @@ class MetricsServer:
     @property
     def port(self) -> int:
         return self.httpd.server_address[1]
+
+    def serve_databases(self, databases: frozenset[tuple[str, str]]) -> None:
+        """Only these (host, database) pairs appear in /metrics (one atomic swap: no lock)."""
+        self.httpd.databases = databases
 
     def start(self) -> None:
         self.thread.start()

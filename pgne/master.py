@@ -192,6 +192,7 @@ class Master:
                 self._spawn(slot)
 
     def _init_series(self) -> None:
+        self.server.serve_databases(frozenset((db.host, db.name) for db in self.config.enabled_databases))
         for slot in self.slots.values():
             db = slot.database
             if slot.mode == "listen":

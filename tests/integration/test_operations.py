@@ -130,6 +130,7 @@ def test_sighup_restarts_only_changed_databases_and_tears_down_removed_ones(tmp_
     wait_until(lambda: fetch(b.dsn, "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgne'") == [(0,)],
                30, "b's schema pgne to be torn down", pgne.describe)
     wait_until(lambda: pgne.child_pids() == [worker_a], 30, "only a's worker left", pgne.describe)
+    assert [key for key in pgne.scrape() if ("database", b.name) in key[1]] == []  # b is gone from /metrics
     assert pgne.value("pgne_events_total", events_labels(a, "acme")) == 8
     assert pgne.value("pgne_worker_restarts_total", {"host": "127.0.0.1", "database": a.name}) == 0
 
