@@ -58,7 +58,7 @@ def prune_statements(extras: list[Difference], renderer: Renderer) -> sql.Compos
     return sql.SQL("\n").join([
         sql.SQL("BEGIN;"),
         sql.SQL("SELECT pg_advisory_xact_lock({});").format(sql.Literal(ADVISORY_LOCK_KEY)),
-        sql.SQL("SET LOCAL lock_timeout = {};").format(sql.Literal(f"{int(renderer.lock_timeout * 1000)}ms")),
+        sql.SQL("SET LOCAL lock_timeout = {};").format(sql.Literal(renderer.lock_timeout_setting)),
         *drops,
         sql.SQL("COMMIT;"),
     ])

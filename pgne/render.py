@@ -141,6 +141,12 @@ class Renderer(TemplateCatalog):
                                 comment=sql_comment)
         self._uses_labels: dict[str, bool] = {}
 
+    @property
+    def lock_timeout_setting(self) -> str:
+        """The lock_timeout value for SET LOCAL: whole milliseconds, at least 1 (PostgreSQL
+        reads '0ms' as no timeout at all, so a sub-millisecond --lock-timeout must not round to 0)."""
+        return f"{max(1, int(self.lock_timeout * 1000))}ms"
+
     # -- TemplateCatalog: what config validation asks ------------------------------------
 
     def _source(self, name: str, delivery: str) -> str:
@@ -213,7 +219,7 @@ class Renderer(TemplateCatalog):
             all_events=EVENTS,
             trigger_specs=TRIGGER_SPECS,
             lock_key=ADVISORY_LOCK_KEY,
-            lock_timeout=f"{int(self.lock_timeout * 1000)}ms",
+            lock_timeout=self.lock_timeout_setting,
             new_table=NEW_TABLE,
             old_table=OLD_TABLE,
             qualified_table=qualified_table,
