@@ -38,8 +38,10 @@ class ApplyResult:
 
 
 def pg_error_text(exc: psycopg2.Error) -> str:
-    """The server's message, first line only (libpq errors never contain the password)."""
-    text = (getattr(exc, "pgerror", None) or str(exc)).strip()
+    """The server's message without its `ERROR:` prefix, first line only (libpq's connection
+    errors never contain the password)."""
+    diag = getattr(exc, "diag", None)
+    text = ((diag.message_primary if diag is not None else None) or str(exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 

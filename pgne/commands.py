@@ -13,7 +13,8 @@ from pgne.errors import EXIT_OK, EXIT_RUNTIME
 from pgne.render import Renderer
 
 
-def check(config: Config, renderer: Renderer, out: TextIO = sys.stdout) -> int:
+def check(config: Config, renderer: Renderer, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     renderer.check(config)
     hosts = {d.host for d in config.databases}
     monitors = [m for d in config.databases for m in d.monitors]
@@ -27,13 +28,15 @@ def check(config: Config, renderer: Renderer, out: TextIO = sys.stdout) -> int:
 
 
 def render_sql(config: Config, renderer: Renderer, host: str | None = None, database: str | None = None,
-               out: TextIO = sys.stdout) -> int:
+               out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     out.write(renderer.render_config(config.select(host, database)))
     return EXIT_OK
 
 
 def apply(config: Config, renderer: Renderer, host: str | None = None, database: str | None = None,
-          dry_run: bool = False, prune: bool = False, out: TextIO = sys.stdout) -> int:
+          dry_run: bool = False, prune: bool = False, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     failed = False
     for db in config.select(host, database):
         result = apply_database(db, renderer, dry_run=dry_run, prune=prune)
@@ -43,8 +46,9 @@ def apply(config: Config, renderer: Renderer, host: str | None = None, database:
 
 
 def status(config: Config, renderer: Renderer, host: str | None = None, database: str | None = None,
-           out: TextIO = sys.stdout) -> int:
+           out: TextIO | None = None) -> int:
     """Compare each enabled database with the config: exit 0 in sync, 1 drift (or unreachable)."""
+    out = out or sys.stdout
     drift = False
     rows: list[tuple[str, str, str]] = []
     for db in config.select(host, database):
