@@ -1,8 +1,10 @@
 """The master's HTTP server: /metrics, a landing page at /, and /-/healthy.
 
 Each connection is handled in its own thread (ThreadingHTTPServer), so a slow client cannot
-block the others. /metrics reads every process's multiprocess files through a fresh
-CollectorRegistry with a MultiProcessCollector per scrape, as prometheus_client documents.
+block the others. /metrics is printed by pgne.exposition (prometheus_client's multiprocess totals,
+with parsed keys and dead workers' merged files cached between scrapes); the landing page, and
+whatever pgne.exposition does not print itself, read the files through a fresh CollectorRegistry
+with a MultiProcessCollector, as prometheus_client documents.
 """
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterable
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from pgne import __version__
+from pgne.compaction import reading
+from pgne.exposition import MetricsRenderer
 from pgne.webconfig import WebConfig
 
 log = logging.getLogger("pgne.http")
@@ -57,6 +60,10 @@ class _Collector(MultiProcessCollector):
         return metrics
 
     def _collect_files(self):
+        with reading(self._path):  # never while pgne.compaction moves a dead worker's counts
+            return self._collect_files_unlocked()
+
+    def _collect_files_unlocked(self):
         retries = 5
         while True:
             files = []
@@ -118,6 +125,8 @@ def landing_page(rows: Iterable[tuple[str, str, str, float, float | None]]) -> b
 
 
 def make_handler(state_dir: str, web: WebConfig) -> type[BaseHTTPRequestHandler]:
+    renderer = MetricsRenderer(state_dir)  # its caches live as long as the server
+
     class Handler(BaseHTTPRequestHandler):
         server_version = f"pgne/{__version__}"
         timeout = 60  # an idle or stalled client gives up its thread after this
@@ -148,8 +157,9 @@ def make_handler(state_dir: str, web: WebConfig) -> type[BaseHTTPRequestHandler]
                 if not self._authorized():
                     return
                 if path == "/metrics":
-                    encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                    self._send(200, content_type, encoder(collect(state_dir, self.server.databases)))
+                    body, content_type = renderer.render(self.headers.get("Accept", ""), self.server.databases,
+                                                         lambda databases: collect(state_dir, databases))
+                    self._send(200, content_type, body)
                 elif path == "/":
                     rows = database_rows(collect(state_dir, self.server.databases))
                     self._send(200, "text/html; charset=utf-8", landing_page(rows))

@@ -148,6 +148,7 @@ class Master:
     def _reap(self) -> None:
         from prometheus_client.multiprocess import mark_process_dead
 
+        from pgne.compaction import compact
         from pgne.worker import EXIT_TEARDOWN_FAILED, TEARDOWN
 
         while True:
@@ -158,6 +159,7 @@ class Master:
             if pid == 0:
                 return
             mark_process_dead(pid, self.state_dir)
+            compact(self.state_dir, pid)  # its files into *_merged.db: scrape time stays flat across restarts
             code = os.waitstatus_to_exitcode(status)
             slot = next((s for s in self.slots.values() if s.pid == pid), None)
             if slot is None:  # a worker of a slot we already replaced (reload)

@@ -1,0 +1,129 @@
+"""Folds a dead worker's multiprocess metric files into one merged file per kind.
+
+prometheus_client's multiprocess mode writes one file per process and kind (`counter_<pid>.db`,
+`gauge_max_<pid>.db`, ...), and every scrape reads every file. A dead worker's counters must
+keep adding to the totals (counts survive restarts), so its files cannot just be deleted; left
+alone they pile up and scrape time grows with every restart. The master reaps every worker, so
+once it has reaped one, nothing writes that worker's files any more: `compact()` adds them into
+`<kind>_merged.db` (a file prometheus_client reads like any other process's: the type comes from
+the name's prefix, a gauge's mode from its second part, and "merged" stands where the pid would)
+and deletes them.
+
+Values are combined the way MultiProcessCollector combines processes, so every scrape reads the
+same totals before and after: counters, histograms, summaries and `sum` gauges add; `min` and
+`max` gauges keep the minimum / maximum; `mostrecent` keeps the value with the newest timestamp.
+Not merged: `all` gauges (their pid is a label) and `live*` gauges (mark_process_dead deletes
+them: a dead process no longer asserts them).
+
+A reader must never see a value twice (merged file written, dead file not yet deleted) nor a
+file vanish between listing the directory and reading it: `compact()` holds an exclusive flock
+on `<state dir>/.pgne-compaction.lock` and everything that reads the directory wraps its read
+in `reading()`, which holds a shared one. Workers never take it: they write only their own files.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from prometheus_client.mmap_dict import MmapedDict
+
+log = logging.getLogger("pgne.master")
+
+LOCK_FILE = ".pgne-compaction.lock"  # not *.db: prometheus_client ignores it
+MERGED = "merged"  # stands where the pid is in a file name: counter_merged.db
+
+Entry = tuple[float, float]  # (value, timestamp), as MmapedDict stores them
+
+
+def _add(old: Entry, new: Entry) -> Entry:
+    return old[0] + new[0], max(old[1], new[1])
+
+
+def _max(old: Entry, new: Entry) -> Entry:
+    return (new[0] if new[0] > old[0] else old[0]), max(old[1], new[1])
+
+
+def _min(old: Entry, new: Entry) -> Entry:
+    return (new[0] if new[0] < old[0] else old[0]), max(old[1], new[1])
+
+
+def _newest(old: Entry, new: Entry) -> Entry:
+    return new if new[1] >= old[1] else old  # ties: the later process wins
+
+
+# file prefix -> how two processes' values of one key combine
+MERGEABLE: dict[str, Callable[[Entry, Entry], Entry]] = {
+    "counter": _add,
+    "histogram": _add,  # per-bucket counts and _sum are stored per process, not cumulated
+    "summary": _add,
+    "gauge_sum": _add,
+    "gauge_max": _max,
+    "gauge_min": _min,
+    "gauge_mostrecent": _newest,
+}
+
+
+@contextmanager
+def _flock(state_dir: str, mode: int) -> Iterator[None]:
+    fd = os.open(os.path.join(state_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, mode)  # per open file description: threads of one process exclude each other too
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def reading(state_dir: str):
+    """Hold this while reading the state dir's *.db files (a shared lock: readers do not wait
+    for each other, only for a compaction in progress)."""
+    return _flock(state_dir, fcntl.LOCK_SH)
+
+
+def merge_file(source: str, target: str, combine: Callable[[Entry, Entry], Entry]) -> int:
+    """Add every key of `source` into `target` (created if missing); returns the number of keys.
+
+    The new content is built in a copy and renamed over `target`: an error half-way leaves
+    `target` as it was (and the caller keeps `source`), never half-added.
+    """
+    work = target + ".tmp"  # not *.db: invisible to readers
+    if os.path.exists(target):
+        shutil.copyfile(target, work)
+    elif os.path.exists(work):
+        os.remove(work)
+    merged = MmapedDict(work)
+    try:
+        existing = {key: (value, timestamp) for key, value, timestamp in merged.read_all_values()}
+        n = 0
+        for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(source):
+            entry = (value, timestamp)
+            if key in existing:
+                entry = combine(existing[key], entry)
+            merged.write_value(key, entry[0], entry[1])
+            n += 1
+    finally:
+        merged.close()
+    os.replace(work, target)
+    return n
+
+
+def compact(state_dir: str, pid: int) -> int:
+    """Fold the files of `pid`, a reaped process, into the merged files; returns how many files
+    were folded. Call it after mark_process_dead(pid). On an I/O error the files stay where
+    they are (still counted; only scrapes are slower) and the error is logged."""
+    folded = 0
+    try:
+        with _flock(state_dir, fcntl.LOCK_EX):
+            for prefix, combine in MERGEABLE.items():
+                source = os.path.join(state_dir, f"{prefix}_{pid}.db")
+                if not os.path.exists(source):
+                    continue
+                merge_file(source, os.path.join(state_dir, f"{prefix}_{MERGED}.db"), combine)
+                os.remove(source)
+                folded += 1
+    except (OSError, RuntimeError) as exc:  # RuntimeError: prometheus_client's "file is corrupted"
+        log.warning("cannot merge the metrics files of process %d: %s; they stay as they are", pid, exc)
+    return folded
