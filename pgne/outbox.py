@@ -15,8 +15,13 @@ a counter reset.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
 
+from pgne.compaction import LOCK_FILE
 from pgne.http import collect
 from pgne.payload import Router
 
@@ -61,13 +66,27 @@ def exported_totals(state_dir: str, host: str, database: str, label_names: tuple
     return totals
 
 
+@contextmanager
+def readers_wait(state_dir: str) -> Iterator[None]:
+    """Hold exclusively the lock that every reader of the state dir holds shared while it reads
+    (pgne.compaction.reading): no scrape reads the files meanwhile."""
+    fd = os.open(os.path.join(state_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class OutboxExporter:
     def __init__(self, router: Router, metrics, state_dir: str, host: str, database: str):
         self.router = router
         self.metrics = metrics
+        self.state_dir = state_dir
         self.exported = exported_totals(state_dir, host, database, router.label_names)
         self.first_export_done = False
         self._warned: set[tuple] = set()
+        self._created: set[tuple] = set()  # keys whose children this process has created
 
     def drain(self, conn) -> int:
         """Move every committed event_log row into totals; returns the number of rows moved."""
@@ -96,17 +115,23 @@ class OutboxExporter:
             entry = totals.setdefault(key, [0, 0.0])
             entry[0] += total
             entry[1] = max(entry[1], float(last_event))
-        for key, (total, last_event) in totals.items():
-            counter, last_event_gauge = self.metrics.series(key)
-            delta = total - self.exported.get(key, 0)
-            if delta > 0:
-                counter.inc(delta)
-                self.exported[key] = total
-            elif delta < 0 and key not in self._warned:
-                self._warned.add(key)
-                log.warning("pgne.totals for %s went down from %d to %d (rows deleted by hand?); "
-                            "the exported counter keeps its value", key, self.exported[key], total)
-            last_event_gauge.set(last_event)
+        # Creating a child writes it at 0 before counter.inc() raises it: for a series that no
+        # file holds yet, a scrape in between would read 0, a counter reset. So readers wait
+        # while such series are created and raised.
+        appearing = any(key not in self._created and key not in self.exported for key in totals)
+        with readers_wait(self.state_dir) if appearing else nullcontext():
+            for key, (total, last_event) in totals.items():
+                counter, last_event_gauge = self.metrics.series(key)
+                self._created.add(key)
+                delta = total - self.exported.get(key, 0)
+                if delta > 0:
+                    counter.inc(delta)
+                    self.exported[key] = total
+                elif delta < 0 and key not in self._warned:
+                    self._warned.add(key)
+                    log.warning("pgne.totals for %s went down from %d to %d (rows deleted by hand?); "
+                                "the exported counter keeps its value", key, self.exported[key], total)
+                last_event_gauge.set(last_event)
         if not self.first_export_done:
             self.first_export_done = True
             for key in self.router.configured_keys():  # the rest of the configured series, at 0
