@@ -185,9 +185,15 @@ def _read_yaml(path: str, text: str) -> Any:
         documents = [doc for doc in yaml.load_all(text, Loader=_UniqueKeyLoader) if doc is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]  # one line per error
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        if isinstance(exc, yaml.reader.ReaderError):  # a character YAML refuses: no mark, a position
+            where = f"character {exc.position + 1}: "
         raise UserError(f"{path}: {where}YAML syntax error: {problem}") from None
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError) as exc:
+        # PyYAML's constructors raise these for values such as `!!int` (empty), `!!bool x`, or an
+        # unquoted 2001-13-45 (read as a timestamp)
+        raise UserError(f"{path}: YAML error: a value cannot be read ({type(exc).__name__}: {exc})") from None
     if not documents:
         raise UserError(f"{path}: the file holds no configuration (every YAML document is empty)")
     if len(documents) > 1:
@@ -245,7 +251,7 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
         return f"{error.instance!r} {friendly}"
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = error.schema.get("properties", {})
-        unknown = sorted(k for k in error.instance if k not in allowed)
+        unknown = sorted((k for k in error.instance if k not in allowed), key=repr)  # keys of any type
         if allowed and unknown:
             return (f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
                     f" (allowed: {', '.join(allowed)})")
@@ -256,6 +262,26 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
     return error.message
 
 
+def _hide_password(error: jsonschema.ValidationError, message: str) -> str:
+    """jsonschema prints the offending value: never when it is, or holds, a password."""
+    path = list(error.absolute_path)
+    holds = bool(path) and path[-1] == "password"
+    stack, seen = [error.instance], set()
+    while stack and not holds:  # iterative, and alias-safe: YAML anchors can make cycles
+        value = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, dict):
+            holds = "password" in value
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    if not holds:
+        return message
+    return message.replace(repr(error.instance), "(a value that holds a password, not shown)")
+
+
 def _schema_errors(path: str, data: Any) -> tuple[list[str], set[tuple]]:
     """(error lines, the paths (host index, host, entry index) of database entries they hit).
 
@@ -264,7 +290,8 @@ def _schema_errors(path: str, data: Any) -> tuple[list[str], set[tuple]]:
     errors = sorted(_validator().iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
     lines, broken = [], set()
     for error in errors:
-        lines.append(f"{path}: {_describe(data, list(error.absolute_path))}: {_schema_message(error)}")
+        message = _hide_password(error, _schema_message(error))
+        lines.append(f"{path}: {_describe(data, list(error.absolute_path))}: {message}")
         location = tuple(error.absolute_path)
         broken.add(location[:3] if len(location) >= 3 else ())
     return lines, broken
@@ -324,6 +351,14 @@ def _resolve_password(entry: dict, where: str, base_dir: Path, errors: list[str]
 def _check_name_bytes(kind: str, name: str, where: str, errors: list[str]) -> None:
     if len(name.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
         errors.append(f"{where}: {kind} {name!r} is longer than {MAX_IDENTIFIER_BYTES} bytes")
+    _check_no_nul(kind, name, where, errors)
+
+
+def _check_no_nul(kind: str, value: str, where: str, errors: list[str], show: bool = True) -> None:
+    """PostgreSQL text (identifiers, literals, connection parameters) cannot hold NUL."""
+    if "\x00" in value:
+        shown = f" {value!r}" if show else ""
+        errors.append(f"{where}: {kind}{shown} contains a NUL character, which PostgreSQL cannot store")
 
 
 def _build_monitor(raw: dict, where: str, templates: "TemplateCatalog", errors: list[str],
@@ -359,6 +394,7 @@ def _build_monitor(raw: dict, where: str, templates: "TemplateCatalog", errors: 
         texts: list[str] = []
         for j, value in enumerate(values):
             text = value_as_text(value)
+            _check_no_nul("value", text, f"{place} > {column}[{j}]", errors)
             if text == OTHER:
                 errors.append(f"{place} > {column}[{j}]: {OTHER!r} is reserved for values outside "
                               f"the whitelist")
@@ -412,6 +448,11 @@ def _build(path: str, data: list, templates: "TemplateCatalog", base_dir: Path,
             if "drain_interval" in entry and delivery != OUTBOX:
                 errors.append(f"{path}: {where} > drain_interval: only used with delivery: outbox")
             _check_name_bytes("channel", channel, f"{path}: {where} > channel", errors)
+            for key in ("database", "username", "tag"):
+                _check_no_nul(key, entry[key], f"{path}: {where} > {key}", errors)
+            _check_no_nul("host", host, f"{path}: {where}", errors)
+            if password is not None:
+                _check_no_nul("password", password, f"{path}: {where} > password", errors, show=False)
 
             monitors: list[Monitor] = []
             seen_tables: dict[tuple[str, str], str] = {}
@@ -462,8 +503,11 @@ class TemplateCatalog:
 
 def parse_config(path: str, text: str, templates: TemplateCatalog, base_dir: Path | None = None) -> Config:
     """Validate `text` (the content of `path`); raise UserError listing every problem."""
-    data = _read_yaml(path, text)
-    errors, broken = _schema_errors(path, data)
+    try:
+        data = _read_yaml(path, text)
+        errors, broken = _schema_errors(path, data)
+    except RecursionError:  # PyYAML and jsonschema recurse: a few hundred levels of nesting
+        raise UserError(f"{path}: nested too deeply to be a pgne config") from None
     if () in broken:  # the file's shape is wrong: cross-checks would only guess
         raise UserError(errors)
     # Cross-check every database entry whose structure is valid, so that all errors show at once.

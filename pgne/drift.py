@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pgne.config import EVENTS, OUTBOX, Database, Monitor
-from pgne.render import SCHEMA, TRIGGER_SPECS, Renderer, function_name, qualified_table, trigger_name
+from pgne.render import SCHEMA, TRIGGER_SPECS, Renderer, function_name, trigger_name
 
 OUTBOX_TABLES = ("event_log", "totals")
 TRIGGER_NAMES = tuple(trigger_name(e) for e in EVENTS)
@@ -67,7 +67,11 @@ def read_inventory(conn, database: Database) -> Inventory:
         schema_tables = frozenset(row[0] for row in cur.fetchall())
         existing = set()
         for monitor in database.monitors:
-            cur.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (qualified_table(monitor),))
+            # the catalogs, not to_regclass(): that needs USAGE on the schema, which a role that may
+            # only CONNECT (pgne run with perform_setup: false) does not have
+            cur.execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                        "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s)",
+                        (monitor.schema, monitor.table))
             if cur.fetchone()[0]:
                 existing.add((monitor.schema, monitor.table))
     return Inventory(schema_exists, functions, triggers, frozenset(existing), schema_tables)

@@ -57,19 +57,19 @@ class Router:
             self._routes[monitor.qualified_name] = route  # a qualified name always wins
 
     def classify(self, payload: str) -> tuple[object, int]:
-        """(series key, count) for a countable payload; (result name, 0) otherwise."""
+        """(series key, count) for a countable payload; (result name, 0) otherwise. Never raises."""
         try:
             obj = json.loads(payload)
-        except ValueError:
-            return INVALID, 0
-        if type(obj) is not dict:
-            return INVALID, 0
-        table, action = obj.get("table"), obj.get("action")
-        count = obj.get("count", 1)
-        if (type(table) is not str or type(action) is not str
-                or type(count) is not int or not 0 < count <= MAX_COUNT):
-            return INVALID, 0
-        return self.key_for(table, action, obj.get("data"), count)
+            if type(obj) is not dict:
+                return INVALID, 0
+            table, action = obj.get("table"), obj.get("action")
+            count = obj.get("count", 1)
+            if (type(table) is not str or type(action) is not str
+                    or type(count) is not int or not 0 < count <= MAX_COUNT):
+                return INVALID, 0
+            return self.key_for(table, action, obj.get("data"), count)
+        except (ValueError, RecursionError):  # not JSON; or nested deeper than json can parse or
+            return INVALID, 0                 # print (a 7,999-byte payload nests ~4,000 levels)
 
     def key_for(self, table: str, action: str, data: object, count: int = 1) -> tuple[object, int]:
         """Like classify, for a payload already decoded (outbox rows come as columns)."""

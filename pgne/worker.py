@@ -18,8 +18,10 @@ import pickle
 import random
 import select
 import signal
+import socket
 import struct
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -34,7 +36,10 @@ log = logging.getLogger("pgne.worker")
 HEARTBEAT_INTERVAL = 10.0  # seconds; also reads pg_notification_queue_usage()
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 # A silently dropped network is noticed by keepalives while idle, and by tcp_user_timeout
-# while the heartbeat waits for its answer: at most HEARTBEAT_INTERVAL + 15 s.
+# while the heartbeat waits for its answer: at most HEARTBEAT_INTERVAL + 15 s. A path that
+# keeps the TCP peer alive but forwards nothing (a proxy, pooler or NAT that hangs, a frozen
+# server host) defeats both: QUERY_TIMEOUT drops a connection whose queries get no answer.
+QUERY_TIMEOUT = 15.0
 KEEPALIVE_OPTIONS = {
     "keepalives": 1,
     "keepalives_idle": 5,
@@ -213,7 +218,7 @@ class Worker:
                     self.setup(conn)  # a failure is logged; we listen all the same
                 if self.outbox is not None:
                     self.drain_forever(conn)
-                with conn.cursor() as cur:
+                with _Deadline(conn, self.name, "LISTEN"), conn.cursor() as cur:
                     cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.db.channel)))
                 self.check_triggers(conn)
                 self.metrics.up.set(1)
@@ -286,7 +291,7 @@ class Worker:
                 next_trigger_check = now + self.spec.trigger_check_interval
 
     def heartbeat(self, conn) -> None:
-        with conn.cursor() as cur:
+        with _Deadline(conn, self.name, "the heartbeat"), conn.cursor() as cur:
             cur.execute("SELECT pg_catalog.pg_notification_queue_usage()")
             self.metrics.queue_usage.set(cur.fetchone()[0])
         self.drain(conn)  # notifications that arrived during the query
@@ -295,7 +300,8 @@ class Worker:
         from pgne.drift import installed_triggers, read_inventory
 
         try:
-            installed = installed_triggers(read_inventory(conn, self.db), self.db)
+            with _Deadline(conn, self.name, "the trigger check"):
+                installed = installed_triggers(read_inventory(conn, self.db), self.db)
         except psycopg2.DatabaseError as exc:
             if isinstance(exc, psycopg2.OperationalError):
                 raise
@@ -339,6 +345,49 @@ class Worker:
             self.counted.inc(len(batch) - sum(rejected.values()))
         for result, n in rejected.items():
             self.metrics.notifications[result].inc(n)
+
+
+class _Deadline:
+    """Drop the connection if the statements inside get no answer within QUERY_TIMEOUT.
+
+    libpq waits for an answer for ever, and retries on EINTR (no signal interrupts it). A timer
+    thread shuts the socket down instead: libpq's wait returns, and the statement raises
+    OperationalError, which reconnects like any lost connection.
+    """
+
+    def __init__(self, conn, name: str, what: str, seconds: float | None = None):
+        self.fd, self.name, self.what = conn.fileno(), name, what
+        self.seconds = QUERY_TIMEOUT if seconds is None else seconds
+        self.lock = threading.Lock()
+        self.finished = False
+        self.timer = threading.Timer(self.seconds, self._expire)
+        self.timer.daemon = True
+
+    def __enter__(self) -> "_Deadline":
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        with self.lock:  # after this, _expire never touches the socket (its fd may be reused)
+            self.finished = True
+        self.timer.cancel()
+
+    def _expire(self) -> None:
+        with self.lock:
+            if self.finished:
+                return
+            log.warning("%s: no answer to %s within %g s; dropping the connection", self.name, self.what,
+                        self.seconds)
+            try:
+                sock = socket.socket(fileno=os.dup(self.fd))
+            except OSError:
+                return
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            finally:
+                sock.close()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -74,7 +74,10 @@ class TempCluster:
         self.pg_ctl("restart", "-m", mode)
 
     def is_running(self) -> bool:
-        return subprocess.run([_bin("pg_ctl"), "-D", self.data, "status"], capture_output=True).returncode == 0
+        args = [_bin("pg_ctl"), "-D", self.data, "status"]
+        if os.geteuid() == 0:  # pg_ctl refuses to run as root: as root this was always False
+            args = ["runuser", "-u", "postgres", "--", *args]
+        return subprocess.run(args, capture_output=True).returncode == 0
 
     def connect(self, dbname: str = "postgres", autocommit: bool = True):
         conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=dbname,
