@@ -17,10 +17,12 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-import jsonschema
 import yaml
+
+if TYPE_CHECKING:  # imported where configs are validated: workers never need it (~6 MB, ~0.1 s)
+    import jsonschema
 
 from pgne.errors import UserError
 from pgne.resources import config_schema_path
@@ -239,6 +241,8 @@ def _describe(data: Any, path: Sequence[Any]) -> str:
 
 @lru_cache(maxsize=1)
 def _validator() -> jsonschema.protocols.Validator:
+    import jsonschema
+
     schema = json.loads(config_schema_path().read_text(encoding="utf-8"))
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgne import __version__
-from pgne.config import Config, Database, load_config
+from pgne.config import NOTIFY, OUTBOX, Config, Database, load_config
 from pgne.errors import EXIT_OK, UserError
 from pgne.render import Renderer
 
@@ -44,7 +44,7 @@ def prepare_state_dir(requested: str | None) -> tuple[str, bool]:
         path = Path(requested)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            for stale in path.glob("*.db"):
+            for stale in [*path.glob("*.db"), *path.glob("outbox-offsets-*.json")]:
                 stale.unlink()
         except OSError as exc:
             raise UserError(f"--state-dir {requested}: {exc.strerror or exc}", exit_code=1) from None
@@ -85,7 +85,9 @@ class Master:
         # Workers of slots replaced by a reload, kept until we reap them: a Popen dropped while its
         # child runs is reaped by subprocess's own cleanup at the next Popen(), and then never by
         # _reap, so mark_process_dead() would not run and its pgne_database_up 1 would stay.
-        self.retiring: dict[int, subprocess.Popen] = {}
+        self.retiring: dict[int, tuple[subprocess.Popen, tuple]] = {}  # pid -> (process, database key)
+        # Reloads that switched a database from notify to outbox (see pgne.outbox.OutboxExporter).
+        self.outbox_switches: dict[tuple, int] = {}
         self.flags: set[int] = set()
         self.stopping = False
         self.wakeup_r, self.wakeup_w = os.pipe()
@@ -126,6 +128,7 @@ class Master:
             lock_timeout=self.renderer.lock_timeout,
             log_level=self.args.log_level,
             trigger_check_interval=self.args.trigger_check_interval,
+            outbox_switch_generation=self.outbox_switches.get(slot.database.key, 0),
             master_pid=os.getpid(),
         )
         env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=self.state_dir)
@@ -143,7 +146,7 @@ class Master:
     def _stop_slot(self, slot: WorkerSlot) -> None:
         if slot.process and slot.process.returncode is None:
             slot.process.terminate()
-            self.retiring[slot.process.pid] = slot.process
+            self.retiring[slot.process.pid] = (slot.process, slot.database.key)
 
     def _reap(self) -> None:
         from prometheus_client.multiprocess import mark_process_dead
@@ -163,7 +166,7 @@ class Master:
             code = os.waitstatus_to_exitcode(status)
             slot = next((s for s in self.slots.values() if s.pid == pid), None)
             if slot is None:  # a worker of a slot we already replaced (reload)
-                retired = self.retiring.pop(pid, None)
+                retired, _ = self.retiring.pop(pid, (None, None))
                 if retired is not None:
                     retired.returncode = code
                     retired.stdin.close()
@@ -186,8 +189,11 @@ class Master:
 
     def _start_due(self) -> None:
         now = time.monotonic()
-        for slot in self.slots.values():
-            if slot.restart_at is not None and slot.restart_at <= now:
+        # A replacement waits until its predecessor is reaped: two workers of one database
+        # must never count at once (an outbox worker reads what the other has exported so far).
+        retiring = {key for _, key in self.retiring.values()}
+        for key, slot in self.slots.items():
+            if slot.restart_at is not None and slot.restart_at <= now and key not in retiring:
                 if slot.process is not None:  # not the first start
                     db = slot.database
                     self.metrics.worker_restarts.labels(db.host, db.name).inc()
@@ -224,6 +230,8 @@ class Master:
                 continue
             self._stop_slot(slot)
             del self.slots[key]
+            if new is not None and slot.database.delivery == NOTIFY and new.database.delivery == OUTBOX:
+                self.outbox_switches[key] = self.outbox_switches.get(key, 0) + 1
             log.info("%s: %s in the new config", slot.database.display_name,
                      "changed" if new else "removed")
             if new is None and slot.database.perform_setup and slot.mode == "listen":
@@ -284,7 +292,7 @@ class Master:
             if slot.process.returncode is None:
                 slot.process.wait()
                 slot.process.stdin.close()
-        for process in self.retiring.values():  # already sent SIGTERM by a reload
+        for process, _ in self.retiring.values():  # already sent SIGTERM by a reload
             process.kill()
             process.wait()
         self.server.stop()

@@ -16,6 +16,8 @@ a counter reset.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import logging
 import os
 from contextlib import contextmanager, nullcontext
@@ -78,8 +80,24 @@ def readers_wait(state_dir: str) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _offsets_path(state_dir: str, host: str, port: int, database: str) -> str:
+    digest = hashlib.sha256(f"{host}\x00{port}\x00{database}".encode()).hexdigest()[:16]
+    return os.path.join(state_dir, f"outbox-offsets-{digest}.json")  # not *.db: prometheus_client ignores it
+
+
 class OutboxExporter:
-    def __init__(self, router: Router, metrics, state_dir: str, host: str, database: str):
+    """Exports pgne.totals (+ an offset per series after a switch from notify, see below).
+
+    `switch_generation` counts the reloads that switched this database from notify to outbox in
+    this pgne's lifetime. After such a switch the counter already holds what the notify worker
+    counted, which pgne.totals knows nothing of: the first outbox worker of the generation
+    records, per series, offset = exported - pgne.totals (read before its first drain) in a
+    file beside the metric files, and every worker of that generation exports totals + offset.
+    Generation 0 (no switch; the files were wiped when pgne started) exports the totals as they are.
+    """
+
+    def __init__(self, router: Router, metrics, state_dir: str, host: str, port: int, database: str,
+                 switch_generation: int = 0):
         self.router = router
         self.metrics = metrics
         self.state_dir = state_dir
@@ -87,9 +105,35 @@ class OutboxExporter:
         self.first_export_done = False
         self._warned: set[tuple] = set()
         self._created: set[tuple] = set()  # keys whose children this process has created
+        self.generation = switch_generation
+        self.offsets_path = _offsets_path(state_dir, host, port, database)
+        self.offsets: dict[tuple, float] | None = {} if switch_generation == 0 else self._load_offsets()
+
+    def _load_offsets(self) -> dict[tuple, float] | None:
+        try:
+            with open(self.offsets_path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if saved.get("generation") != self.generation:
+            return None  # an earlier switch's: this one needs its own
+        return {tuple(key): offset for key, offset in saved["offsets"]}
+
+    def _record_offsets(self, conn) -> None:
+        totals = {key: total for key, (total, _) in self._read_totals(conn)[0].items()}
+        self.offsets = {key: self.exported.get(key, 0) - totals.get(key, 0)
+                        for key in set(totals) | set(self.exported)}
+        temporary = self.offsets_path + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump({"generation": self.generation,
+                       "offsets": [[list(key), offset] for key, offset in self.offsets.items()]}, f)
+        os.replace(temporary, self.offsets_path)  # atomic: a restarted worker sees all or nothing
+        log.info("switched from notify: the counters continue from what was exported so far")
 
     def drain(self, conn) -> int:
         """Move every committed event_log row into totals; returns the number of rows moved."""
+        if self.offsets is None:
+            self._record_offsets(conn)  # before the first drain of a switch generation
         moved = 0
         with conn.cursor() as cur:
             while True:
@@ -99,14 +143,13 @@ class OutboxExporter:
                 if rows < DRAIN_CHUNK:
                     return moved
 
-    def export(self, conn) -> None:
+    def _read_totals(self, conn) -> tuple[dict[tuple, list], tuple[int, float]]:
+        """({series key: [total, last event]}, (backlog rows, oldest row's age))."""
         with conn.cursor() as cur:
             cur.execute(TOTALS_SQL)
             rows = cur.fetchall()
             cur.execute(BACKLOG_SQL)
             backlog, oldest_age = cur.fetchone()
-        self.metrics.outbox_backlog.set(backlog)
-        self.metrics.outbox_oldest_age.set(float(oldest_age))
         totals: dict[tuple, list] = {}
         for table_name, operation, labels, total, last_event in rows:
             key, _ = self.router.key_for(table_name, operation, labels)
@@ -115,6 +158,13 @@ class OutboxExporter:
             entry = totals.setdefault(key, [0, 0.0])
             entry[0] += total
             entry[1] = max(entry[1], float(last_event))
+        return totals, (backlog, float(oldest_age))
+
+    def export(self, conn) -> None:
+        totals, (backlog, oldest_age) = self._read_totals(conn)
+        self.metrics.outbox_backlog.set(backlog)
+        self.metrics.outbox_oldest_age.set(oldest_age)
+        offsets = self.offsets or {}
         # Creating a child writes it at 0 before counter.inc() raises it: for a series that no
         # file holds yet, a scrape in between would read 0, a counter reset. So readers wait
         # while such series are created and raised.
@@ -123,14 +173,15 @@ class OutboxExporter:
             for key, (total, last_event) in totals.items():
                 counter, last_event_gauge = self.metrics.series(key)
                 self._created.add(key)
-                delta = total - self.exported.get(key, 0)
+                target = total + offsets.get(key, 0)
+                delta = target - self.exported.get(key, 0)
                 if delta > 0:
                     counter.inc(delta)
-                    self.exported[key] = total
+                    self.exported[key] = target
                 elif delta < 0 and key not in self._warned:
                     self._warned.add(key)
-                    log.warning("pgne.totals for %s went down from %d to %d (rows deleted by hand?); "
-                                "the exported counter keeps its value", key, self.exported[key], total)
+                    log.warning("pgne.totals for %s went down: %d exported, %d now (rows deleted by hand?); "
+                                "the exported counter keeps its value", key, self.exported[key], target)
                 last_event_gauge.set(last_event)
         if not self.first_export_done:
             self.first_export_done = True

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from itertools import product
-from typing import Iterator
+from typing import Callable, Iterator
 
 from pgne.config import EVENTS, OTHER, Database, value_as_text
 
@@ -21,6 +21,9 @@ MAX_COUNT = 2**53  # larger counts cannot be added exactly to a float counter
 MAX_PRECREATED_COMBINATIONS = 1000  # per monitor and event; beyond that, series appear when seen
 
 _EVENT_BY_ACTION = {event.lower(): event for event in EVENTS}
+# How json_build_object prints the last key of pgne's payloads; see Router.classifier.
+SEQ_SEPARATOR = ', "seq" : '
+MEMO_SIZE = 2048  # payloads less their seq remembered per worker (label groups x counts seen)
 
 
 @dataclass(frozen=True)
@@ -115,3 +118,36 @@ class Router:
                 elif combinations <= MAX_PRECREATED_COMBINATIONS:
                     for labels in product(*choices):
                         yield (event, route.schema, route.table, *labels)
+
+    def classifier(self, memo_size: int = MEMO_SIZE) -> Callable[[str], tuple[object, int]]:
+        """`classify`, memoized on the payload less its `seq`: the hot path's classifier.
+
+        pgne's triggers send json_build_object(..., 'seq', n) payloads: one statement's label
+        groups, and its successive statements, differ only in the trailing `"seq" : n` (and
+        `count`). Whatever precedes `, "seq" : <digits>}` at the very end decides the
+        classification: the seq is a top-level key (its `}` ends the payload; the separator's
+        unescaped quotes cannot sit inside a JSON string); a JSON integer in canonical form (no
+        sign, no leading zero, at most 18 digits: json.loads refuses over 4,300) never changes
+        whether the payload is valid JSON; and seq is not used for counting. So such payloads
+        are json.loads'ed once per distinct head. Any other payload (pg_notify_exporter's,
+        jsonb-printed ones) takes `classify` every time.
+        """
+        classify = self.classify
+        memo: dict[str, tuple[object, int]] = {}
+
+        def classify_memoized(payload: str) -> tuple[object, int]:
+            head, sep, tail = payload.rpartition(SEQ_SEPARATOR)
+            if sep:
+                digits = tail[:-1]
+                if (tail[-1:] == "}" and 0 < len(digits) <= 18 and digits.isdigit() and digits.isascii()
+                        and (digits[0] != "0" or len(digits) == 1)):
+                    result = memo.get(head)
+                    if result is None:
+                        result = classify(payload)
+                        if len(memo) >= memo_size:
+                            memo.clear()
+                        memo[head] = result
+                    return result
+            return classify(payload)
+
+        return classify_memoized

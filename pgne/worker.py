@@ -126,6 +126,7 @@ class Worker:
         self.master_fd = master_fd
         self.renderer = Renderer(spec.template_dirs, lock_timeout=spec.lock_timeout)
         self.router = Router(self.db, spec.label_names)
+        self.classify = self.router.classifier()  # memoized: most payloads are not JSON-parsed again
         self.outbox = None
         if self.db.delivery == OUTBOX:
             from pgne.outbox import OutboxExporter
@@ -324,7 +325,7 @@ class Worker:
         if not batch:
             return
         conn.notifies = []  # take the whole list at once; pop(0) would be O(n)
-        classify = self.router.classify
+        classify = self.classify
         pending: dict[tuple, int] = {}
         rejected: dict[str, int] = {}
         for note in batch:

@@ -266,9 +266,7 @@ def test_switching_notify_to_outbox_and_back_is_one_apply_and_counts_work_after_
         proc.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: the new outbox worker takes the notify worker's counts "
-                   "for totals it already exported, so the counter stays flat until pgne.totals exceeds them")
-def test_a_sighup_switch_from_notify_to_outbox_keeps_counting_the_new_rows(db, tmp_path):
+def test_a_sighup_switch_from_notify_to_outbox_keeps_counting_the_new_rows_also_after_a_worker_restart(db, tmp_path):
     config = write(tmp_path, outbox_config(db, MONITORS, delivery="notify"))
     assert pgne("apply", "-c", config)[0] == 0
     proc = start_pgne(tmp_path, config).start()
@@ -287,6 +285,15 @@ def test_a_sighup_switch_from_notify_to_outbox_keeps_counting_the_new_rows(db, t
         wait_until(lambda: (proc.value("pgne_last_event_timestamp_seconds", labels) or 0) >= float(drained_at),
                    15, "an export after the drain", proc.describe)
         assert exported(proc, db)[("INSERT", "one", "alpha")] == 5 + 3
+
+        # A restarted outbox worker of the same switch keeps the offset: no flat counter, no double count.
+        (worker,) = proc.child_pids()
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: proc.child_pids() not in ([], [worker]), 30, "a new worker", proc.describe)
+        insert_codes(db.dsn, ["alpha"] * 2)
+        wait_until(lambda: exported(proc, db).get(("INSERT", "one", "alpha")) == 5 + 3 + 2, 30, "10 alpha",
+                   proc.describe)
+        assert db_totals(db.dsn) == {("INSERT", "one", "alpha"): 5}
     finally:
         proc.kill_leftovers()
 
