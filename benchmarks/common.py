@@ -1,0 +1,389 @@
+"""Shared pieces of the benchmarks: the cluster, a `pgne run` subprocess, figures and tables.
+
+The cluster is the benchmarks' own (initdb into a temporary directory, as the `postgres` OS user
+when run as root), never the shared server at 127.0.0.1:5432. Unlike the tests' throwaway
+cluster, fsync, synchronous_commit and full_page_writes keep their defaults (on): a write
+benchmark with fsync off hides the commit cost that dominates single-row INSERTs.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import psycopg2
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(p.split("/")[4]))
+    if found:
+        return found[-1]
+    on_path = shutil.which(name)
+    if on_path:
+        return on_path
+    raise RuntimeError(f"{name} not found under /usr/lib/postgresql/*/bin or on PATH")
+
+
+def _as_postgres(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    if os.geteuid() == 0:
+        args = ["runuser", "-u", "postgres", "--", *args]
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kwargs)
+
+
+def rss_mb(pid: int) -> float:
+    """VmRSS of a process, in MiB (from /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_of(pid: int) -> list[int]:
+    """Live (not zombie) child processes of `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Cluster:
+    """A PostgreSQL cluster of the benchmarks' own, on a free port, durable settings."""
+
+    def __init__(self, base: str | None = None):
+        self.port = free_port()
+        self.base = base or tempfile.mkdtemp(prefix="pgne-bench-cluster-")
+        self.data = os.path.join(self.base, "data")
+        self.socket_dir = os.path.join(self.base, "sock")
+        self.log = os.path.join(self.base, "server.log")
+        os.makedirs(self.socket_dir, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.base, "postgres", "postgres")
+            shutil.chown(self.socket_dir, "postgres", "postgres")
+        _as_postgres([pg_bin("initdb"), "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                      "--no-sync"])
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as conf:
+            conf.write(
+                f"\n# pgne benchmarks\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{self.socket_dir}'\n"
+                "fsync = on\nsynchronous_commit = on\nfull_page_writes = on\n"
+                "max_connections = 100\nshared_buffers = 256MB\n"
+                # no checkpoint in the middle of a timed statement; run.py checkpoints between runs
+                "max_wal_size = 4GB\ncheckpoint_timeout = 30min\n"
+            )
+
+    @property
+    def dsn(self) -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+
+    def start(self) -> None:
+        _as_postgres([pg_bin("pg_ctl"), "-D", self.data, "-l", self.log, "-w", "-t", "60", "start"], timeout=90)
+
+    def destroy(self) -> None:
+        try:
+            _as_postgres([pg_bin("pg_ctl"), "-D", self.data, "-w", "-t", "30", "stop", "-m", "fast"], timeout=60)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            pass
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def connect(self, dbname: str = "postgres", autocommit: bool = True):
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=dbname,
+                                connect_timeout=10)
+        conn.autocommit = autocommit
+        return conn
+
+    def execute(self, sql: str, dbname: str = "postgres", params: Sequence | None = None):
+        conn = self.connect(dbname)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description else None
+        finally:
+            conn.close()
+
+    def create_database(self, name: str, setup_sql: str = "") -> None:
+        self.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        self.execute(f'CREATE DATABASE "{name}"')
+        if setup_sql:
+            self.execute(setup_sql, dbname=name)
+
+    def server_version(self) -> str:
+        return self.execute("SHOW server_version")[0][0]
+
+
+# --------------------------------------------------------------------------- pgne
+
+
+def pgne_env(**extra: str) -> dict[str, str]:
+    """This checkout first on the import path; no inherited pgne/prometheus settings."""
+    env = dict(os.environ)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.pop("PGNE_CONFIG", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def config_yaml(cluster: Cluster, databases: Sequence[dict]) -> str:
+    """events_config.yml text: one host (the bench cluster), `databases` as entries.
+
+    Each entry: name, monitors (list of (table, label column or None, values, events)), and
+    optional delivery / perform_setup.
+    """
+    lines = ["- 127.0.0.1:"]
+    for db in databases:
+        lines += [
+            f"  - database: {db['name']}",
+            f"    tag: {db.get('tag', 'bench')}",
+            f"    port: {cluster.port}",
+            f"    perform_setup: {'true' if db.get('perform_setup') else 'false'}",
+            "    username: postgres",
+            "    password: unused",
+            "    enabled: true",
+        ]
+        if db.get("delivery"):
+            lines.append(f"    delivery: {db['delivery']}")
+        lines.append("    monitors:")
+        for table, column, values, events in db["monitors"]:
+            lines += [f"    - table: {table}", "      enabled: yes",
+                      f"      function: {'notification_with_payload' if column else 'simple_event_notification'}"]
+            if column:
+                lines.append("      columns_to_label:")
+                lines.append(f"        - {column}: [{', '.join(repr(v) for v in values)}]")
+            lines.append(f"      events: [{', '.join(events)}]")
+    return "\n".join(lines) + "\n"
+
+
+def apply_config(config_path: str) -> list[str]:
+    """Install the triggers through pgne's own code path (load, render, apply)."""
+    from pgne.apply import apply_database
+    from pgne.config import load_config
+    from pgne.render import Renderer
+
+    renderer = Renderer()
+    config = load_config(config_path, renderer)
+    lines = []
+    for db in config.databases:
+        result = apply_database(db, renderer)
+        if not result.ok:
+            raise RuntimeError(f"pgne apply failed: {result.line()}")
+        lines.append(result.line())
+    return lines
+
+
+# pgne run with faster restarts: the master's restart backoff (1 s doubling to 30 s) would make
+# 500 restarts take an hour; the restart path itself (reap, mark dead, respawn) is unchanged.
+FAST_RESTART_BOOT = (
+    "import sys, pgne.master as m; m.RESTART_BACKOFF_FIRST = m.RESTART_BACKOFF_MAX = 0.05; "
+    "m.LOOP_TICK = 0.05; from pgne.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+class Pgne:
+    """A `pgne run` subprocess serving /metrics on a free port, with its own state dir."""
+
+    def __init__(self, config_path: str, workdir: str, fast_restarts: bool = False, log_level: str = "WARNING"):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.state_dir = self.workdir / "state"
+        self.port = free_port()
+        self.stderr_path = self.workdir / "pgne.stderr"
+        boot = ["-c", FAST_RESTART_BOOT] if fast_restarts else ["-m", "pgne"]
+        command = [sys.executable, *boot, "run", "-c", config_path, "--listen-address", f"127.0.0.1:{self.port}",
+                   "--state-dir", str(self.state_dir), "--log-level", log_level]
+        with open(self.stderr_path, "ab") as stderr:
+            self.process = subprocess.Popen(command, cwd=self.workdir, env=pgne_env(), stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        wait_until(self._healthy, 60, "pgne's /-/healthy")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _healthy(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"pgne run exited with {self.process.returncode}: {self.stderr_tail()}")
+        try:
+            with urllib.request.urlopen(self.url("/-/healthy"), timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def stderr_tail(self, n: int = 2000) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def scrape(self, timeout: float = 60) -> str:
+        with urllib.request.urlopen(self.url("/metrics"), timeout=timeout) as response:
+            return response.read().decode("utf-8")
+
+    def workers(self) -> list[int]:
+        return children_of(self.pid)
+
+    def wait_up(self, databases: int, timeout: float = 120) -> None:
+        def all_up() -> bool:
+            ups = sample_values(self.scrape(), "pgne_database_up")
+            return len(ups) == databases and all(v == 1 for v in ups)
+
+        wait_until(all_up, timeout, f"{databases} database(s) up in pgne", interval=0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # whatever is left of its session
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+
+_SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$", re.M)
+
+
+def sample_values(text: str, name: str, *label_parts: str) -> list[float]:
+    """Values of the samples named `name` whose label text contains every one of `label_parts`
+    (e.g. 'result="counted"')."""
+    values = []
+    for match in _SAMPLE_RE.finditer(text):
+        if match.group(1) == name and all(part in (match.group(2) or "") for part in label_parts):
+            values.append(float(match.group(3)))
+    return values
+
+
+def counted(text: str, database: str) -> float:
+    return sum(sample_values(text, "pgne_notifications_total", 'result="counted"', f'database="{database}"'))
+
+
+# --------------------------------------------------------------------------- figures
+
+
+@dataclass
+class Figure:
+    """One measured quantity: all runs, reported as their median."""
+
+    name: str
+    unit: str
+    runs: list[float] = field(default_factory=list)
+    baseline: Figure | None = None  # the ratio is median / baseline median
+    target: str = ""  # human-readable, e.g. "<= 1.10x no trigger"
+    check: Callable[[Figure], bool] | None = None  # PASS/MISS; None: informational
+    higher_is_better: bool = False
+    digits: int = 1
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs) if self.runs else float("nan")
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline is None or not self.baseline.runs or not self.baseline.median:
+            return None
+        return self.median / self.baseline.median
+
+    def verdict(self) -> str:
+        if self.check is None or not self.runs:
+            return ""
+        return "PASS" if self.check(self) else "**MISS**"
+
+    def fmt(self, value: float) -> str:
+        return f"{value:,.{self.digits}f}"
+
+    def row(self) -> str:
+        runs = ", ".join(self.fmt(v) for v in self.runs)
+        ratio = f"{self.ratio:.2f}x {self.baseline.name}" if self.ratio is not None else ""
+        return (f"| {self.name} | **{self.fmt(self.median)}** {self.unit} | {len(self.runs)} | {runs} | {ratio} "
+                f"| {self.target} | {self.verdict()} |")
+
+
+TABLE_HEAD = ("| figure | median | n | runs | ratio to baseline | target | result |\n"
+              "| --- | ---: | ---: | --- | --- | --- | --- |")
+
+
+@dataclass
+class Section:
+    title: str
+    method: str
+    figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def markdown(self) -> str:
+        parts = [f"## {self.title}", "", self.method.strip(), "", TABLE_HEAD]
+        parts += [f.row() for f in self.figures]
+        if self.notes:
+            parts.append("")
+            parts += [f"- {note}" for note in self.notes]
+        parts += ["", f"_Section runtime: {self.seconds:.0f} s._", ""]
+        return "\n".join(parts)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (q in 0..100)."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, int(-(-q * len(sorted_values) // 100)))  # ceil
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def checkpoint(cluster: Cluster) -> None:
+    cluster.execute("CHECKPOINT")
