@@ -216,7 +216,28 @@ def _huge(n: int, filler: str) -> str:
 
 
 NESTED_HEAD = '{"table":"one","action":"INSERT","data":{"code":'
+
+
+def _trigger_like(head: str, seq: str) -> str:
+    """What json_build_object prints for pgne's triggers ends in `, "seq" : N}`: the worker may
+    memoize on what precedes it, so heads that are anything but pgne's own must still be judged
+    on the whole payload."""
+    return f'{head}, "seq" : {seq}}}'
+
+
+trigger_heads = (st.sampled_from(['{"table" : "public.one", "action" : "INSERT", "data" : {"code" : "alpha"}, '
+                                  '"count" : 3', '{"table" : "public.one", "action" : "DELETE", "data" : '
+                                  '{"code" : "zeta"}, "count" : 1', '{"table" : "app.two", "action" : "TRUNCATE", '
+                                  '"count" : 1', '{"table" : "one", "action" : "INSERT", "count" : 0',
+                                  '{"table" : "one", "action" : "INSERT", "count" : 1, "seq" : 1',
+                                  '{"table" : "one", "action" : "INSERT", "data" : "x", "count" : 2',
+                                  '{"table" : "one", "action" : "INSERT", "x" : "', "[1", '{"a" : {',
+                                  '{"table" : "one", "action" : "INSERT", "data" : {"code" : "alpha"'])
+                 | st.text(TEXT, max_size=40) | objects.map(lambda o: json.dumps(o)[:-1]))
+trigger_seqs = st.sampled_from(["1", "2", "17", "0", "01", "-1", "1.5", "1e3", "99999999999999999999", "", " 1",
+                                "١", "NaN", "1" * 19]) | st.integers(1, 10 ** 18).map(str)
 payloads = st.one_of(
+    st.builds(_trigger_like, trigger_heads, trigger_seqs),
     objects.map(json.dumps),  # json.dumps writes NaN/Infinity too: Python's json accepts them
     st.text(TEXT, max_size=120),  # mostly not JSON at all
     json_values.map(json.dumps),  # JSON, but seldom an object
