@@ -87,6 +87,8 @@ class Database:
     delivery: str = NOTIFY
     drain_interval: float = DEFAULT_DRAIN_INTERVAL
     location: str = field(default="", compare=False)
+    # `password: ${NAME}`: the variable's name; the master keeps it out of the workers' environment
+    password_variable: str | None = field(default=None, compare=False)
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -352,6 +354,11 @@ def _resolve_password(entry: dict, where: str, base_dir: Path, errors: list[str]
     return text[:-1] if text.endswith("\n") else text
 
 
+def _password_variable(entry: dict) -> str | None:
+    match = ENV_REF_RE.match(entry.get("password", ""))
+    return match.group(1) if match else None
+
+
 def _check_name_bytes(kind: str, name: str, where: str, errors: list[str]) -> None:
     if len(name.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
         errors.append(f"{where}: {kind} {name!r} is longer than {MAX_IDENTIFIER_BYTES} bytes")
@@ -486,6 +493,7 @@ def _build(path: str, data: list, templates: "TemplateCatalog", base_dir: Path,
                 sslmode=entry.get("sslmode"),
                 connect_timeout=int(entry.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)),
                 delivery=delivery,
+                password_variable=_password_variable(entry),
                 drain_interval=float(entry.get("drain_interval", DEFAULT_DRAIN_INTERVAL)),
                 location=where,
             ))

@@ -131,7 +131,10 @@ class Master:
             outbox_switch_generation=self.outbox_switches.get(slot.database.key, 0),
             master_pid=os.getpid(),
         )
-        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=self.state_dir)
+        # The worker gets its password on stdin: variables that hold one stay with the master.
+        secrets = {db.password_variable for db in self.config.databases if db.password_variable}
+        env = {name: value for name, value in os.environ.items() if name not in secrets}
+        env["PROMETHEUS_MULTIPROC_DIR"] = self.state_dir
         process = subprocess.Popen([sys.executable, "-m", "pgne.worker"], stdin=subprocess.PIPE, env=env,
                                    close_fds=True)
         try:

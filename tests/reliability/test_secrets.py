@@ -261,8 +261,12 @@ def test_env_var_secret_never_in_logs_argv_errors_or_metrics(secured, tmp_path, 
         wait_value(proc, "pgne_database_up", up_labels(reader), lambda v: v == 1, 30, "app listening")
         wait_until(lambda: "password authentication failed" in proc.stderr_text(), 30,
                    "the failed connection in the log", proc.describe)
-        # the master's (and so the workers') environment holds the variable: the user put it there
+        # the master's environment holds the variable (the user put it there); the workers' does not:
+        # they get the password on stdin
         assert inspect_processes(proc, environ_too=False) == 2
+        for pid in proc.child_pids():
+            assert_no_secret(f"/proc/{pid}/environ", proc_file(pid, "environ"))
+            assert WRONG_SECRET.encode() not in proc_file(pid, "environ")
         inspect_outputs(proc)
     finally:
         proc.kill_leftovers()
