@@ -88,7 +88,7 @@ class Database:
     drain_interval: float = DEFAULT_DRAIN_INTERVAL
     location: str = field(default="", compare=False)
     # `password: ${NAME}`: the variable's name; the master keeps it out of the workers' environment
-    password_variable: str | None = field(default=None, compare=False)
+    password_variable: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[str, int, str]:
