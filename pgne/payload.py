@@ -9,6 +9,7 @@ column values, so the whitelist is applied here too: unlisted values count as `o
 from __future__ import annotations
 
 import json
+import json.scanner
 from dataclasses import dataclass
 from itertools import product
 from typing import Callable, Iterator
@@ -21,9 +22,24 @@ MAX_COUNT = 2**53  # larger counts cannot be added exactly to a float counter
 MAX_PRECREATED_COMBINATIONS = 1000  # per monitor and event; beyond that, series appear when seen
 
 _EVENT_BY_ACTION = {event.lower(): event for event in EVENTS}
+_scan_once = json.scanner.make_scanner(json.JSONDecoder())  # the C scanner json.loads ends up in
 # How json_build_object prints the last key of pgne's payloads; see Router.classifier.
 SEQ_SEPARATOR = ', "seq" : '
 MEMO_SIZE = 2048  # payloads less their seq remembered per worker (label groups x counts seen)
+
+
+def _loads(payload: str) -> object:
+    """json.loads(payload), without its Python-level wrappers for the common case (a third to half
+    of a small payload): the C scanner straight from the first character. Whatever it does not
+    consume whole (leading or trailing whitespace, a BOM, garbage) goes to json.loads, whose
+    answer or error stands."""
+    try:
+        obj, end = _scan_once(payload, 0)
+    except StopIteration:
+        return json.loads(payload)
+    if end != len(payload):
+        return json.loads(payload)
+    return obj
 
 
 @dataclass(frozen=True)
@@ -62,7 +78,7 @@ class Router:
     def classify(self, payload: str) -> tuple[object, int]:
         """(series key, count) for a countable payload; (result name, 0) otherwise. Never raises."""
         try:
-            obj = json.loads(payload)
+            obj = _loads(payload)
             if type(obj) is not dict:
                 return INVALID, 0
             table, action = obj.get("table"), obj.get("action")

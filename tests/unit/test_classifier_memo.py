@@ -111,3 +111,28 @@ def test_any_sequence_of_payloads_gets_classify_s_answers(batch):
     classify = r.classifier(memo_size=8)
     for payload in batch:
         assert classify(payload) == r.classify(payload), payload
+
+
+def _outcome(loads, text: str) -> tuple:
+    try:
+        return ("value", repr(loads(text)))
+    except RecursionError:
+        return ("recursion",)
+    except ValueError as exc:
+        return ("error", type(exc).__name__, str(exc))
+
+
+ODD_JSON = ['{"a":1}', ' {"a":1}', '{"a":1} ', '\ufeff{"a":1}', '{"a":1}x', "", "1", '"s"', "nul", '{"a":NaN}',
+            "[" * 5000, '{"a":1}\n', '\t{"a":1}', '{"a": 1e400}', '{"a":"\\ud800"}', '{"a":1}{"b":2}']
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.sampled_from(ODD_JSON), st.text(max_size=40),
+                 st.builds(lambda pre, body, post: pre + body + post, st.sampled_from(["", " ", "\n", "\ufeff"]),
+                           st.sampled_from(ODD_JSON), st.sampled_from(["", " ", "x", "}"]))))
+def test_the_fast_json_entry_point_answers_like_json_loads(text):
+    import json
+
+    from pgne.payload import _loads
+
+    assert _outcome(_loads, text) == _outcome(json.loads, text)
