@@ -325,6 +325,9 @@ class Figure:
     check: Callable[[Figure], bool] | None = None  # PASS/MISS; None: informational
     higher_is_better: bool = False
     digits: int = 1
+    # runs[i] and baseline.runs[i] were taken side by side (same repetition): the ratio is the
+    # median of the per-repetition ratios, which a slow drift of the machine's speed cancels out of
+    paired: bool = False
 
     @property
     def median(self) -> float:
@@ -334,6 +337,8 @@ class Figure:
     def ratio(self) -> float | None:
         if self.baseline is None or not self.baseline.runs or not self.baseline.median:
             return None
+        if self.paired and len(self.runs) == len(self.baseline.runs) and all(self.baseline.runs):
+            return statistics.median(r / b for r, b in zip(self.runs, self.baseline.runs))
         return self.median / self.baseline.median
 
     def verdict(self) -> str:
@@ -346,7 +351,9 @@ class Figure:
 
     def row(self) -> str:
         runs = ", ".join(self.fmt(v) for v in self.runs)
-        ratio = f"{self.ratio:.2f}x {self.baseline.name}" if self.ratio is not None else ""
+        ratio = ""
+        if self.ratio is not None:
+            ratio = f"{self.ratio:.2f}x {self.baseline.name}" + (" (paired)" if self.paired else "")
         return (f"| {self.name} | **{self.fmt(self.median)}** {self.unit} | {len(self.runs)} | {runs} | {ratio} "
                 f"| {self.target} | {self.verdict()} |")
 

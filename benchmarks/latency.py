@@ -51,13 +51,17 @@ def run(cluster: Cluster, workdir: str, rate: float, seconds: float, reps: int,
         pgne.wait_up(1)
         for _ in range(reps):
             _, base = events()
+            output = os.path.join(workdir, "paced_writer.json")
             writer = subprocess.Popen([sys.executable, str(BENCH_DIR / "paced_writer.py"), dsn, str(rate),
-                                       str(seconds), synchronous_commit], stdout=subprocess.PIPE, text=True)
+                                       str(seconds), synchronous_commit, output])
             scrapes = []
             while writer.poll() is None:
                 scrapes.append(events())
                 time.sleep(0.001)
-            out = json.loads(writer.stdout.read())
+            if writer.returncode != 0:
+                raise RuntimeError(f"paced_writer.py exited with {writer.returncode}")
+            with open(output) as f:
+                out = json.load(f)
             commits = out["commits"]
             deadline = time.monotonic() + 30
             while not scrapes or scrapes[-1][1] < base + len(commits):

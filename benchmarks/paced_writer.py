@@ -1,10 +1,11 @@
 """The latency benchmark's writer: single-row INSERT transactions at a steady rate.
 
-Transaction i is due at start + i / rate (no catching up in bursts beyond the schedule: a late
-transaction starts at once, the next one keeps its own due time). Prints, as JSON on stdout,
-the time.monotonic() at which each COMMIT returned.
+Transaction i is due at start + i / rate: a late transaction starts at once and the schedule
+does not shift (the writer catches up; it reports the rate it achieved). Writes
+the time.monotonic() at which each COMMIT returned, as JSON into OUTPUT (a file: a pipe
+would fill up before the parent reads it).
 
-Usage: paced_writer.py DSN RATE SECONDS SYNCHRONOUS_COMMIT
+Usage: paced_writer.py DSN RATE SECONDS SYNCHRONOUS_COMMIT OUTPUT
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ CODES = ("alpha", "beta", "gamma", "delta", "epsilon")
 
 
 def main() -> int:
-    dsn, rate, seconds, synchronous_commit = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+    dsn, rate, seconds, synchronous_commit, output = (sys.argv[1], float(sys.argv[2]), float(sys.argv[3]),
+                                                      sys.argv[4], sys.argv[5])
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     cur = conn.cursor()
@@ -34,7 +36,8 @@ def main() -> int:
         cur.execute("INSERT INTO public.t (id, code) VALUES (%s, %s)", (i, CODES[i % 5]))  # autocommit
         commits.append(time.monotonic())
     conn.close()
-    json.dump({"start": start, "commits": commits}, sys.stdout)
+    with open(output, "w") as f:
+        json.dump({"start": start, "commits": commits}, f)
     return 0
 
 

@@ -135,10 +135,11 @@ def bulk(cluster: Cluster, workdir: str, rows: int, reps: int) -> Section:
     figures = [base]
     for variant in (NOTIFY, OUTBOX):
         figures.append(Figure(variant, "ms", times[variant], baseline=base, target=f"<= 1.10x {NONE}",
-                              check=lambda f: f.ratio <= 1.10))
-    figures.append(Figure(PNE, "ms", times[PNE], baseline=base, target="(reference)"))
-    figures.append(Figure(FLOOR, "ms", times[FLOOR], baseline=base, target="(reference: the floor)"))
-    figures.append(Figure(NOTIFY_WORK_MEM, "ms", times[NOTIFY_WORK_MEM], baseline=base, target="(reference)"))
+                              check=lambda f: f.ratio <= 1.10, paired=True))
+    figures.append(Figure(PNE, "ms", times[PNE], baseline=base, target="(reference)", paired=True))
+    figures.append(Figure(FLOOR, "ms", times[FLOOR], baseline=base, target="(reference: the floor)", paired=True))
+    figures.append(Figure(NOTIFY_WORK_MEM, "ms", times[NOTIFY_WORK_MEM], baseline=base, target="(reference)",
+                          paired=True))
     expected_other = rows * reps // 5
     return Section(
         title=f"Write path: bulk INSERT of {rows:,} rows",
@@ -227,7 +228,7 @@ def pgbench(cluster: Cluster, workdir: str, seconds: int, reps: int, client_coun
         outbox_target = {2: (">= 0.95x", 0.95), 8: (">= 0.75x", 0.75)}.get(clients)
         for variant, target in ((NOTIFY, notify_target), (OUTBOX, outbox_target), (FLOOR, None)):
             fig = Figure(f"{variant}, {who}", "tps", tps[(variant, clients)], baseline=base,
-                         higher_is_better=True)
+                         higher_is_better=True, paired=True)
             if target:
                 fig.target = f"{target[0]} {NONE}"
                 fig.check = lambda f, t=target[1]: f.ratio >= t
