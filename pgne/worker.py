@@ -64,6 +64,7 @@ class WorkerSpec:
     log_level: str
     master_pid: int
     trigger_check_interval: float = 60.0
+    outbox_switch_generation: int = 0  # see pgne.outbox.OutboxExporter
 
 
 def encode_spec(spec: WorkerSpec) -> bytes:
@@ -133,7 +134,8 @@ class Worker:
 
             # Reads what earlier workers exported *before* this one writes anything.
             self.outbox = OutboxExporter(self.router, None, os.environ["PROMETHEUS_MULTIPROC_DIR"],
-                                         self.db.host, self.db.name)
+                                         self.db.host, self.db.port, self.db.name,
+                                         spec.outbox_switch_generation)
         self.metrics = WorkerMetrics(self.db.host, self.db.name, self.db.tag, spec.label_names,
                                      outbox=self.outbox is not None)
         if self.outbox is not None:
