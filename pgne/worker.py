@@ -40,6 +40,9 @@ BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 # keeps the TCP peer alive but forwards nothing (a proxy, pooler or NAT that hangs, a frozen
 # server host) defeats both: QUERY_TIMEOUT drops a connection whose queries get no answer.
 QUERY_TIMEOUT = 15.0
+# Longer work gets a longer deadline, for the same reason: perform_setup's apply (each of its
+# locks waits at most lock_timeout) and an outbox drain of a large backlog.
+SETUP_TIMEOUT = DRAIN_TIMEOUT = 120.0
 KEEPALIVE_OPTIONS = {
     "keepalives": 1,
     "keepalives_idle": 5,
@@ -187,7 +190,8 @@ class Worker:
     def setup(self, conn) -> bool:
         from pgne.apply import apply_on_connection
 
-        result = apply_on_connection(conn, self.db, self.renderer)
+        with _Deadline(conn, self.name, "the setup", SETUP_TIMEOUT):
+            result = apply_on_connection(conn, self.db, self.renderer)
         if result.ok:
             log.info("%s: setup: %s", self.name, result.line().split(": ", 1)[1])
         else:
@@ -248,8 +252,9 @@ class Worker:
         failing = False
         while True:
             try:
-                self.outbox.drain(conn)
-                self.outbox.export(conn)
+                with _Deadline(conn, self.name, "the drain", DRAIN_TIMEOUT):
+                    self.outbox.drain(conn)
+                    self.outbox.export(conn)
             except (psycopg2.OperationalError, psycopg2.InterfaceError):
                 raise
             except psycopg2.Error as exc:  # e.g. pgne.event_log missing: retry, loudly
