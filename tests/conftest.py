@@ -295,3 +295,16 @@ def listener_factory():
     yield make
     for listener in made:
         listener.close()
+
+
+@pytest.fixture(autouse=True)
+def no_pgne_left_running():
+    """Every `pgne run` a test started through runner.PgneProcess is gone after the test, even
+    when the test failed before its own cleanup (a failed start(), say)."""
+    from runner import SPAWNED
+
+    first = len(SPAWNED)
+    yield
+    for process in SPAWNED[first:]:
+        process.kill_leftovers()
+    del SPAWNED[first:]

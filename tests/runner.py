@@ -98,6 +98,9 @@ def labels_key(name: str, labels: Mapping[str, str]) -> tuple[str, frozenset]:
     return (name, frozenset(labels.items()))
 
 
+SPAWNED: list["PgneProcess"] = []
+
+
 class PgneProcess:
     """One `pgne run` master (and its workers), in its own session so that teardown can kill
     whatever is left of it."""
@@ -128,6 +131,7 @@ class PgneProcess:
             self.process = subprocess.Popen(self.command(), cwd=self.workdir, env=pgne_env(),
                                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                             stderr=stderr, start_new_session=True)
+        SPAWNED.append(self)  # conftest kills whatever a test leaves running, even if it failed early
         return self.process
 
     def start(self, expect_up: bool = True, timeout: float = DEFAULT_TIMEOUT) -> "PgneProcess":
