@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 import traceback
+from typing import Callable
 
 from pgne import __version__, commands
 from pgne.config import config_path, load_config
@@ -18,14 +19,24 @@ from pgne.render import DEFAULT_LOCK_TIMEOUT, Renderer
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 3600 seconds")
-    return value
+def _number_up_to(maximum: float, unit: str = "") -> Callable[[str], float]:
+    """An argparse type: a number in (0, maximum]."""
+    suffix = f" {unit}" if unit else ""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number{' of ' + unit if unit else ''}") from None
+        if not 0 < value <= maximum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and {maximum:g}{suffix}")
+        return value
+
+    return parse
+
+
+_positive_seconds = _number_up_to(3600, "seconds")
+_demo_rate = _number_up_to(1000)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,15 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     return parser
 
-
-def _demo_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 1000:
-        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 1000")
-    return value
 
 
 def _parse_listen_address(text: str) -> tuple[str, int]:

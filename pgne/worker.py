@@ -247,8 +247,7 @@ class Worker:
         self.check_triggers(conn)
         self.backoff.reset()
         log.info("%s: draining pgne.event_log every %g s", self.name, self.db.drain_interval)
-        now = time.monotonic()
-        next_heartbeat, next_trigger_check = now, now + self.spec.trigger_check_interval
+        self._schedule_checks()
         failing = False
         while True:
             try:
@@ -267,36 +266,35 @@ class Worker:
                     log.info("%s: draining again", self.name)
                 failing = False
                 self.metrics.up.set(1)
-            now = time.monotonic()
-            if now >= next_heartbeat:
-                self.heartbeat(conn)
-                next_heartbeat = now + HEARTBEAT_INTERVAL
-            if now >= next_trigger_check:
-                self.check_triggers(conn)
-                next_trigger_check = now + self.spec.trigger_check_interval
+            self._run_due_checks(conn)
             self.sleep(self.db.drain_interval)
 
     def listen(self, conn) -> None:
         master_fd = self.master_fd
-        now = time.monotonic()
-        next_heartbeat = now + HEARTBEAT_INTERVAL
-        next_trigger_check = now + self.spec.trigger_check_interval
-        self.heartbeat(conn)
+        self._schedule_checks()
         while True:
-            timeout = max(0.0, min(next_heartbeat, next_trigger_check) - time.monotonic())
+            self._run_due_checks(conn)
+            timeout = max(0.0, min(self._next_heartbeat, self._next_trigger_check) - time.monotonic())
             readable, _, _ = select.select([conn, master_fd], [], [], timeout)
             if readable:
                 if master_fd in readable:
                     self._check_master()
                 conn.poll()
                 self.drain(conn)
-            now = time.monotonic()
-            if now >= next_heartbeat:
-                self.heartbeat(conn)
-                next_heartbeat = now + HEARTBEAT_INTERVAL
-            if now >= next_trigger_check:
-                self.check_triggers(conn)
-                next_trigger_check = now + self.spec.trigger_check_interval
+
+    def _schedule_checks(self) -> None:
+        """A heartbeat now; the next trigger check one interval from now (one just ran)."""
+        now = time.monotonic()
+        self._next_heartbeat, self._next_trigger_check = now, now + self.spec.trigger_check_interval
+
+    def _run_due_checks(self, conn) -> None:
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self.heartbeat(conn)
+            self._next_heartbeat = now + HEARTBEAT_INTERVAL
+        if now >= self._next_trigger_check:
+            self.check_triggers(conn)
+            self._next_trigger_check = now + self.spec.trigger_check_interval
 
     def heartbeat(self, conn) -> None:
         with _Deadline(conn, self.name, "the heartbeat"), conn.cursor() as cur:
