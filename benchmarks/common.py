@@ -394,3 +394,35 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 def checkpoint(cluster: Cluster) -> None:
     cluster.execute("CHECKPOINT")
+
+
+def flush_latency_ms(directory: str, n: int = 100) -> float:
+    """Median time of an 8 kB write + fdatasync in `directory`: what a commit waits for at least."""
+    path = os.path.join(directory, "flush-probe")
+    block = os.urandom(8192)
+    times = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for i in range(n):
+            t0 = time.perf_counter()
+            os.pwrite(fd, block, (i % 16) * 8192)
+            os.fdatasync(fd)
+            times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        os.close(fd)
+        os.remove(path)
+    return statistics.median(times)
+
+
+def spread_note(figure: Figure) -> str:
+    """A warning when a baseline's runs spread wider than the effects being judged."""
+    if len(figure.runs) < 2 or not figure.median:
+        return ""
+    low, high = min(figure.runs), max(figure.runs)
+    spread = (high - low) / figure.median
+    if spread <= 0.2:
+        return ""
+    return (f"Noise: the runs of \"{figure.name}\" range from {figure.fmt(low)} to {figure.fmt(high)} {figure.unit} "
+            f"({spread:.0%} of their median), wider than the differences the targets judge; ratios come from "
+            "side-by-side runs, but a verdict close to its target can flip between runs on this machine "
+            "(see the fixes section for earlier runs).")

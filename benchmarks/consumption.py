@@ -128,10 +128,11 @@ def run(cluster: Cluster, workdir: str, n: int, reps: int) -> Section:
 
     notes = [
         "Elapsed, commit to done (s): " + "; ".join(
-            f"{who} {style}: " + ", ".join(f"{x:.3f}" for x in elapsed[(who, style)])
+            f"{who} on {style}-shaped payloads: " + ", ".join(f"{x:.3f}" for x in elapsed[(who, style)])
             for style in styles for who in ("pgne", "bare")) + ".",
         "CPU per notification (median run; utime+stime of the process, psycopg2's parsing included): "
-        + "; ".join(f"{who} {style} {med_us((who, style)):.1f} µs" for style in styles for who in ("pgne", "bare"))
+        + "; ".join(f"{who} on {style}-shaped payloads {med_us((who, style)):.1f} µs"
+                    for style in styles for who in ("pgne", "bare"))
         + ".",
         "pgne's worker memoizes classification on the payload less its trailing `seq` (pgne/payload.py, "
         "Router.classifier): its own payloads are JSON-parsed once per label group and count, the bare loop "

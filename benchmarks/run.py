@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """pgne's benchmarks: start a PostgreSQL cluster of their own, run each benchmark, write BENCHMARKS.md.
 
-    python benchmarks/run.py                    # everything (about 15 minutes on 2 cores)
+    python benchmarks/run.py                    # everything (about 12 minutes on 2 cores)
     python benchmarks/run.py --quick            # a smoke run: small N, one repetition
     python benchmarks/run.py --only consumption --only latency
     python benchmarks/run.py --output /tmp/B.md --note "taken on a shared machine"
@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"benchmarks: {', '.join(chosen)}{' (quick)' if args.quick else ''}; work dir {workdir}", flush=True)
     cluster = common.Cluster()
     cluster.start()
+    flush_before = common.flush_latency_ms(cluster.base)
+    flush_after = float("nan")
     sections: list[common.Section] = []
     failed = []
     try:
@@ -141,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(section)
             for f in section.figures:
                 print(f"    {f.row()}", flush=True)
+        flush_after = common.flush_latency_ms(cluster.base)
     finally:
         cluster.destroy()
         if not args.keep:
@@ -164,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         *machine_lines,
         f"- Load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in load_before)} at the start, "
         f"{', '.join(f'{x:.2f}' for x in load_after)} at the end",
+        f"- Disk flush (8 kB write + fdatasync, median of 100, on the cluster's disk): {flush_before:.2f} ms at "
+        f"the start, {flush_after:.2f} ms at the end",
         *(f"- {note}" for note in args.note),
         "",
         "## Summary",

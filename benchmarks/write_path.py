@@ -28,6 +28,7 @@ from common import (
     counted,
     pg_bin,
     sample_values,
+    spread_note,
     wait_until,
 )
 
@@ -160,7 +161,7 @@ table's tuplestore, spilled to a temporary file beyond `work_mem`, default 4MB),
 notify trigger with the inserting session's `work_mem` at 64MB (the tuplestore stays in memory).
 """,
         figures=figures,
-        notes=[f"Outbox sanity check: pgne.event_log holds, per label, "
+        notes=[n for n in [spread_note(base)] if n] + [f"Outbox sanity check: pgne.event_log holds, per label, "
                f"{', '.join(f'{k}={int(v):,}' for k, v in sorted(logged.items()))} rows' worth "
                f"(expected {rows * reps // 5:,} each, `other` {expected_other:,})."],
         seconds=time.monotonic() - started,
@@ -235,7 +236,7 @@ def pgbench(cluster: Cluster, workdir: str, seconds: int, reps: int, client_coun
             else:
                 fig.target = "(reference)"
             figures.append(fig)
-    notes = [
+    notes = [n for n in (spread_note(f) for f in figures if f.baseline is None) if n][:1] + [
         f"Exactness check after all runs: rows inserted into row_events vs pgne_events_total exported: "
         f"notify {inserted[NOTIFY]:,} rows / {counts[NOTIFY]:,.0f} counted "
         f"({notify_notes:,.0f} notifications); outbox {inserted[OUTBOX]:,} rows / {counts[OUTBOX]:,.0f} counted.",
