@@ -327,3 +327,19 @@ def pgne_functions(conn) -> set[str]:
 
 def schema_exists(conn, name: str = "pgne") -> bool:
     return query(conn, "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)", (name,))[0][0]
+
+
+def run_sql(db, *statements) -> None:
+    """Each statement (text, psycopg2.sql.Composed, or (either, params)) in its own autocommitted
+    transaction."""
+    conn = psycopg2.connect(db.dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for statement in statements:
+                if isinstance(statement, tuple):
+                    cur.execute(*statement)
+                else:
+                    cur.execute(statement)
+    finally:
+        conn.close()

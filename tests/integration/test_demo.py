@@ -17,38 +17,23 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from runner import free_port, pgne_env
 
 DEADLINE = 60.0
 STOP_DEADLINE = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _pgne_env() -> dict[str, str]:
-    """The pgne this test imports (the checkout, or the installed package) first on the path."""
-    import pgne
-
-    env = {k: v for k, v in os.environ.items() if k not in ("PGNE_CONFIG", "PROMETHEUS_MULTIPROC_DIR")}
-    root = str(Path(pgne.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    return env
 
 
 class DemoProcess:
     """`python -m pgne demo` in a session of its own (its exporter and workers join its group)."""
 
     def __init__(self, dsn: str, tmp_path: Path, rate: float = 20.0):
-        self.port = _free_port()
+        self.port = free_port()
         self.stdout_path, self.stderr_path = tmp_path / "demo.stdout", tmp_path / "demo.stderr"
         with self.stdout_path.open("w") as out, self.stderr_path.open("w") as err:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "pgne", "demo", "--dsn", dsn, "--listen-address", f"127.0.0.1:{self.port}",
                  "--rate", str(rate)],
-                env=_pgne_env(), cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                env=pgne_env(), cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 start_new_session=True)
         self.pgid = self.process.pid
 
@@ -188,8 +173,8 @@ def test_demo_stopped_by_sigterm_keeps_a_pgne_setup_that_was_already_there(pg_da
 def test_demo_refuses_a_pgne_demo_schema_it_did_not_create_and_changes_nothing(pg_database, tmp_path):
     pg_database.execute("CREATE SCHEMA pgne_demo; CREATE TABLE pgne_demo.orders (id int)")
     result = subprocess.run([sys.executable, "-m", "pgne", "demo", "--dsn", pg_database.dsn,
-                             "--listen-address", f"127.0.0.1:{_free_port()}"],
-                            env=_pgne_env(), cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True,
+                             "--listen-address", f"127.0.0.1:{free_port()}"],
+                            env=pgne_env(), cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True,
                             text=True, timeout=DEADLINE)
     assert (result.returncode, result.stderr) == (
         2, "pgne demo: schema pgne_demo already exists and was not created by pgne demo; nothing was changed\n")

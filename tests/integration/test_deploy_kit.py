@@ -7,12 +7,10 @@ checked against the /metrics of a real `pgne run` on a throwaway database.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from runner import free_port, pgne_env
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "pgne.service"
@@ -250,22 +249,6 @@ def test_promtool_parses_every_dashboard_query(tmp_path):
 # --------------------------------------------------------------------------- against a real pgne
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _pgne_env() -> dict[str, str]:
-    """The pgne this test imports (the checkout, or the installed package) first on the path."""
-    import pgne
-
-    env = {k: v for k, v in os.environ.items() if k not in ("PGNE_CONFIG", "PROMETHEUS_MULTIPROC_DIR")}
-    root = str(Path(pgne.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    return env
-
-
 def _scrape(url: str) -> list[tuple[str, dict[str, str], float]]:
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
@@ -299,12 +282,12 @@ def pgne_exposition(pg_database, tmp_path):
     config = tmp_path / "events_config.yml"
     config.write_text(CONFIG.format(host=pg_database.host, name=pg_database.name, user=pg_database.user,
                                     password=pg_database.password or "", port=pg_database.port))
-    port = _free_port()
+    port = free_port()
     stderr = (tmp_path / "pgne.stderr").open("w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "pgne", "run", "-c", str(config), "--listen-address", f"127.0.0.1:{port}",
          "--state-dir", str(tmp_path / "state")],
-        env=_pgne_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, cwd=tmp_path)
+        env=pgne_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, cwd=tmp_path)
     try:
         url = f"http://127.0.0.1:{port}/metrics"
         deadline, samples, error = time.monotonic() + DEADLINE, [], None

@@ -18,7 +18,7 @@ import time
 
 import psycopg2
 import pytest
-from helpers import pgne_env
+from helpers import pgne_env, run_sql
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from runner import (
     PgneProcess,
@@ -55,20 +55,6 @@ CONFIGURED = (
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-def run_sql(db, *statements: str | tuple[str, tuple]) -> None:
-    """Each statement in its own autocommitted transaction."""
-    conn = psycopg2.connect(db.dsn)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for statement in statements:
-                if isinstance(statement, tuple):
-                    cur.execute(*statement)
-                else:
-                    cur.execute(statement)
-    finally:
-        conn.close()
 
 
 def notify(db, *payloads: str) -> None:

@@ -29,6 +29,7 @@ from typing import Iterator
 import psycopg2
 import yaml
 from cluster import TempCluster
+from helpers import run_sql  # noqa: F401 - re-exported to the suite
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 from runner import PgneProcess, wait_until
@@ -155,22 +156,6 @@ def database_on(admin_dsn: str, name: str | None = None) -> Iterator[DatabaseRef
                 cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     finally:
         admin.close()
-
-
-def run_sql(db, *statements) -> None:
-    """Each statement (text, psycopg2.sql.Composed, or (either, params)) in its own autocommitted
-    transaction."""
-    conn = psycopg2.connect(db.dsn)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for statement in statements:
-                if isinstance(statement, tuple):
-                    cur.execute(*statement)
-                else:
-                    cur.execute(statement)
-    finally:
-        conn.close()
 
 
 def query(db, statement: str, params=None) -> list[tuple]:
