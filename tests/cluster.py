@@ -10,12 +10,12 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 
 import psycopg2
+from runner import free_port
 
 
 def _bin(name: str) -> str:
@@ -23,12 +23,6 @@ def _bin(name: str) -> str:
     if not found:
         raise RuntimeError(f"{name} not found under /usr/lib/postgresql/*/bin")
     return found[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_postgres(args: list[str], **kwargs) -> subprocess.CompletedProcess:
