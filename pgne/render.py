@@ -49,6 +49,12 @@ def quote_literal(value: object) -> str:
     return "'" + text + "'"
 
 
+def json_string(value: object) -> str:
+    """A JSON string, escaped as PostgreSQL's JSON functions escape it (non-ASCII kept as is),
+    for payload text that templates assemble themselves; pass it through `literal` for SQL."""
+    return json.dumps(str(value), ensure_ascii=False)
+
+
 def dollar_quote(body: str) -> str:
     """Wrap a function body in a dollar-quote tag that does not occur in it.
 
@@ -138,7 +144,7 @@ class Renderer(TemplateCatalog):
             lstrip_blocks=True,
         )
         self.env.filters.update(ident=quote_ident, literal=quote_literal, dollar_quote=dollar_quote,
-                                comment=sql_comment)
+                                comment=sql_comment, json=json_string)
         self._uses_labels: dict[str, bool] = {}
 
     @property

@@ -70,6 +70,7 @@ class Listener:
         self.channel = channel
         self.totals: Counter[EventKey] = Counter()
         self.payloads: list[dict] = []
+        self.raw_payloads: list[str] = []  # the text of each one in self.payloads, as received
         self.invalid: list[str] = []
         self._sentinels_seen: set[str] = set()
         self._sender = None
@@ -95,6 +96,7 @@ class Listener:
         """Forget what was counted so far (after settle(), so that nothing is in flight)."""
         self.totals.clear()
         self.payloads.clear()
+        self.raw_payloads.clear()
         self.invalid.clear()
 
     # -- receiving --------------------------------------------------------------------------
@@ -116,6 +118,7 @@ class Listener:
         data = payload.get("data") or {}
         self.totals[event(payload["table"], payload["action"], **data)] += payload.get("count", 1)
         self.payloads.append(payload)
+        self.raw_payloads.append(notify.payload)
 
     def poll(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for the socket, then take every pending notification."""

@@ -7,6 +7,7 @@ sentinel NOTIFY before comparing, so "nothing more was sent" is checked too).
 from __future__ import annotations
 
 import io
+import json
 
 import psycopg2
 import pytest
@@ -314,7 +315,7 @@ def test_pg_notify_exporters_per_row_trigger_counts_a_1000_row_insert_as_1(pg_da
     assert pg_database.execute("SELECT count(*) FROM legacy")[0][0] == 1000
 
 
-def test_payloads_are_valid_v1_json_with_a_qualified_table_and_distinct_seq(conn, listener):
+def test_payloads_are_valid_v1_json_with_a_qualified_table_and_never_identical(conn, listener):
     with conn.cursor() as cur:
         cur.execute("INSERT INTO one (code) VALUES ('alpha'), ('zeta')")
         cur.execute("INSERT INTO three (code) VALUES ('beta')")
@@ -325,7 +326,39 @@ def test_payloads_are_valid_v1_json_with_a_qualified_table_and_distinct_seq(conn
     for payload in listener.payloads:
         assert set(payload) == {"table", "action", "data", "count", "seq"}, payload
         assert isinstance(payload["count"], int) and payload["count"] > 0
-    assert sorted(p["seq"] for p in listener.payloads) == [1, 2, 3]
+    # `seq` numbers the statements of the transaction; the groups of one statement differ in labels
+    assert sorted(p["seq"] for p in listener.payloads) == [1, 1, 2]
+    assert len({json.dumps(p, sort_keys=True) for p in listener.payloads}) == 3
+
+
+def test_payloads_have_json_build_objects_layout_byte_for_byte(conn, listener):
+    """The triggers concatenate the payload text themselves (cheaper than json_build_object per
+    call); the worker's memo keys on that exact layout, so it must not drift."""
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO pairs (code, level) VALUES ('alpha', 1), ('alpha', 1)")
+        cur.execute("INSERT INTO two (note) VALUES ('x')")
+    conn.commit()
+    listener.wait_for({event(PAIRS, "INSERT", code="alpha", level="1"): 2, event(TWO, "INSERT"): 1})
+    assert listener.raw_payloads == [
+        '{"table" : "public.pairs", "action" : "INSERT", "data" : {"code" : "alpha", "level" : "1"}, "count" : 2, '
+        '"seq" : 1}',
+        '{"table" : "public.two", "action" : "INSERT", "count" : 1, "seq" : 2}',
+    ]
+    with conn.cursor() as cur:
+        cur.execute("SELECT json_build_object('table', 'public.two', 'action', 'INSERT', 'count', 1, 'seq', 2)::text")
+        assert cur.fetchone()[0] == listener.raw_payloads[1]
+
+
+def test_a_case_insensitive_column_collation_lets_no_raw_value_out(pg_database, write_config, listener_factory):
+    """Whitelists compare byte for byte: under a nondeterministic collation 'ALPHA' = 'alpha', but
+    'ALPHA' is not on the whitelist, so it must be sent as `other`, never as itself."""
+    pg_database.execute("CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);"
+                        "CREATE TABLE one (id serial PRIMARY KEY, code text COLLATE ci)")
+    assert apply_in_process(write_config(pg_database, MONITORS.split("- table: two")[0])).code == 0
+    listener = listener_factory(pg_database)
+    pg_database.execute("INSERT INTO one (code) VALUES ('alpha'), ('ALPHA'), ('Alpha'), ('beta')")
+    listener.wait_for({one("alpha"): 1, one("other"): 2, one("beta"): 1})
+    assert not any("ALPHA" in raw or "Alpha" in raw for raw in listener.raw_payloads), listener.raw_payloads
 
 
 def test_the_application_role_needs_no_rights_on_schema_pgne(db, listener):

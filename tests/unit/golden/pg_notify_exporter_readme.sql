@@ -14,32 +14,22 @@ CREATE OR REPLACE FUNCTION "pgne"."public_one_6415285b3b"()
   SET search_path = pg_catalog, pg_temp
 AS $pgne$
 DECLARE
-  seq bigint := coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint;
-  grp record;
+  seq text;
 BEGIN
   BEGIN
-    IF TG_OP = 'TRUNCATE' THEN
-      seq := seq + 1;
-      PERFORM pg_notify('pg_notify_exporter', json_build_object(
-        'table', 'public.one', 'action', TG_OP, 'count', 1, 'seq', seq)::text);
-    ELSE
-      FOR grp IN
+    seq := set_config('pgne.seq', (coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint + 1)::text, true);
+      PERFORM pg_notify('pg_notify_exporter',
+        '{"table" : "public.one", "action" : "' || TG_OP
+        || '", "data" : {"code" : ' || to_json(g."code")::text
+        || '}, "count" : ' || g.n::text || ', "seq" : ' || seq || '}')
+      FROM (
         SELECT
-          CASE WHEN pgne_new."code"::text IN ('alpha', 'beta', 'gamma')
-               THEN pgne_new."code"::text ELSE 'other' END AS "code",
+          CASE WHEN pgne_new."code"::text COLLATE pg_catalog."C" IN ('alpha', 'beta', 'gamma')
+               THEN pgne_new."code"::text COLLATE pg_catalog."C" ELSE 'other' END AS "code",
           count(*) AS n
         FROM pgne_new
         GROUP BY 1
-        HAVING count(*) > 0
-      LOOP
-        seq := seq + 1;
-        PERFORM pg_notify('pg_notify_exporter', json_build_object(
-          'table', 'public.one', 'action', TG_OP,
-          'data', json_build_object('code', grp."code"),
-          'count', grp.n, 'seq', seq)::text);
-      END LOOP;
-    END IF;
-    PERFORM set_config('pgne.seq', seq::text, true);
+      ) AS g;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
     RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
@@ -49,7 +39,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_one_6415285b3b"() IS 'pgne sha256:656c6595a7124ecfd5359a9ef6e1a4993eb917d71f58f13df4d63b9e96c52f94';
+COMMENT ON FUNCTION "pgne"."public_one_6415285b3b"() IS 'pgne sha256:78abfb1c95b767a8d5b81bc40e39a25dd71ce5ef54c69ec617082bd529cd6fee';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -89,21 +79,20 @@ CREATE OR REPLACE FUNCTION "pgne"."public_two_93be4d32ed"()
   SET search_path = pg_catalog, pg_temp
 AS $pgne$
 DECLARE
-  seq bigint := coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint;
-  n bigint := 1;
+  seq text;
 BEGIN
   BEGIN
-    IF TG_OP = 'DELETE' THEN
-      SELECT count(*) INTO n FROM pgne_old;
-    END IF;
+    seq := set_config('pgne.seq', (coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint + 1)::text, true);
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
-      SELECT count(*) INTO n FROM pgne_new;
-    END IF;
-    IF n > 0 THEN
-      seq := seq + 1;
-      PERFORM pg_notify('pg_notify_exporter', json_build_object(
-        'table', 'public.two', 'action', TG_OP, 'count', n, 'seq', seq)::text);
-      PERFORM set_config('pgne.seq', seq::text, true);
+      PERFORM pg_notify('pg_notify_exporter',
+        '{"table" : "public.two", "action" : "' || TG_OP || '", "count" : ' || count(*)::text || ', "seq" : ' || seq || '}')
+      FROM pgne_new
+      HAVING count(*) > 0;
+    ELSE
+      PERFORM pg_notify('pg_notify_exporter',
+        '{"table" : "public.two", "action" : "' || TG_OP || '", "count" : ' || count(*)::text || ', "seq" : ' || seq || '}')
+      FROM pgne_old
+      HAVING count(*) > 0;
     END IF;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
@@ -114,7 +103,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_two_93be4d32ed"() IS 'pgne sha256:59fa0f6eba296a7ef6db93d9a9203275ab2026cfeb44396f3256821525bf66de';
+COMMENT ON FUNCTION "pgne"."public_two_93be4d32ed"() IS 'pgne sha256:86927390c45dfb99d2599d0c84918c8a05c3d36ee4d56f1f5019b748afa5fd68';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger

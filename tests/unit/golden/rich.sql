@@ -14,52 +14,46 @@ CREATE OR REPLACE FUNCTION "pgne"."sales_orders_74609b9789"()
   SET search_path = pg_catalog, pg_temp
 AS $pgne$
 DECLARE
-  seq bigint := coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint;
-  grp record;
+  seq text;
 BEGIN
   BEGIN
-    IF TG_OP = 'TRUNCATE' THEN
-      seq := seq + 1;
-      PERFORM pg_notify('shop_events', json_build_object(
-        'table', 'sales.orders', 'action', TG_OP, 'count', 1, 'seq', seq)::text);
-    ELSIF TG_OP = 'DELETE' THEN
-      FOR grp IN
+    seq := set_config('pgne.seq', (coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint + 1)::text, true);
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+      PERFORM pg_notify('shop_events',
+        '{"table" : "sales.orders", "action" : "' || TG_OP
+        || '", "data" : {"status" : ' || to_json(g."status")::text
+        || ', "priority" : ' || to_json(g."priority")::text
+        || '}, "count" : ' || g.n::text || ', "seq" : ' || seq || '}')
+      FROM (
         SELECT
-          CASE WHEN pgne_old."status"::text IN ('new', 'paid', 'shipped')
-               THEN pgne_old."status"::text ELSE 'other' END AS "status",
-          CASE WHEN pgne_old."priority"::text IN ('1', '2', 'true', '1.5')
-               THEN pgne_old."priority"::text ELSE 'other' END AS "priority",
-          count(*) AS n
-        FROM pgne_old
-        GROUP BY 1, 2
-        HAVING count(*) > 0
-      LOOP
-        seq := seq + 1;
-        PERFORM pg_notify('shop_events', json_build_object(
-          'table', 'sales.orders', 'action', TG_OP,
-          'data', json_build_object('status', grp."status", 'priority', grp."priority"),
-          'count', grp.n, 'seq', seq)::text);
-      END LOOP;
-    ELSE
-      FOR grp IN
-        SELECT
-          CASE WHEN pgne_new."status"::text IN ('new', 'paid', 'shipped')
-               THEN pgne_new."status"::text ELSE 'other' END AS "status",
-          CASE WHEN pgne_new."priority"::text IN ('1', '2', 'true', '1.5')
-               THEN pgne_new."priority"::text ELSE 'other' END AS "priority",
+          CASE WHEN pgne_new."status"::text COLLATE pg_catalog."C" IN ('new', 'paid', 'shipped')
+               THEN pgne_new."status"::text COLLATE pg_catalog."C" ELSE 'other' END AS "status",
+          CASE WHEN pgne_new."priority"::text COLLATE pg_catalog."C" IN ('1', '2', 'true', '1.5')
+               THEN pgne_new."priority"::text COLLATE pg_catalog."C" ELSE 'other' END AS "priority",
           count(*) AS n
         FROM pgne_new
         GROUP BY 1, 2
-        HAVING count(*) > 0
-      LOOP
-        seq := seq + 1;
-        PERFORM pg_notify('shop_events', json_build_object(
-          'table', 'sales.orders', 'action', TG_OP,
-          'data', json_build_object('status', grp."status", 'priority', grp."priority"),
-          'count', grp.n, 'seq', seq)::text);
-      END LOOP;
+      ) AS g;
+    ELSIF TG_OP = 'DELETE' THEN
+      PERFORM pg_notify('shop_events',
+        '{"table" : "sales.orders", "action" : "' || TG_OP
+        || '", "data" : {"status" : ' || to_json(g."status")::text
+        || ', "priority" : ' || to_json(g."priority")::text
+        || '}, "count" : ' || g.n::text || ', "seq" : ' || seq || '}')
+      FROM (
+        SELECT
+          CASE WHEN pgne_old."status"::text COLLATE pg_catalog."C" IN ('new', 'paid', 'shipped')
+               THEN pgne_old."status"::text COLLATE pg_catalog."C" ELSE 'other' END AS "status",
+          CASE WHEN pgne_old."priority"::text COLLATE pg_catalog."C" IN ('1', '2', 'true', '1.5')
+               THEN pgne_old."priority"::text COLLATE pg_catalog."C" ELSE 'other' END AS "priority",
+          count(*) AS n
+        FROM pgne_old
+        GROUP BY 1, 2
+      ) AS g;
+    ELSE
+      PERFORM pg_notify('shop_events',
+        '{"table" : "sales.orders", "action" : "' || TG_OP || '", "count" : 1, "seq" : ' || seq || '}');
     END IF;
-    PERFORM set_config('pgne.seq', seq::text, true);
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
     RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
@@ -69,7 +63,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:5e9d4ba5de92437516be9c4d2766c2344f662409948ee40a11cba71967efe1b5';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:aa90e16310d287bee123fd6c09bc4a3f5f12d8183a4942cc2e583d7357cd231c';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -129,16 +123,12 @@ CREATE OR REPLACE FUNCTION "pgne"."public_customers_746dedf2f4"()
   SET search_path = pg_catalog, pg_temp
 AS $pgne$
 DECLARE
-  seq bigint := coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint;
-  n bigint := 1;
+  seq text;
 BEGIN
   BEGIN
-    IF n > 0 THEN
-      seq := seq + 1;
-      PERFORM pg_notify('shop_events', json_build_object(
-        'table', 'public.customers', 'action', TG_OP, 'count', n, 'seq', seq)::text);
-      PERFORM set_config('pgne.seq', seq::text, true);
-    END IF;
+    seq := set_config('pgne.seq', (coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint + 1)::text, true);
+      PERFORM pg_notify('shop_events',
+        '{"table" : "public.customers", "action" : "' || TG_OP || '", "count" : 1, "seq" : ' || seq || '}');
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
     RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
@@ -148,7 +138,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:eae75f3e930a83571bf6968057b0b9a3d50cd4ff1c288d7276bf9d476bcc4c90';
+COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:2168b5e043b944f2cb331cf15461816aabcde4a2ebc9fb21c90f8158b09f16ee';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -187,40 +177,31 @@ CREATE OR REPLACE FUNCTION "pgne"."audit_log_dd556fb87f"()
   SET search_path = pg_catalog, pg_temp
 AS $pgne$
 DECLARE
-  seq bigint := coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint;
-  grp record;
+  seq text;
 BEGIN
   BEGIN
-    IF TG_OP = 'TRUNCATE' THEN
-      seq := seq + 1;
-      PERFORM pg_notify('shop_events', json_build_object(
-        'table', 'audit.Log', 'action', TG_OP, 'count', 1, 'seq', seq)::text);
-    ELSIF TG_OP = 'DELETE' THEN
-      FOR grp IN
-        SELECT
-          count(*) AS n
-        FROM pgne_old
-        HAVING count(*) > 0
-      LOOP
-        seq := seq + 1;
-        PERFORM pg_notify('shop_events', json_build_object(
-          'table', 'audit.Log', 'action', TG_OP,
-          'count', grp.n, 'seq', seq)::text);
-      END LOOP;
-    ELSE
-      FOR grp IN
+    seq := set_config('pgne.seq', (coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint + 1)::text, true);
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+      PERFORM pg_notify('shop_events',
+        '{"table" : "audit.Log", "action" : "' || TG_OP
+        || '", "count" : ' || g.n::text || ', "seq" : ' || seq || '}')
+      FROM (
         SELECT
           count(*) AS n
         FROM pgne_new
         HAVING count(*) > 0
-      LOOP
-        seq := seq + 1;
-        PERFORM pg_notify('shop_events', json_build_object(
-          'table', 'audit.Log', 'action', TG_OP,
-          'count', grp.n, 'seq', seq)::text);
-      END LOOP;
+      ) AS g;
+    ELSE
+      PERFORM pg_notify('shop_events',
+        '{"table" : "audit.Log", "action" : "' || TG_OP
+        || '", "count" : ' || g.n::text || ', "seq" : ' || seq || '}')
+      FROM (
+        SELECT
+          count(*) AS n
+        FROM pgne_old
+        HAVING count(*) > 0
+      ) AS g;
     END IF;
-    PERFORM set_config('pgne.seq', seq::text, true);
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
     RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
@@ -230,7 +211,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:13b33a911f399e8c383cf7458dfcba40a9269f20192955f812c306d29248ca92';
+COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:e81fc819a8acdb401a9e516b03efa90a06087d168fa1948592ca65798c769104';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -314,32 +295,22 @@ CREATE OR REPLACE FUNCTION "pgne"."public_refunds_520c957fdd"()
   SET search_path = pg_catalog, pg_temp
 AS $pgne$
 DECLARE
-  seq bigint := coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint;
-  grp record;
+  seq text;
 BEGIN
   BEGIN
-    IF TG_OP = 'TRUNCATE' THEN
-      seq := seq + 1;
-      PERFORM pg_notify('pg_notify_exporter', json_build_object(
-        'table', 'public.refunds', 'action', TG_OP, 'count', 1, 'seq', seq)::text);
-    ELSIF TG_OP = 'DELETE' THEN
-      FOR grp IN
+    seq := set_config('pgne.seq', (coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint + 1)::text, true);
+      PERFORM pg_notify('pg_notify_exporter',
+        '{"table" : "public.refunds", "action" : "' || TG_OP
+        || '", "data" : {"reason" : ' || to_json(g."reason")::text
+        || '}, "count" : ' || g.n::text || ', "seq" : ' || seq || '}')
+      FROM (
         SELECT
-          CASE WHEN pgne_old."reason"::text IN ('fraud', 'damaged')
-               THEN pgne_old."reason"::text ELSE 'other' END AS "reason",
+          CASE WHEN pgne_old."reason"::text COLLATE pg_catalog."C" IN ('fraud', 'damaged')
+               THEN pgne_old."reason"::text COLLATE pg_catalog."C" ELSE 'other' END AS "reason",
           count(*) AS n
         FROM pgne_old
         GROUP BY 1
-        HAVING count(*) > 0
-      LOOP
-        seq := seq + 1;
-        PERFORM pg_notify('pg_notify_exporter', json_build_object(
-          'table', 'public.refunds', 'action', TG_OP,
-          'data', json_build_object('reason', grp."reason"),
-          'count', grp.n, 'seq', seq)::text);
-      END LOOP;
-    END IF;
-    PERFORM set_config('pgne.seq', seq::text, true);
+      ) AS g;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
     RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
@@ -349,7 +320,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:c901b85848661b0d7ef1815abe362ba995caab7afbb494ec588c3d2dde1a73a9';
+COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:8f08a69cf9f3935d415382aebd58a642c6c41fe3ef99c08ee50f026a76eb85e1';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
