@@ -33,6 +33,8 @@ from pgne.config import OUTBOX, Database
 
 log = logging.getLogger("pgne.worker")
 
+BATCH_WINDOW = 0.005  # seconds a worker waits after a small batch before it reads again
+SMALL_BATCH = 64
 HEARTBEAT_INTERVAL = 10.0  # seconds; also reads pg_notification_queue_usage()
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 # A silently dropped network is noticed by keepalives while idle, and by tcp_user_timeout
@@ -280,7 +282,11 @@ class Worker:
                 if master_fd in readable:
                     self._check_master()
                 conn.poll()
-                self.drain(conn)
+                if 0 < self.drain(conn) < SMALL_BATCH:
+                    # Woken per commit: let the next notifications pile up for a moment and take
+                    # them in one batch (one wakeup, one increment per series). A big batch means
+                    # a backlog: read on at once.
+                    self.sleep(BATCH_WINDOW)
 
     def _schedule_checks(self) -> None:
         """A heartbeat now; the next trigger check one interval from now (one just ran)."""
@@ -324,11 +330,11 @@ class Worker:
 
     # -- the hot path ------------------------------------------------------------------------
 
-    def drain(self, conn) -> None:
-        """Count every pending notification: one increment per series per batch."""
+    def drain(self, conn) -> int:
+        """Count every pending notification: one increment per series per batch. Returns how many."""
         batch = conn.notifies
         if not batch:
-            return
+            return 0
         conn.notifies = []  # take the whole list at once; pop(0) would be O(n)
         classify = self.classify
         pending: dict[tuple, int] = {}
@@ -351,6 +357,7 @@ class Worker:
             self.counted.inc(len(batch) - sum(rejected.values()))
         for result, n in rejected.items():
             self.metrics.notifications[result].inc(n)
+        return len(batch)
 
 
 class _Deadline:
