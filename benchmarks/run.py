@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
 """pgne's benchmarks: start a PostgreSQL cluster of their own, run each benchmark, write BENCHMARKS.md.
 
-    python benchmarks/run.py                    # everything (about 12 minutes on 2 cores)
+    python benchmarks/run.py                    # everything (about 17 minutes on 2 cores)
     python benchmarks/run.py --quick            # a smoke run: small N, one repetition
     python benchmarks/run.py --only consumption --only latency
     python benchmarks/run.py --output /tmp/B.md --note "taken on a shared machine"
 
-Benchmarks: bulk, pgbench (write-path overhead), consumption, latency, scale (the metrics
-side). Needs the PostgreSQL server binaries (initdb, pg_ctl, pgbench) under
-/usr/lib/postgresql/*/bin; run as root, the cluster runs as the `postgres` OS user. Never
-touches another server. Not part of CI's pass/fail: a MISS does not change the exit status, a
-benchmark that crashes does (1).
+Benchmarks: bulk, pgbench (write-path overhead), instructions (the same, counted by valgrind),
+consumption, latency, scale (the metrics side). Needs the PostgreSQL server binaries (initdb,
+pg_ctl, pgbench) under /usr/lib/postgresql/*/bin, and valgrind for `instructions`; run as root,
+the cluster runs as the `postgres` OS user. Never touches another server. Not part of CI's
+pass/fail: a MISS does not change the exit status, a benchmark that crashes does (1).
 """
 from __future__ import annotations
 
@@ -34,20 +34,21 @@ for path in (str(REPO), str(BENCH_DIR)):
 
 import common  # noqa: E402
 import consumption  # noqa: E402
+import instructions  # noqa: E402
 import latency  # noqa: E402
 import metrics_scale  # noqa: E402
 import write_path  # noqa: E402
 
-NAMES = ("bulk", "pgbench", "consumption", "latency", "scale")
+NAMES = ("bulk", "pgbench", "instructions", "consumption", "latency", "scale")
 FULL = {
-    "bulk_rows": 200_000, "bulk_reps": 9,
+    "bulk_rows": 200_000, "bulk_reps": 9, "instr_transactions": 1_000, "instr_rows": 200_000,
     "pgbench_seconds": 5, "pgbench_reps": 5,
     "consume_n": 200_000, "consume_reps": 5,
     "latency_rate": 500, "latency_seconds": 20, "latency_reps": 3,
     "scale_databases": 20, "scale_series": 10_000, "scale_restarts": 500, "scrapes": 15,
 }
 QUICK = {
-    "bulk_rows": 20_000, "bulk_reps": 1,
+    "bulk_rows": 20_000, "bulk_reps": 1, "instr_transactions": 50, "instr_rows": 2_000,
     "pgbench_seconds": 1, "pgbench_reps": 1,
     "consume_n": 20_000, "consume_reps": 1,
     "latency_rate": 500, "latency_seconds": 2, "latency_reps": 1,
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         runners = {
             "bulk": lambda: write_path.bulk(cluster, workdir, p["bulk_rows"], p["bulk_reps"]),
             "pgbench": lambda: write_path.pgbench(cluster, workdir, p["pgbench_seconds"], p["pgbench_reps"]),
+            "instructions": lambda: instructions.run(workdir, p["instr_transactions"], p["instr_rows"]),
             "consumption": lambda: consumption.run(cluster, workdir, p["consume_n"], p["consume_reps"]),
             "latency": lambda: latency.run(cluster, workdir, p["latency_rate"], p["latency_seconds"],
                                            p["latency_reps"]),

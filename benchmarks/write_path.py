@@ -26,6 +26,7 @@ from common import (
     checkpoint,
     config_yaml,
     counted,
+    cpu_seconds,
     pg_bin,
     sample_values,
     spread_note,
@@ -82,22 +83,30 @@ CREATE TRIGGER noop_insert AFTER INSERT ON public.row_events REFERENCING NEW TAB
 NONE, NOTIFY, OUTBOX, PNE = "no trigger", "pgne notify", "pgne outbox", "pg_notify_exporter per-row"
 FLOOR = "floor: pgne's trigger shell doing nothing"
 NOTIFY_WORK_MEM = "pgne notify, session work_mem 64MB"
-DATABASES = {NONE: "bw_none", NOTIFY: "bw_notify", OUTBOX: "bw_outbox", PNE: "bw_pne", FLOOR: "bw_floor"}
+UNHEARD = "pgne notify, nobody listening"
+DATABASES = {NONE: "bw_none", NOTIFY: "bw_notify", OUTBOX: "bw_outbox", PNE: "bw_pne", FLOOR: "bw_floor",
+             UNHEARD: "bw_unheard"}
 
 
 def setup(cluster: Cluster, workdir: str) -> str:
-    """Databases and triggers; returns the pgne config path (notify and outbox databases)."""
+    """Databases and triggers; returns the config for `pgne run` (notify and outbox databases).
+
+    The UNHEARD database gets pgne's notify trigger too (same apply), but no pgne listens to it.
+    """
     for variant, db in DATABASES.items():
         cluster.create_database(db, TABLE_DDL + {PNE: PNE_TRIGGER, FLOOR: FLOOR_TRIGGER}.get(variant, ""))
     monitors = [(table, "code", CODES, ["insert"]) for table in ("bulk_events", "row_events")]
-    path = os.path.join(workdir, "write_path.yml")
-    with open(path, "w") as f:
-        f.write(config_yaml(cluster, [
-            {"name": DATABASES[NOTIFY], "monitors": monitors},
-            {"name": DATABASES[OUTBOX], "monitors": monitors, "delivery": "outbox"},
-        ]))
-    apply_config(path)
-    return path
+    run_config = [
+        {"name": DATABASES[NOTIFY], "monitors": monitors},
+        {"name": DATABASES[OUTBOX], "monitors": monitors, "delivery": "outbox"},
+    ]
+    apply_path, run_path = (os.path.join(workdir, name) for name in ("write_path_apply.yml", "write_path.yml"))
+    with open(apply_path, "w") as f:
+        f.write(config_yaml(cluster, run_config + [{"name": DATABASES[UNHEARD], "monitors": monitors}]))
+    with open(run_path, "w") as f:
+        f.write(config_yaml(cluster, run_config))
+    apply_config(apply_path)
+    return run_path
 
 
 def _rotate(items: list, k: int) -> list:
@@ -185,10 +194,17 @@ def pgbench(cluster: Cluster, workdir: str, seconds: int, reps: int, client_coun
     script = os.path.join(workdir, "insert.sql")
     with open(script, "w") as f:
         f.write(PGBENCH_SCRIPT)
-    variants = [NONE, NOTIFY, OUTBOX, FLOOR]
+    variants = [NONE, NOTIFY, OUTBOX, FLOOR, UNHEARD]
     tps: dict[tuple[str, int], list[float]] = {(v, c): [] for v in variants for c in client_counts}
     inserted = {v: 0 for v in variants}
     pgne = Pgne(config_path, os.path.join(workdir, "pgne-write"))  # listens (notify) and drains (outbox)
+    consumer_cpu = {"pgne": 0.0, "backend": 0.0, "notifications": 0}  # during the notify runs
+
+    def listening_backend() -> int:
+        [(pid,)] = cluster.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                                   "AND datname = current_database() AND pid <> pg_backend_pid()", DATABASES[NOTIFY])
+        return pid
+
     try:
         pgne.wait_up(2)
         for clients in client_counts:
@@ -202,7 +218,15 @@ def pgbench(cluster: Cluster, workdir: str, seconds: int, reps: int, client_coun
                         cur.execute("TRUNCATE public.row_events")
                     conn.close()
                     checkpoint(cluster)
+                    if variant == NOTIFY:
+                        backend, workers = listening_backend(), pgne.workers()
+                        cpu0 = (sum(map(cpu_seconds, workers)), cpu_seconds(backend))
                     tps[(variant, clients)].append(_pgbench(cluster, db, script, clients, seconds))
+                    if variant == NOTIFY:
+                        consumer_cpu["pgne"] += sum(map(cpu_seconds, workers)) - cpu0[0]
+                        consumer_cpu["backend"] += cpu_seconds(backend) - cpu0[1]
+                        consumer_cpu["notifications"] += cluster.execute(
+                            "SELECT count(*) FROM public.row_events", db)[0][0]
         for variant in variants:
             inserted[variant] += cluster.execute("SELECT count(*) FROM public.row_events", DATABASES[variant])[0][0]
 
@@ -227,7 +251,7 @@ def pgbench(cluster: Cluster, workdir: str, seconds: int, reps: int, client_coun
         figures.append(base)
         notify_target = {2: (">= 0.90x", 0.90)}.get(clients)
         outbox_target = {2: (">= 0.95x", 0.95), 8: (">= 0.75x", 0.75)}.get(clients)
-        for variant, target in ((NOTIFY, notify_target), (OUTBOX, outbox_target), (FLOOR, None)):
+        for variant, target in ((NOTIFY, notify_target), (OUTBOX, outbox_target), (FLOOR, None), (UNHEARD, None)):
             fig = Figure(f"{variant}, {who}", "tps", tps[(variant, clients)], baseline=base,
                          higher_is_better=True, paired=True)
             if target:
@@ -240,6 +264,10 @@ def pgbench(cluster: Cluster, workdir: str, seconds: int, reps: int, client_coun
         f"Exactness check after all runs: rows inserted into row_events vs pgne_events_total exported: "
         f"notify {inserted[NOTIFY]:,} rows / {counts[NOTIFY]:,.0f} counted "
         f"({notify_notes:,.0f} notifications); outbox {inserted[OUTBOX]:,} rows / {counts[OUTBOX]:,.0f} counted.",
+        f"The consumer's CPU during the notify runs, per notification (one per transaction), on the same 2 cores "
+        f"as the writers: pgne's workers {consumer_cpu['pgne'] / max(1, consumer_cpu['notifications']) * 1e6:.1f} "
+        f"µs, the LISTENing backend {consumer_cpu['backend'] / max(1, consumer_cpu['notifications']) * 1e6:.1f} µs "
+        f"(utime + stime from /proc, 10 ms ticks, over {consumer_cpu['notifications']:,} notifications).",
     ]
     return Section(
         title="Write path: single-row INSERT throughput (pgbench)",
@@ -255,7 +283,10 @@ reference: nothing to serialize or group, so it shows the trigger's own cost per
 with more clients, every transaction that NOTIFYs holds PostgreSQL's cluster-wide notify lock
 from its pre-commit until after its WAL flush, so notifying commits cannot share a flush.
 The floor is pgne's trigger shell doing nothing (see the bulk section): the least any trigger
-that SPEC and issue 8 allow can cost.
+that SPEC and issue 8 allow can cost. "Nobody listening" is pgne's notify trigger, installed by
+the same apply, in a database that no pgne listens to: the trigger and the notify lock without
+the consumer (in "pgne notify", the LISTENing backend and pgne's worker run on the same 2 cores
+as the writers; see the CPU note below).
 """,
         figures=figures,
         notes=notes,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import glob
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ SECTIONS = [
     "## Summary",
     "## Write path: bulk INSERT of",
     "## Write path: single-row INSERT throughput (pgbench)",
+    "## Write path: CPU instructions per statement and per row (cachegrind)",
     "## Consumption:",
     "## Latency: commit to visible in /metrics",
     "## Metrics side:",
@@ -29,18 +29,17 @@ SECTIONS = [
 @pytest.mark.skipif(not glob.glob("/usr/lib/postgresql/*/bin/initdb"), reason="needs PostgreSQL's server binaries")
 def test_quick_benchmark_run_writes_every_section(tmp_path):
     output = tmp_path / "B.md"
-    started = time.monotonic()
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--output", str(output)],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=240)
-    elapsed = time.monotonic() - started
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     text = output.read_text()
     missing = [s for s in SECTIONS if s not in text]
     assert not missing, f"sections missing: {missing}\n{text[:2000]}"
     assert "FAILED" not in text
+    assert "Not run: valgrind" not in text  # .ci/run installs valgrind where it is missing
+    assert "| pgne notify: single-row INSERT transaction | **" in text
     assert "python benchmarks/run.py --quick --output" in text  # the exact command
     for fact in ("cores (os.cpu_count())", "RAM:", "PostgreSQL 1", "Python 3", "pgne "):
         assert fact in text, fact
     # every target has a verdict
     assert text.count("| PASS |") + text.count("| **MISS** |") >= 8
-    assert elapsed < 120, f"the smoke run took {elapsed:.0f} s"
