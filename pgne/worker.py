@@ -34,7 +34,9 @@ from pgne.config import OUTBOX, Database
 log = logging.getLogger("pgne.worker")
 
 BATCH_WINDOW = 0.005  # seconds a worker waits after a small batch before it reads again
-SMALL_BATCH = 64
+# A backend with a backlog sends full 8 kB buffers; one woken per commit sends a notification
+# or two. Less than half a buffer of payload means the latter.
+SMALL_BATCH_BYTES = 4096
 HEARTBEAT_INTERVAL = 10.0  # seconds; also reads pg_notification_queue_usage()
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 # A silently dropped network is noticed by keepalives while idle, and by tcp_user_timeout
@@ -282,10 +284,10 @@ class Worker:
                 if master_fd in readable:
                     self._check_master()
                 conn.poll()
-                if 0 < self.drain(conn) < SMALL_BATCH:
+                if 0 < self.drain(conn) < SMALL_BATCH_BYTES and not select.select([conn], [], [], 0)[0]:
                     # Woken per commit: let the next notifications pile up for a moment and take
-                    # them in one batch (one wakeup, one increment per series). A big batch means
-                    # a backlog: read on at once.
+                    # them in one batch (one wakeup, one increment per series). A big batch, or
+                    # more data already waiting, means a backlog: read on at once.
                     self.sleep(BATCH_WINDOW)
 
     def _schedule_checks(self) -> None:
@@ -331,7 +333,9 @@ class Worker:
     # -- the hot path ------------------------------------------------------------------------
 
     def drain(self, conn) -> int:
-        """Count every pending notification: one increment per series per batch. Returns how many."""
+        """Count every pending notification: one increment per series per batch.
+
+        Returns the batch's payload bytes (0: nothing was pending)."""
         batch = conn.notifies
         if not batch:
             return 0
@@ -357,7 +361,7 @@ class Worker:
             self.counted.inc(len(batch) - sum(rejected.values()))
         for result, n in rejected.items():
             self.metrics.notifications[result].inc(n)
-        return len(batch)
+        return sum(len(note.payload) for note in batch) or 1
 
 
 class _Deadline:
