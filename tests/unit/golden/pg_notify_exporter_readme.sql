@@ -18,18 +18,18 @@ DECLARE
 BEGIN
   BEGIN
     seq := set_config('pgne.seq', (coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint + 1)::text, true);
-      PERFORM pg_notify('pg_notify_exporter',
-        '{"table" : "public.one", "action" : "' || TG_OP
-        || '", "data" : {"code" : ' || to_json(g."code")::text
-        || '}, "count" : ' || g.n::text || ', "seq" : ' || seq || '}')
-      FROM (
-        SELECT
-          CASE WHEN pgne_new."code"::text COLLATE pg_catalog."C" IN ('alpha', 'beta', 'gamma')
-               THEN pgne_new."code"::text COLLATE pg_catalog."C" ELSE 'other' END AS "code",
-          count(*) AS n
-        FROM pgne_new
-        GROUP BY 1
-      ) AS g;
+    PERFORM pg_notify('pg_notify_exporter',
+      '{"table" : "public.one", "action" : "' || TG_OP
+      || '", "data" : {"code" : ' || to_json(g."code")::text
+      || '}, "count" : ' || g.n::text || ', "seq" : ' || seq || '}')
+    FROM (
+      SELECT
+        CASE WHEN pgne_new."code"::text COLLATE pg_catalog."C" IN ('alpha', 'beta', 'gamma')
+             THEN pgne_new."code"::text COLLATE pg_catalog."C" ELSE 'other' END AS "code",
+        count(*) AS n
+      FROM pgne_new
+      GROUP BY 1
+    ) AS g;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
     RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
@@ -39,7 +39,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_one_6415285b3b"() IS 'pgne sha256:78abfb1c95b767a8d5b81bc40e39a25dd71ce5ef54c69ec617082bd529cd6fee';
+COMMENT ON FUNCTION "pgne"."public_one_6415285b3b"() IS 'pgne sha256:7f251c6a369d9f86d7f8f0788ba0172e6b0ef637867072108f6e97cb249b14fe';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger

@@ -127,8 +127,8 @@ DECLARE
 BEGIN
   BEGIN
     seq := set_config('pgne.seq', (coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint + 1)::text, true);
-      PERFORM pg_notify('shop_events',
-        '{"table" : "public.customers", "action" : "' || TG_OP || '", "count" : 1, "seq" : ' || seq || '}');
+    PERFORM pg_notify('shop_events',
+      '{"table" : "public.customers", "action" : "' || TG_OP || '", "count" : 1, "seq" : ' || seq || '}');
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
     RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
@@ -138,7 +138,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:2168b5e043b944f2cb331cf15461816aabcde4a2ebc9fb21c90f8158b09f16ee';
+COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:7f7fd0d0a1dfb533bf8dea10e04231fb6e65ac33a5ef7b990caea0d09415f0ac';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -299,18 +299,18 @@ DECLARE
 BEGIN
   BEGIN
     seq := set_config('pgne.seq', (coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint + 1)::text, true);
-      PERFORM pg_notify('pg_notify_exporter',
-        '{"table" : "public.refunds", "action" : "' || TG_OP
-        || '", "data" : {"reason" : ' || to_json(g."reason")::text
-        || '}, "count" : ' || g.n::text || ', "seq" : ' || seq || '}')
-      FROM (
-        SELECT
-          CASE WHEN pgne_old."reason"::text COLLATE pg_catalog."C" IN ('fraud', 'damaged')
-               THEN pgne_old."reason"::text COLLATE pg_catalog."C" ELSE 'other' END AS "reason",
-          count(*) AS n
-        FROM pgne_old
-        GROUP BY 1
-      ) AS g;
+    PERFORM pg_notify('pg_notify_exporter',
+      '{"table" : "public.refunds", "action" : "' || TG_OP
+      || '", "data" : {"reason" : ' || to_json(g."reason")::text
+      || '}, "count" : ' || g.n::text || ', "seq" : ' || seq || '}')
+    FROM (
+      SELECT
+        CASE WHEN pgne_old."reason"::text COLLATE pg_catalog."C" IN ('fraud', 'damaged')
+             THEN pgne_old."reason"::text COLLATE pg_catalog."C" ELSE 'other' END AS "reason",
+        count(*) AS n
+      FROM pgne_old
+      GROUP BY 1
+    ) AS g;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
     RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
@@ -320,7 +320,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:8f08a69cf9f3935d415382aebd58a642c6c41fe3ef99c08ee50f026a76eb85e1';
+COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:aecbd3b79e1d8e260e0f0cd5671bde349f5f9931b7654ffa479b254670484182';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
