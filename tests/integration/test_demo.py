@@ -147,8 +147,11 @@ def test_demo_counts_every_inserted_row_never_more_and_ctrl_c_removes_everything
         assert time.monotonic() < deadline, f"after {DEADLINE:.0f} s: {totals}, {written} inserted\n{demo.output()}"
         time.sleep(0.1)
     assert {supplier for _, supplier in totals} == {"acme", "globex", "initech", "other"}
+    # umbrella, the one unlisted supplier, is what `other` counted; the table holds no other value.
+    # (Not "all four are in the table right now": the demo deletes the oldest rows, so early on a
+    # supplier's only row can be gone; that made this test fail once in CI.)
     suppliers = {row[0] for row in pg_database.execute("SELECT DISTINCT supplier FROM pgne_demo.orders")}
-    assert suppliers == {"acme", "globex", "initech", "umbrella"}  # umbrella is counted as `other`
+    assert suppliers <= {"acme", "globex", "initech", "umbrella"}
 
     assert demo.stop(signal.SIGINT, whole_group=True) == 0, demo.output()
     assert "stopped" in demo.stdout.splitlines()[-1], demo.output()
