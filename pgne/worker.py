@@ -284,10 +284,9 @@ class Worker:
                 if master_fd in readable:
                     self._check_master()
                 conn.poll()
-                if 0 < self.drain(conn) < SMALL_BATCH_BYTES and not select.select([conn], [], [], 0)[0]:
-                    # Woken per commit: let the next notifications pile up for a moment and take
-                    # them in one batch (one wakeup, one increment per series). A big batch, or
-                    # more data already waiting, means a backlog: read on at once.
+                if _woken_per_commit(self.drain(conn), conn):
+                    # Let the next notifications pile up for a moment and take them in one batch
+                    # (one wakeup, one increment per series).
                     self.sleep(BATCH_WINDOW)
 
     def _schedule_checks(self) -> None:
@@ -332,13 +331,11 @@ class Worker:
 
     # -- the hot path ------------------------------------------------------------------------
 
-    def drain(self, conn) -> int:
-        """Count every pending notification: one increment per series per batch.
-
-        Returns the batch's payload bytes (0: nothing was pending)."""
+    def drain(self, conn) -> list:
+        """Count every pending notification: one increment per series per batch. Returns the batch."""
         batch = conn.notifies
         if not batch:
-            return 0
+            return batch
         conn.notifies = []  # take the whole list at once; pop(0) would be O(n)
         classify = self.classify
         pending: dict[tuple, int] = {}
@@ -361,7 +358,20 @@ class Worker:
             self.counted.inc(len(batch) - sum(rejected.values()))
         for result, n in rejected.items():
             self.metrics.notifications[result].inc(n)
-        return sum(len(note.payload) for note in batch) or 1
+        return batch
+
+
+def _woken_per_commit(batch: list, conn) -> bool:
+    """A batch of a notification or two, with nothing more waiting: the worker was woken by a
+    single commit. A backlog comes in full 8 kB buffers, or is already waiting on the socket."""
+    if not batch:
+        return False
+    size = 0
+    for note in batch:  # stops within the first few dozen of a big batch
+        size += len(note.payload)
+        if size >= SMALL_BATCH_BYTES:
+            return False
+    return not select.select([conn], [], [], 0)[0]
 
 
 class _Deadline:
