@@ -18,22 +18,13 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from pgne.compaction import LOCK_FILE, compact, reading
 
+from .helpers import write_multiprocess_file as write
+
 LABELS = ("host", "database", "result")
 
 
 def key(metric: str, sample: str, *values: str) -> str:
     return mmap_key(metric, sample, list(LABELS[:len(values)]), list(values), f"{metric} help")
-
-
-def write(state_dir, prefix: str, pid: object, entries: dict) -> None:
-    """entries: {key: value} or {key: (value, timestamp)}, written like a process would."""
-    d = MmapedDict(os.path.join(state_dir, f"{prefix}_{pid}.db"))
-    try:
-        for k, v in entries.items():
-            value, timestamp = v if isinstance(v, tuple) else (v, 0.0)
-            d.write_value(k, value, timestamp)
-    finally:
-        d.close()
 
 
 def totals(state_dir) -> dict:

@@ -12,13 +12,15 @@ import os
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.mmap_dict import mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from pgne.compaction import compact
 from pgne.exposition import MetricsRenderer
+
+from .helpers import write_multiprocess_file as write
 
 EVENT_LABELS = ["operation", "host", "database", "tag", "schema", "table", "code"]
 ACCEPTS = [
@@ -35,16 +37,6 @@ ACCEPTS = [
     "text/plain; version=1.0.0; escaping=values",
     "application/openmetrics-text; version=1.0.0; escaping=dots",  # rewrites names: slow path
 ]
-
-
-def write(state_dir, prefix: str, pid: object, entries: dict) -> None:
-    d = MmapedDict(os.path.join(state_dir, f"{prefix}_{pid}.db"))
-    try:
-        for key, v in entries.items():
-            value, timestamp = v if isinstance(v, tuple) else (v, 0.0)
-            d.write_value(key, value, timestamp)
-    finally:
-        d.close()
 
 
 def event_key(metric: str, sample: str, help_text: str, *values: str) -> str:
