@@ -94,6 +94,9 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, inter
         time.sleep(interval)
 
 
+CODES = ("alpha", "beta", "gamma", "delta")  # the benchmarks' label whitelist; 'epsilon' counts as `other`
+
+
 class Cluster:
     """A PostgreSQL cluster of the benchmarks' own, on a free port, durable settings."""
 
@@ -119,9 +122,12 @@ class Cluster:
                 "max_wal_size = 4GB\ncheckpoint_timeout = 30min\n"
             )
 
+    def dsn_for(self, dbname: str) -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
+
     @property
     def dsn(self) -> str:
-        return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+        return self.dsn_for("postgres")
 
     def start(self) -> None:
         _as_postgres([pg_bin("pg_ctl"), "-D", self.data, "-l", self.log, "-w", "-t", "60", "start"], timeout=90)
@@ -199,6 +205,17 @@ def config_yaml(cluster: Cluster, databases: Sequence[dict]) -> str:
                 lines.append(f"        - {column}: [{', '.join(repr(v) for v in values)}]")
             lines.append(f"      events: [{', '.join(events)}]")
     return "\n".join(lines) + "\n"
+
+
+def one_table_database(cluster: Cluster, workdir: str, db: str) -> str:
+    """Database `db` with table public.t (id, code) and pgne's notify trigger on INSERT (label
+    column `code`, whitelist CODES), installed by pgne's apply; returns the config's path."""
+    cluster.create_database(db, "CREATE TABLE public.t (id bigint, code text)")
+    path = os.path.join(workdir, f"{db}.yml")
+    with open(path, "w") as f:
+        f.write(config_yaml(cluster, [{"name": db, "monitors": [("t", "code", CODES, ["insert"])]}]))
+    apply_config(path)
+    return path
 
 
 def apply_config(config_path: str) -> list[str]:

@@ -15,16 +15,14 @@ from common import (
     Figure,
     Pgne,
     Section,
-    apply_config,
-    config_yaml,
     counted,
     cpu_seconds,
+    one_table_database,
     rss_mb,
 )
 
 DB = "bc"
 PGNE_CHANNEL, BARE_CHANNEL = "pg_notify_exporter", "bare_listener"
-CODES = ("alpha", "beta", "gamma", "delta")
 # pgne's own payload shape (what its triggers send): distinct by seq
 PGNE_PAYLOADS = """
 SELECT count(pg_notify(%s, json_build_object(
@@ -54,15 +52,11 @@ def send(conn, sql: str, channel: str, n: int) -> float:
 
 def run(cluster: Cluster, workdir: str, n: int, reps: int) -> Section:
     started = time.monotonic()
-    cluster.create_database(DB, "CREATE TABLE public.t (id bigint, code text)")
-    config_path = os.path.join(workdir, "consumption.yml")
-    with open(config_path, "w") as f:
-        f.write(config_yaml(cluster, [{"name": DB, "monitors": [("t", "code", CODES, ["insert"])]}]))
-    apply_config(config_path)
+    config_path = one_table_database(cluster, workdir, DB)
 
     pgne = Pgne(config_path, os.path.join(workdir, "pgne-consumption"))
     bare = subprocess.Popen([sys.executable, str(BENCH_DIR / "bare_listener.py"),
-                             cluster.dsn.replace("dbname=postgres", f"dbname={DB}"), BARE_CHANNEL],
+                             cluster.dsn_for(DB), BARE_CHANNEL],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     sender = cluster.connect(DB, autocommit=False)
     styles = {"pgne": PGNE_PAYLOADS, "pne": PNE_PAYLOADS}

@@ -21,8 +21,8 @@ import re
 import shutil
 import time
 
-from common import Cluster, Figure, Section, _as_postgres, apply_config, config_yaml, pg_bin
-from write_path import CODES, FLOOR_TRIGGER, PNE_TRIGGER
+from common import CODES, Cluster, Figure, Section, _as_postgres, apply_config, config_yaml, pg_bin
+from write_path import FLOOR_TRIGGER, PNE_TRIGGER
 
 NONE = "no trigger"
 EMPTY = "empty plpgsql statement trigger"

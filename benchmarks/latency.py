@@ -21,26 +21,20 @@ from common import (
     Figure,
     Pgne,
     Section,
-    apply_config,
-    config_yaml,
+    one_table_database,
     percentile,
     sample_values,
 )
 
 DB = "bl"
-CODES = ("alpha", "beta", "gamma", "delta")
 
 
 def run(cluster: Cluster, workdir: str, rate: float, seconds: float, reps: int,
         synchronous_commit: str = "off") -> Section:
     started = time.monotonic()
-    cluster.create_database(DB, "CREATE TABLE public.t (id bigint, code text)")
-    config_path = os.path.join(workdir, "latency.yml")
-    with open(config_path, "w") as f:
-        f.write(config_yaml(cluster, [{"name": DB, "monitors": [("t", "code", CODES, ["insert"])]}]))
-    apply_config(config_path)
+    config_path = one_table_database(cluster, workdir, DB)
     pgne = Pgne(config_path, os.path.join(workdir, "pgne-latency"))
-    dsn = cluster.dsn.replace("dbname=postgres", f"dbname={DB}")
+    dsn = cluster.dsn_for(DB)
 
     def events() -> tuple[float, float]:
         text = pgne.scrape()

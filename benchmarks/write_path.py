@@ -18,6 +18,7 @@ import subprocess
 import time
 
 from common import (
+    CODES,
     Cluster,
     Figure,
     Pgne,
@@ -33,7 +34,6 @@ from common import (
     wait_until,
 )
 
-CODES = ("alpha", "beta", "gamma", "delta")  # the whitelist; 'epsilon' rows count as `other`
 TABLE_DDL = """
 CREATE TABLE public.bulk_events (id bigint NOT NULL, code text, amount integer, note text);
 CREATE TABLE public.row_events (id bigint NOT NULL, code text, amount integer, note text);
