@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import psycopg2
 import pytest
-from helpers import DEFAULT_CHANNEL, Listener, config_text, database_entry_text
+from helpers import DEFAULT_CHANNEL, Listener, config_text, database_entry_text, sql_rows
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 
@@ -67,14 +67,7 @@ class PgDatabase:
 
     def execute(self, statement: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> list[tuple]:
         """Run one statement (or a ;-separated script without params) in autocommit; its rows."""
-        conn = psycopg2.connect(self.dsn)
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(statement, params)
-                return cur.fetchall() if cur.description else []
-        finally:
-            conn.close()
+        return sql_rows(self.dsn, statement, params)
 
     def close_connections(self) -> None:
         for conn in self._connections:

@@ -332,6 +332,19 @@ def schema_exists(conn, name: str = "pgne") -> bool:
     return query(conn, "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)", (name,))[0][0]
 
 
+def sql_rows(dsn: str, statement: Any, params: Iterable[Any] | Mapping[str, Any] | None = None) -> list[tuple]:
+    """Rows of one statement (or a ;-separated script without params), autocommitted on a new
+    connection."""
+    conn = psycopg2.connect(dsn, connect_timeout=10)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
 def run_sql(db, *statements) -> None:
     """Each statement (text, psycopg2.sql.Composed, or (either, params)) in its own autocommitted
     transaction."""

@@ -15,10 +15,9 @@ they saw.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-import psycopg2
-from helpers import config_text, database_entry_text
+from helpers import config_text, database_entry_text, sql_rows
 from runner import PgneProcess, wait_until
 
 TAG = "it"
@@ -52,18 +51,6 @@ def outbox_entry(database, monitors: Sequence[Mapping[str, Any]], *, delivery: s
 
 def outbox_config(database, monitors: Sequence[Mapping[str, Any]], **options: Any) -> str:
     return config_text(outbox_entry(database, monitors, **options))
-
-
-def sql_rows(dsn: str, statement: str, params: Iterable[Any] | None = None) -> list[tuple]:
-    """Rows of one autocommitted statement on a new connection."""
-    conn = psycopg2.connect(dsn, connect_timeout=10)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(statement, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def db_totals(dsn: str, label: str = "code") -> dict[Key, int]:
