@@ -301,15 +301,15 @@ class ExtraDatabase:
 
 
 @contextmanager
-def throwaway_database(admin_dsn: str) -> Iterator[ExtraDatabase]:
-    """One more fresh database on the server of `admin_dsn`, dropped afterwards (for tests that
-    need two, such as a reload that adds a database)."""
+def throwaway_database(admin_dsn: str, name: str | None = None) -> Iterator[ExtraDatabase]:
+    """One more fresh database (named `name`, else randomly) on the server of `admin_dsn`, dropped
+    afterwards (for tests that need two, such as a reload that adds a database)."""
     import psycopg2
     from psycopg2 import sql
     from psycopg2.extensions import make_dsn, parse_dsn
 
     params = parse_dsn(admin_dsn)
-    name = f"pgne_it_{uuid.uuid4().hex[:12]}"
+    name = name or f"pgne_it_{uuid.uuid4().hex[:12]}"
     admin = psycopg2.connect(admin_dsn)
     admin.autocommit = True
     try:

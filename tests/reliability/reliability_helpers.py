@@ -31,8 +31,8 @@ import yaml
 from cluster import TempCluster
 from helpers import run_sql  # noqa: F401 - re-exported to the suite
 from psycopg2 import sql
-from psycopg2.extensions import make_dsn, parse_dsn
-from runner import PgneProcess, wait_until
+from psycopg2.extensions import make_dsn
+from runner import PgneProcess, throwaway_database, wait_until
 
 CHANNEL = "pg_notify_exporter"
 TAG = "rel"
@@ -141,21 +141,8 @@ def create_database(cluster, prefix: str = "rel") -> DatabaseRef:
 @contextmanager
 def database_on(admin_dsn: str, name: str | None = None) -> Iterator[DatabaseRef]:
     """A fresh database (named `name`, else randomly) on the server of `admin_dsn`; dropped after."""
-    name = name or f"pgne_rel_{uuid.uuid4().hex[:10]}"
-    params = parse_dsn(admin_dsn)
-    admin = psycopg2.connect(admin_dsn)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            yield DatabaseRef(name=name, host=params.get("host") or "127.0.0.1", port=int(params.get("port") or 5432),
-                              user=params.get("user") or "postgres", password=params.get("password") or "")
-        finally:
-            with admin.cursor() as cur:
-                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    finally:
-        admin.close()
+    with throwaway_database(admin_dsn, name) as db:
+        yield DatabaseRef(name=db.name, host=db.host, port=db.port, user=db.user, password=db.password or "")
 
 
 def query(db, statement: str, params=None) -> list[tuple]:
