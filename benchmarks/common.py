@@ -132,11 +132,14 @@ class Cluster:
     def start(self) -> None:
         _as_postgres([pg_bin("pg_ctl"), "-D", self.data, "-l", self.log, "-w", "-t", "60", "start"], timeout=90)
 
+    def stop(self) -> None:
+        _as_postgres([pg_bin("pg_ctl"), "-D", self.data, "-w", "-t", "30", "stop", "-m", "fast"], timeout=60)
+
     def destroy(self) -> None:
         try:
-            _as_postgres([pg_bin("pg_ctl"), "-D", self.data, "-w", "-t", "30", "stop", "-m", "fast"], timeout=60)
+            self.stop()
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            pass
+            pass  # not running, or already stopped
         shutil.rmtree(self.base, ignore_errors=True)
 
     def connect(self, dbname: str = "postgres", autocommit: bool = True):
