@@ -1,8 +1,9 @@
 """Runs the rendered SQL on a database: `pgne apply`, and perform_setup in the worker.
 
 Compare first: a database that already matches the config is not touched (no DDL, no lock
-on application tables). Otherwise the script that `pgne render-sql` prints for that database
-runs as it is, in its own BEGIN ... COMMIT, under an advisory lock and a lock_timeout.
+on application tables), nor is one with a setup problem (pgne.drift). Otherwise the script
+that `pgne render-sql` prints for that database runs as it is, in its own BEGIN ... COMMIT,
+under an advisory lock and a lock_timeout.
 """
 from __future__ import annotations
 
@@ -78,10 +79,9 @@ def apply_on_connection(conn, database: Database, renderer: Renderer, dry_run: b
         differences = find_differences(read_inventory(conn, database), database, renderer)
         extras = [d for d in differences if d.kind == "extra"] if prune else []
         changes = [d for d in differences if d.kind != "extra"] + extras
-        missing_tables = [d.what for d in changes if d.kind == "missing_table"]
-        if missing_tables:
-            return ApplyResult(database, FAILED, "; ".join(missing_tables) + " (nothing applied)",
-                               tuple(changes))
+        problems = [d.what for d in changes if d.is_problem]
+        if problems:  # a missing table or label column, notify refused for 2PC: nothing to apply can fix them
+            return ApplyResult(database, FAILED, "; ".join(problems) + " (nothing applied)", tuple(changes))
         if not changes:
             return ApplyResult(database, UP_TO_DATE)
         summary = f"{len(changes)} change{'s' if len(changes) != 1 else ''}: " + "; ".join(map(str, changes))

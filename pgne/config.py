@@ -86,6 +86,8 @@ class Database:
     connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
     delivery: str = NOTIFY
     drain_interval: float = DEFAULT_DRAIN_INTERVAL
+    # delivery: notify where the server allows prepared transactions: refused unless this is set
+    notify_with_prepared_transactions: bool = False
     location: str = field(default="", compare=False)
     # `password: ${NAME}`: the variable's name; the master keeps it out of the workers' environment
     password_variable: str | None = field(default=None, compare=False, repr=False)
@@ -458,6 +460,9 @@ def _build(path: str, data: list, templates: "TemplateCatalog", base_dir: Path,
             delivery = entry.get("delivery", NOTIFY)
             if "drain_interval" in entry and delivery != OUTBOX:
                 errors.append(f"{path}: {where} > drain_interval: only used with delivery: outbox")
+            if "notify_with_prepared_transactions" in entry and delivery != NOTIFY:
+                errors.append(f"{path}: {where} > notify_with_prepared_transactions: only used with "
+                              f"delivery: notify")
             _check_name_bytes("channel", channel, f"{path}: {where} > channel", errors)
             for key in ("database", "username", "tag"):
                 _check_no_nul(key, entry[key], f"{path}: {where} > {key}", errors)
@@ -495,6 +500,7 @@ def _build(path: str, data: list, templates: "TemplateCatalog", base_dir: Path,
                 delivery=delivery,
                 password_variable=_password_variable(entry),
                 drain_interval=float(entry.get("drain_interval", DEFAULT_DRAIN_INTERVAL)),
+                notify_with_prepared_transactions=entry.get("notify_with_prepared_transactions", False),
                 location=where,
             ))
     return databases, errors

@@ -1,14 +1,19 @@
 """Compares a live database with what the config says pgne should have installed there.
 
 Used by `pgne apply` (compare first: an up-to-date database is left alone), by perform_setup
-at every (re)connect, by `pgne status`, and by the worker's `pgne_trigger_installed` gauge.
-Every query takes parameters; nothing is formatted into SQL.
+at every (re)connect, by `pgne status`, and by the worker's `pgne_trigger_installed` and
+`pgne_setup_problem` gauges. Every query takes parameters; nothing is formatted into SQL.
+
+Setup problems are differences that `apply` cannot fix, so it applies nothing to that database:
+a monitored table that does not exist, a label column that the table does not have, and notify
+delivery on a server that allows prepared transactions (a transaction that sent a NOTIFY cannot
+be prepared: every PREPARE TRANSACTION after a write to a monitored table would fail).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from pgne.config import EVENTS, OUTBOX, Database, Monitor
+from pgne.config import EVENTS, NOTIFY, OUTBOX, Database, Monitor
 from pgne.render import SCHEMA, TRIGGER_SPECS, Renderer, function_name, trigger_name
 
 OUTBOX_TABLES = ("event_log", "totals")
@@ -25,6 +30,14 @@ JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
 WHERE NOT t.tgisinternal AND t.tgparentid = 0 AND t.tgname = ANY(%s)
 """
 
+# One row if the table exists (any relation kind), with its column names.
+_COLUMNS_SQL = """
+SELECT ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s
+"""
+
 _FUNCTIONS_SQL = """
 SELECT p.proname, pg_catalog.obj_description(p.oid, 'pg_proc')
 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
@@ -32,15 +45,57 @@ WHERE n.nspname = %s AND p.pronargs = 0 AND p.prorettype = 'pg_catalog.trigger':
 """
 
 
+# Setup problems: the `problem` label of pgne_setup_problem, and the kind of their Difference.
+MISSING_TABLE, MISSING_LABEL_COLUMN, NOTIFY_REFUSED = "missing_table", "missing_label_column", "notify_refused"
+PROBLEMS = (MISSING_TABLE, MISSING_LABEL_COLUMN, NOTIFY_REFUSED)
+# The config key with which a database entry accepts notify delivery where 2PC is allowed.
+NOTIFY_2PC_OPT_IN = "notify_with_prepared_transactions"
+
+ProblemKey = tuple[str, str, str, str]  # (problem, schema, table, column); "" where it does not apply
+
+
 @dataclass(frozen=True)
 class Difference:
-    kind: str  # missing_table, missing, outdated, unwanted, extra
+    kind: str  # missing, outdated, unwanted, extra, or one of PROBLEMS
     what: str  # e.g. 'trigger pgne_insert on public.one'
-    # for `extra` objects, what `apply --prune` drops: ("trigger", schema, table, name) or ("function", name)
+    # for `extra` objects, what `apply --prune` drops: ("trigger", schema, table, name) or ("function", name);
+    # for a setup problem, its ProblemKey
     object_id: tuple = ()
+
+    @property
+    def is_problem(self) -> bool:
+        return self.kind in PROBLEMS
 
     def __str__(self) -> str:
         return f"{self.kind.replace('_', ' ')}: {self.what}"
+
+
+def problem_text(problem: str, schema: str = "", table: str = "", column: str = "",
+                 max_prepared_transactions: int | None = None) -> str:
+    """What a setup problem means and how to fix it, from its key (the landing page has no more
+    than the labels of pgne_setup_problem). `pgne apply` and `status` add what they read."""
+    if problem == MISSING_TABLE:
+        return f"table {schema}.{table} does not exist"
+    if problem == MISSING_LABEL_COLUMN:
+        return f"label column {column} does not exist in table {schema}.{table}"
+    if problem == NOTIFY_REFUSED:
+        setting = "> 0" if max_prepared_transactions is None else f"= {max_prepared_transactions}"
+        return ("delivery: notify refused: this server allows prepared transactions "
+                f"(max_prepared_transactions {setting}), and a transaction that sent a NOTIFY cannot be prepared; "
+                f"use delivery: outbox (or set {NOTIFY_2PC_OPT_IN}: true to accept that risk)")
+    raise ValueError(problem)
+
+
+def possible_problems(database: Database) -> list[ProblemKey]:
+    """Every setup problem the config allows for, in config order: the series of
+    pgne_setup_problem, which exist (at 0) from the first check on."""
+    keys: list[ProblemKey] = []
+    if database.enabled_monitors and database.delivery == NOTIFY and not database.notify_with_prepared_transactions:
+        keys.append((NOTIFY_REFUSED, "", "", ""))
+    for monitor in database.enabled_monitors:
+        keys.append((MISSING_TABLE, monitor.schema, monitor.table, ""))
+        keys += [(MISSING_LABEL_COLUMN, monitor.schema, monitor.table, column) for column in monitor.label_names]
+    return keys
 
 
 @dataclass(frozen=True)
@@ -52,6 +107,8 @@ class Inventory:
     triggers: dict[tuple[str, str, str], tuple]  # (schema, table, trigger) -> pg_trigger facts
     existing_tables: frozenset[tuple[str, str]]
     schema_tables: frozenset[str] = frozenset()  # tables in schema pgne (outbox delivery)
+    columns: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)  # of each existing monitored table
+    max_prepared_transactions: int = 0
 
 
 def read_inventory(conn, database: Database) -> Inventory:
@@ -66,15 +123,48 @@ def read_inventory(conn, database: Database) -> Inventory:
                     "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'", (SCHEMA,))
         schema_tables = frozenset(row[0] for row in cur.fetchall())
         existing = set()
+        columns = {}
         for monitor in database.monitors:
             # the catalogs, not to_regclass(): that needs USAGE on the schema, which a role that may
             # only CONNECT (pgne run with perform_setup: false) does not have
-            cur.execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
-                        "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s)",
-                        (monitor.schema, monitor.table))
-            if cur.fetchone()[0]:
+            cur.execute(_COLUMNS_SQL, (monitor.schema, monitor.table))
+            row = cur.fetchone()
+            if row is not None:  # the table exists
                 existing.add((monitor.schema, monitor.table))
-    return Inventory(schema_exists, functions, triggers, frozenset(existing), schema_tables)
+                columns[(monitor.schema, monitor.table)] = frozenset(row[0])
+        # PGC_POSTMASTER, readable by every role
+        cur.execute("SELECT pg_catalog.current_setting('max_prepared_transactions')::int")
+        max_prepared = cur.fetchone()[0]
+    return Inventory(schema_exists, functions, triggers, frozenset(existing), schema_tables, columns, max_prepared)
+
+
+def setup_problems(inventory: Inventory, database: Database) -> list[Difference]:
+    """The setup problems of `database` as found in `inventory`, in config order."""
+    problems: list[Difference] = []
+    for key in possible_problems(database):
+        problem, schema, table, column = key
+        what = problem_text(*key)
+        if problem == NOTIFY_REFUSED:
+            if inventory.max_prepared_transactions <= 0:
+                continue
+            what = problem_text(*key, max_prepared_transactions=inventory.max_prepared_transactions)
+            installed = sum(1 for m in database.enabled_monitors for e in m.events
+                            if (m.schema, m.table, trigger_name(e)) in inventory.triggers)
+            if installed:  # pgne does not drop them by itself: see README, "Two-phase commit"
+                what += (f"; pgne triggers already installed are left in place ({installed}): "
+                         f"PREPARE TRANSACTION fails after a write to their tables")
+        elif problem == MISSING_TABLE:
+            if (schema, table) in inventory.existing_tables:
+                continue
+        else:
+            existing = inventory.columns.get((schema, table))
+            if existing is None or column in existing:  # a missing table is its own problem
+                continue
+            near = sorted(c for c in existing if c.lower() == column.lower())
+            if near:
+                what += f" (it has {', '.join(near)}: column names are case-sensitive)"
+        problems.append(Difference(problem, what, key))
+    return problems
 
 
 def trigger_matches(monitor: Monitor, event: str, facts: tuple | None) -> bool:
@@ -89,8 +179,9 @@ def trigger_matches(monitor: Monitor, event: str, facts: tuple | None) -> bool:
 
 
 def find_differences(inventory: Inventory, database: Database, renderer: Renderer) -> list[Difference]:
-    """What `apply` would change. Objects the config does not name at all are `extra`."""
-    diffs: list[Difference] = []
+    """What `apply` would change, setup problems first. Objects the config does not name at all
+    are `extra`."""
+    diffs: list[Difference] = setup_problems(inventory, database)
     enabled = set(database.enabled_monitors)
     if database.enabled and not inventory.schema_exists:
         diffs.append(Difference("missing", f"schema {SCHEMA}"))
@@ -106,8 +197,7 @@ def find_differences(inventory: Inventory, database: Database, renderer: Rendere
         table = monitor.qualified_name
         if monitor in enabled:
             if (monitor.schema, monitor.table) not in inventory.existing_tables:
-                diffs.append(Difference("missing_table", f"table {table} does not exist"))
-                continue
+                continue  # a setup problem, listed above
             if fn not in inventory.functions:
                 diffs.append(Difference("missing", f"function {SCHEMA}.{fn} for {table}"))
             elif inventory.functions[fn] != renderer.render_monitor(database, monitor).comment:

@@ -17,6 +17,7 @@ import socket
 import ssl
 import threading
 import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterable
 
@@ -87,39 +88,84 @@ def collect(state_dir: str, databases: frozenset[tuple[str, str]] | None = None)
     return registry
 
 
-def database_rows(registry: CollectorRegistry) -> list[tuple[str, str, str, float, float | None]]:
-    """(host, database, tag, up, last event time) per database, for the landing page."""
-    up: dict[tuple[str, str], tuple[str, float]] = {}
-    last: dict[tuple[str, str], float] = {}
-    for family in registry.collect():
+@dataclass
+class DatabaseRow:
+    """One database on the landing page: what /metrics says about it."""
+
+    host: str
+    database: str
+    tag: str = ""
+    up: float = 0.0
+    last_event: float = 0.0
+    triggers: list[float] = field(default_factory=list)  # pgne_trigger_installed values
+    problems: list[str] = field(default_factory=list)  # reasons of pgne_setup_problem == 1
+
+    @property
+    def state(self) -> str:
+        """`up` only while listening with every trigger in place and no setup problem."""
+        if not self.up:
+            return "DOWN"
+        if self.problems:
+            return "SETUP FAILED"
+        if not all(self.triggers):
+            return "TRIGGERS MISSING"
+        return "up"
+
+    @property
+    def trigger_summary(self) -> str:
+        if not self.triggers:
+            return "not checked yet"
+        return f"{sum(1 for v in self.triggers if v)} of {len(self.triggers)} installed"
+
+
+def database_rows(registry: CollectorRegistry) -> list[DatabaseRow]:
+    """One row per database of pgne_database_up, sorted by host and database."""
+    from pgne.drift import problem_text
+
+    rows: dict[tuple[str, str], DatabaseRow] = {}
+    families = list(registry.collect())
+    for family in families:
         if family.name == "pgne_database_up":
             for s in family.samples:
-                up[(s.labels["host"], s.labels["database"])] = (s.labels.get("tag", ""), s.value)
-        elif family.name == "pgne_last_event_timestamp_seconds":
-            for s in family.samples:
                 key = (s.labels["host"], s.labels["database"])
-                if s.value > last.get(key, 0):
-                    last[key] = s.value
-    return [(host, db, tag, value, last.get((host, db)) or None)
-            for (host, db), (tag, value) in sorted(up.items())]
+                rows[key] = DatabaseRow(*key, tag=s.labels.get("tag", ""), up=s.value)
+    for family in families:
+        for s in family.samples:
+            row = rows.get((s.labels.get("host"), s.labels.get("database")))
+            if row is None:
+                continue
+            if family.name == "pgne_last_event_timestamp_seconds":
+                row.last_event = max(row.last_event, s.value)
+            elif family.name == "pgne_trigger_installed":
+                row.triggers.append(s.value)
+            elif family.name == "pgne_setup_problem" and s.value:
+                labels = s.labels
+                row.problems.append(problem_text(labels["problem"], labels["schema"], labels["table"],
+                                                 labels["column"]))
+    return [rows[key] for key in sorted(rows)]
 
 
-def landing_page(rows: Iterable[tuple[str, str, str, float, float | None]]) -> bytes:
+def landing_page(rows: Iterable[DatabaseRow]) -> bytes:
     def cell(text: object) -> str:
         return f"<td>{html.escape(str(text))}</td>"
 
     body = []
-    for host, db, tag, up, last in rows:
+    for row in rows:
+        last = row.last_event
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last)) if last else "never"
-        body.append("<tr>" + cell(host) + cell(db) + cell(tag) + cell("up" if up else "DOWN") + cell(when) + "</tr>")
+        problems = "".join(f"<li>{html.escape(p)}</li>" for p in sorted(row.problems))
+        body.append("<tr>" + cell(row.host) + cell(row.database) + cell(row.tag) + cell(row.state)
+                    + cell(row.trigger_summary) + cell(when)
+                    + (f"<td><ul>{problems}</ul></td>" if problems else "<td></td>") + "</tr>\n")
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>pgne</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em 1em;text-align:left}}</style></head>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em 1em;text-align:left;vertical-align:top}}
+ul{{margin:0;padding-left:1em}}</style></head>
 <body><h1>pgne {html.escape(__version__)}</h1>
 <p>PostgreSQL LISTEN/NOTIFY exporter. <a href="/metrics">Metrics</a> · <a href="/-/healthy">Health</a></p>
-<table><tr><th>host</th><th>database</th><th>tag</th><th>state</th><th>last event</th></tr>
-{''.join(body)}
-</table></body></html>
+<table><tr><th>host</th><th>database</th><th>tag</th><th>state</th><th>triggers</th><th>last event</th>\
+<th>setup problems</th></tr>
+{''.join(body)}</table></body></html>
 """
     return page.encode("utf-8")
 

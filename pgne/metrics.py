@@ -10,6 +10,8 @@ Every Gauge has an explicit multiprocess_mode:
   database, the worker 1 while listening; when a worker dies, the master's
   mark_process_dead() removes its file and the series reads 0, never absent.
 - `max` for timestamps, `mostrecent` for readings taken by the worker.
+- `livemostrecent` for pgne_setup_problem: a worker's findings die with it (a reload may have
+  changed the config); its successor writes every series again at its first check.
 Counters of dead workers stay in their files and keep adding to the total: counts survive
 worker restarts.
 """
@@ -65,6 +67,10 @@ class WorkerMetrics:
         self.trigger_installed = _gauge("pgne_trigger_installed",
                                         "1 if pgne's trigger is installed as configured, else 0.",
                                         DATABASE_LABELS + ("schema", "table", "event"), "mostrecent")
+        # one series per problem the config allows for (pgne.drift.possible_problems): 1 while it exists
+        self.setup_problem = _gauge("pgne_setup_problem", "1 while pgne cannot set the database up as configured "
+                                    "(problem: missing_table, missing_label_column, notify_refused), else 0.",
+                                    DATABASE_LABELS + ("schema", "table", "column", "problem"), "livemostrecent")
         if outbox:  # only databases with delivery: outbox have these series
             self.outbox_backlog = _gauge("pgne_outbox_backlog_rows", "Rows in pgne.event_log not yet drained.",
                                          DATABASE_LABELS, "mostrecent").labels(host, database)
@@ -72,6 +78,9 @@ class WorkerMetrics:
                                             "Age of the oldest row in pgne.event_log (0 when empty).",
                                             DATABASE_LABELS, "mostrecent").labels(host, database)
         self._children: dict[tuple, tuple] = {}
+
+    def set_setup_problem(self, problem: str, schema: str, table: str, column: str, value: int) -> None:
+        self.setup_problem.labels(self.host, self.database, schema, table, column, problem).set(value)
 
     def series(self, key: tuple) -> tuple:
         """(counter child, timestamp child) for a key from payload.Router; cached."""

@@ -149,6 +149,7 @@ class Worker:
             self.outbox.metrics = self.metrics
         self.counted = self.metrics.notifications[COUNTED]
         self.backoff = Backoff()
+        self.problems: dict[tuple, str] = {}  # setup problems found by the last check -> their text
 
     # -- waiting -------------------------------------------------------------------------
 
@@ -310,11 +311,13 @@ class Worker:
         self.drain(conn)  # notifications that arrived during the query
 
     def check_triggers(self, conn) -> None:
+        """pgne_setup_problem and pgne_trigger_installed, from one read of the catalogs: after
+        every (re)connect (and its perform_setup), then every --trigger-check-interval."""
         from pgne.drift import installed_triggers, read_inventory
 
         try:
             with _Deadline(conn, self.name, "the trigger check"):
-                installed = installed_triggers(read_inventory(conn, self.db), self.db)
+                inventory = read_inventory(conn, self.db)
         except psycopg2.DatabaseError as exc:
             if isinstance(exc, psycopg2.OperationalError):
                 raise
@@ -322,12 +325,29 @@ class Worker:
             return
         finally:
             self.drain(conn)
+        self.report_problems(inventory)
+        installed = installed_triggers(inventory, self.db)
         gauge = self.metrics.trigger_installed
         for (schema, table, event), present in installed.items():
             gauge.labels(self.db.host, self.db.name, schema, table, event).set(1 if present else 0)
             if not present:
                 log.warning("%s: trigger pgne_%s on %s.%s is missing or differs from the config",
                             self.name, event.lower(), schema, table)
+
+    def report_problems(self, inventory) -> None:
+        """Every possible setup problem of the config gets its series (1 while it exists); each
+        one is logged when it appears and when it is gone."""
+        from pgne.drift import possible_problems, setup_problems
+
+        found = {d.object_id: d.what for d in setup_problems(inventory, self.db)}
+        for key in possible_problems(self.db):
+            problem, schema, table, column = key
+            self.metrics.set_setup_problem(problem, schema, table, column, 1 if key in found else 0)
+            if key in found and key not in self.problems:
+                log.error("%s: setup problem: %s", self.name, found[key])
+            elif key in self.problems and key not in found:
+                log.info("%s: setup problem solved: %s", self.name, self.problems[key])
+        self.problems = found
 
     # -- the hot path ------------------------------------------------------------------------
 
