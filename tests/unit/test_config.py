@@ -222,6 +222,26 @@ def test_integral_float_port_becomes_an_int():
     assert database.display_name == "localhost:5433/test"
 
 
+@pytest.mark.parametrize("delivery", ["", "    delivery: notify\n"], ids=["default", "notify"])
+def test_notify_with_prepared_transactions_opts_a_notify_database_in(delivery):
+    assert parse(config()).databases[0].notify_with_prepared_transactions is False
+    text = config({"    enabled: true\n": f"    enabled: true\n{delivery}"
+                                           f"    notify_with_prepared_transactions: true\n"})
+    assert parse(text).databases[0].notify_with_prepared_transactions is True
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_notify_with_prepared_transactions_is_an_error_with_outbox(value):
+    text = config({"    enabled: true\n": f"    enabled: true\n    delivery: outbox\n"
+                                           f"    notify_with_prepared_transactions: {value}\n"})
+    assert errors(text) == [f"{DB} > notify_with_prepared_transactions: only used with delivery: notify"]
+
+
+def test_notify_with_prepared_transactions_must_be_a_boolean():
+    text = config({"    enabled: true\n": "    enabled: true\n    notify_with_prepared_transactions: 1\n"})
+    assert errors(text) == [f"{DB} > notify_with_prepared_transactions: 1 is not of type 'boolean'"]
+
+
 def test_enabled_must_be_a_boolean():
     text = config({"      enabled: yes\n": "      enabled: maybe\n"})
     assert errors(text) == [f"{MON} > enabled: 'maybe' is not of type 'boolean'"]
