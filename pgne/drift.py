@@ -143,7 +143,6 @@ def setup_problems(inventory: Inventory, database: Database) -> list[Difference]
     problems: list[Difference] = []
     for key in possible_problems(database):
         problem, schema, table, column = key
-        what = problem_text(*key)
         if problem == NOTIFY_REFUSED:
             if inventory.max_prepared_transactions <= 0:
                 continue
@@ -156,10 +155,12 @@ def setup_problems(inventory: Inventory, database: Database) -> list[Difference]
         elif problem == MISSING_TABLE:
             if (schema, table) in inventory.existing_tables:
                 continue
+            what = problem_text(*key)
         else:
             existing = inventory.columns.get((schema, table))
             if existing is None or column in existing:  # a missing table is its own problem
                 continue
+            what = problem_text(*key)
             near = sorted(c for c in existing if c.lower() == column.lower())
             if near:
                 what += f" (it has {', '.join(near)}: column names are case-sensitive)"
