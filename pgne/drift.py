@@ -88,9 +88,10 @@ def problem_text(problem: str, schema: str = "", table: str = "", column: str = 
 
 def possible_problems(database: Database) -> list[ProblemKey]:
     """Every setup problem the config allows for, in config order: the series of
-    pgne_setup_problem, which exist (at 0) from the first check on."""
+    pgne_setup_problem, which exist (at 0) from the first check on. notify_refused is there in
+    both delivery modes (always 0 with outbox), so that both export the same series."""
     keys: list[ProblemKey] = []
-    if database.enabled_monitors and database.delivery == NOTIFY and not database.notify_with_prepared_transactions:
+    if database.enabled_monitors:
         keys.append((NOTIFY_REFUSED, "", "", ""))
     for monitor in database.enabled_monitors:
         keys.append((MISSING_TABLE, monitor.schema, monitor.table, ""))
@@ -144,7 +145,8 @@ def setup_problems(inventory: Inventory, database: Database) -> list[Difference]
     for key in possible_problems(database):
         problem, schema, table, column = key
         if problem == NOTIFY_REFUSED:
-            if inventory.max_prepared_transactions <= 0:
+            if (database.delivery != NOTIFY or database.notify_with_prepared_transactions
+                    or inventory.max_prepared_transactions <= 0):
                 continue
             what = problem_text(*key, max_prepared_transactions=inventory.max_prepared_transactions)
             installed = sum(1 for m in database.enabled_monitors for e in m.events

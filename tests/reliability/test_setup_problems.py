@@ -242,7 +242,7 @@ def test_opting_in_installs_notify_as_before_and_installed_triggers_are_reported
     fresh = orders_database(twopc)
     config = write_config(tmp_path, database_entry(fresh, [ORDERS], notify_with_prepared_transactions=True))
     pgne = start(processes, config, tmp_path / "run")
-    assert problems(pgne, fresh) == {("missing_table", "public", "orders", ""): 0,
+    assert problems(pgne, fresh) == {("notify_refused", "", "", ""): 0, ("missing_table", "public", "orders", ""): 0,
                                      ("missing_label_column", "public", "orders", "supplier"): 0}
     assert triggers(pgne, fresh) == {("orders", "INSERT"): 1, ("orders", "DELETE"): 1}
     run_sql(fresh, "INSERT INTO orders (supplier) VALUES ('acme'), ('acme')")
@@ -262,7 +262,7 @@ def test_outbox_where_prepared_transactions_are_allowed_installs_and_counts_comm
     assert proc.stdout.startswith(f"{display(db)}: applied: ")
 
     pgne = start(processes, config, tmp_path / "run", "--trigger-check-interval", "1")
-    assert problems(pgne, db) == {("missing_table", "public", "orders", ""): 0,
+    assert problems(pgne, db) == {("notify_refused", "", "", ""): 0, ("missing_table", "public", "orders", ""): 0,
                                   ("missing_label_column", "public", "orders", "supplier"): 0}
     assert triggers(pgne, db) == {("orders", "INSERT"): 1, ("orders", "DELETE"): 1}
     prepare_and(db, "ROLLBACK", "rolled-back", "acme", 2)
