@@ -12,6 +12,7 @@ Nothing downstream touches the raw YAML: it gets a `Config`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import stat
@@ -407,12 +408,24 @@ def _hide_password(error: jsonschema.ValidationError, message: str) -> str:
     return message.replace(repr(error.instance), "(a value that holds a password, not shown)")
 
 
+MAX_SHOWN_VALUE = 100  # characters of a wrong value repeated in a message
+
+
+def _shorten(error: jsonschema.ValidationError, message: str) -> str:
+    """A wrong value is shown in its message, cut short: it may be a megabyte long."""
+    shown = repr(error.instance)
+    if len(shown) <= MAX_SHOWN_VALUE:
+        return message
+    return message.replace(shown, f"{shown[:MAX_SHOWN_VALUE]}... ("
+                                  f"{len(shown):,} characters)")
+
+
 def _schema_errors(path: str, data: Any) -> tuple[list[str], set[tuple]]:
     """(error lines, the paths in the data of the values they are about)."""
     errors = sorted(_validator().iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
     lines, places = [], set()
     for error in errors:
-        message = _hide_password(error, _schema_message(error))
+        message = _shorten(error, _hide_password(error, _schema_message(error)))
         lines.append(f"{path}: {_describe(data, list(error.absolute_path))}: {message}")
         places.add(tuple(error.absolute_path))
     return lines, places
@@ -568,8 +581,8 @@ def _build_monitor(raw: dict, where: str, templates: "TemplateCatalog", errors: 
     function = raw.get("function")
     if "function" in raw and usable(("function",)):
         # an unusable delivery: a template that exists in neither mode is still an error
-        problem = templates.problem(function, delivery) if delivery else (
-            templates.problem(function, NOTIFY) and templates.problem(function, OUTBOX))
+        problems = [templates.problem(function, mode) for mode in ((delivery,) if delivery else (NOTIFY, OUTBOX))]
+        problem = problems[0] if all(problems) else None
         if problem:
             errors.append(f"{where} > function: {problem}")
         elif label_columns and delivery and not templates.uses_labels(function, delivery):
@@ -635,6 +648,8 @@ def _build_database(path: str, data: Any, at: tuple, entry: dict, number: int, t
     delivery = entry.get("delivery", NOTIFY) if usable("delivery") or "delivery" not in entry else None
     if "drain_interval" in entry and delivery is not None and delivery != OUTBOX:
         errors.append(f"{path}: {where} > drain_interval: only used with delivery: outbox")
+    if usable("drain_interval") and math.isnan(entry["drain_interval"]):  # NaN passes every bound
+        errors.append(f"{path}: {where} > drain_interval: .nan is not a number of seconds")
     if usable("channel"):
         _check_name_bytes("channel", channel, f"{path}: {where} > channel", errors)
     for key in ("database", "username", "tag"):
