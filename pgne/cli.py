@@ -95,15 +95,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _parse_listen_address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    # isdigit() alone accepts "²" (int() then fails) and "９２９２"
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise UserError(f"--listen-address {text!r}: expected HOST:PORT")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+# Options that name files or folders, as (attribute, flag). Python refuses a NUL in a path with a
+# ValueError deep inside a command; argv cannot carry one, but callers of main() can.
+PATH_OPTIONS = (("config", "-c/--config"), ("templates", "--templates"), ("state_dir", "--state-dir"),
+                ("web_config_file", "--web.config.file"))
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    errors = []
+    for attribute, flag in PATH_OPTIONS:
+        values = getattr(args, attribute, None)
+        for value in values if isinstance(values, list) else [values]:
+            if isinstance(value, str) and "\x00" in value:
+                errors.append(f"{flag} {value!r}: a path cannot contain a NUL character")
+    if errors:
+        raise UserError(errors)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
     try:
+        _check_paths(args)
         if args.command == "demo":  # needs no config file
             from pgne.demo import demo
 

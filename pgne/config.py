@@ -12,12 +12,14 @@ Nothing downstream touches the raw YAML: it gets a `Config`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import yaml
 
@@ -156,13 +158,95 @@ class Config:
 
 # --------------------------------------------------------------------------- YAML
 
+# Bounds that keep a hostile file cheap to refuse, in `check` and in the master's SIGHUP reload.
+# PyYAML parses about 0.2 MB/s of config on a slow machine: 4 MiB is some 20,000 database entries.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+# A YAML alias (`*name`, also in `<<: *name`) re-uses a node: nodes added by aliases, counted as
+# if every alias were written out, may number at most this. A config that shares a few defaults
+# with `<<:` adds tens; a "billion laughs" file of 1 KB adds 10^8 or more.
+MAX_ALIAS_NODES = 100_000
+MAX_PASSWORD_FILE_BYTES = 64 * 1024
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+class ConfigYAMLError(yaml.MarkedYAMLError):
+    """A YAML document pgne refuses although it is well-formed (alias bomb, lone surrogate)."""
+
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate mapping keys (PyYAML silently keeps the last one).
 
     Only the keys written in the mapping itself count: a key that overrides one merged in
     with `<<: *anchor` is not a duplicate.
+
+    It also bounds alias expansion (MAX_ALIAS_NODES), refuses recursive aliases, and turns
+    UTF-16 surrogate escapes (JSON's "\\ud83d\\ude00") into the character they encode; a lone
+    surrogate is not a character and is refused.
     """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._alias_nodes = 0
+        self._open_anchors: list[str] = []  # anchors of the collections being composed
+        self._sizes: dict[int, int] = {}  # id(node) -> nodes it holds, aliases expanded (capped)
+
+    def compose_node(self, parent: Any, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open_anchors:
+                raise ConfigYAMLError(None, None, f"alias *{event.anchor} refers to a node that contains "
+                                      f"it (a recursive alias)", event.start_mark)
+            target = self.anchors.get(event.anchor)
+            if target is not None:  # an undefined alias: PyYAML's own error follows
+                self._alias_nodes += self._expanded_size(target)
+                if self._alias_nodes > MAX_ALIAS_NODES:
+                    raise ConfigYAMLError(None, None, f"aliases expand to more than {MAX_ALIAS_NODES:,} "
+                                          f"nodes (at *{event.anchor}; a pgne config needs far fewer)",
+                                          event.start_mark)
+            return super().compose_node(parent, index)
+        anchor = getattr(event, "anchor", None)
+        if anchor is None:
+            return super().compose_node(parent, index)
+        self._open_anchors.append(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open_anchors.pop()
+
+    def _expanded_size(self, node: yaml.Node) -> int:
+        """Nodes in `node`'s tree with every alias written out; iterative (depth is unbounded)."""
+        sizes, stack = self._sizes, [node]
+        while stack:
+            top = stack[-1]
+            if id(top) in sizes:
+                stack.pop()
+                continue
+            if isinstance(top, yaml.SequenceNode):
+                children = top.value
+            elif isinstance(top, yaml.MappingNode):
+                children = [child for pair in top.value for child in pair]
+            else:
+                children = []
+            pending = [child for child in children if id(child) not in sizes]
+            if pending:
+                stack.extend(pending)
+                continue
+            # capped: the sum only has to be compared with the limit, not to be exact beyond it
+            sizes[id(top)] = min(1 + sum(sizes[id(child)] for child in children), MAX_ALIAS_NODES + 1)
+            stack.pop()
+        return sizes[id(node)]
+
+    def construct_scalar(self, node: yaml.Node) -> Any:
+        value = super().construct_scalar(node)
+        if isinstance(value, str) and _SURROGATE_RE.search(value):
+            try:  # PyYAML decodes each \\uXXXX alone: join the pairs as JSON does
+                value = value.encode("utf-16", "surrogatepass").decode("utf-16")
+            except UnicodeDecodeError:
+                lone = _SURROGATE_RE.search(value).group()
+                raise ConfigYAMLError(None, None, f"{ascii(lone)} is a lone UTF-16 surrogate, not a "
+                                      f"character (a \\uD800-\\uDFFF escape must be half of a pair)",
+                                      node.start_mark) from None
+        return value
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -186,9 +270,13 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _read_yaml(path: str, text: str) -> Any:
+def read_yaml(path: str, text: str) -> Any:
+    """The one non-empty YAML document in `text`; UserError (naming `path`) for anything else."""
     try:
         documents = [doc for doc in yaml.load_all(text, Loader=_UniqueKeyLoader) if doc is not None]
+    except ConfigYAMLError as exc:
+        mark = exc.problem_mark
+        raise UserError(f"{path}: line {mark.line + 1}, column {mark.column + 1}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]  # one line per error
@@ -196,6 +284,8 @@ def _read_yaml(path: str, text: str) -> Any:
         if isinstance(exc, yaml.reader.ReaderError):  # a character YAML refuses: no mark, a position
             where = f"character {exc.position + 1}: "
         raise UserError(f"{path}: {where}YAML syntax error: {problem}") from None
+    except RecursionError:  # PyYAML's composer recurses: a few hundred levels of nesting
+        raise UserError(f"{path}: nested too deeply to be a pgne config") from None
     except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError) as exc:
         # PyYAML's constructors raise these for values such as `!!int` (empty), `!!bool x`, or an
         # unquoted 2001-13-45 (read as a timestamp)
@@ -205,6 +295,36 @@ def _read_yaml(path: str, text: str) -> Any:
     if len(documents) > 1:
         raise UserError(f"{path}: {len(documents)} non-empty YAML documents; expected one")
     return documents[0]
+
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path for a message: a NUL would end the line in a terminal, so it is shown as \\0."""
+    return str(path).replace("\x00", "\\0")
+
+
+def read_bounded(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`.
+
+    OSError with a readable strerror otherwise: a FIFO or a device (/dev/zero) would block the
+    reader or never end, and a NUL in the path is refused by the OS interface (ValueError).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except ValueError:
+        raise OSError(0, "the path contains a NUL character") from None
+    with os.fdopen(fd, "rb") as stream:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(21, "is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(0, "not a regular file")
+        if info.st_size > max_bytes:
+            raise OSError(0, f"{info.st_size:,} bytes; at most {max_bytes:,} are read")
+        data = stream.read(max_bytes + 1)
+        if len(data) > max_bytes:  # grew while we read it
+            raise OSError(0, f"more than {max_bytes:,} bytes; at most {max_bytes:,} are read")
+        return data
 
 
 # --------------------------------------------------------------------------- locations
@@ -290,19 +410,40 @@ def _hide_password(error: jsonschema.ValidationError, message: str) -> str:
     return message.replace(repr(error.instance), "(a value that holds a password, not shown)")
 
 
-def _schema_errors(path: str, data: Any) -> tuple[list[str], set[tuple]]:
-    """(error lines, the paths (host index, host, entry index) of database entries they hit).
+MAX_SHOWN_VALUE = 100  # characters of a wrong value repeated in a message
 
-    An error above the level of a database entry puts `()` in the set: nothing can be cross-checked.
-    """
+
+def _shorten(error: jsonschema.ValidationError, message: str) -> str:
+    """A wrong value is shown in its message, cut short: it may be a megabyte long."""
+    shown = repr(error.instance)
+    if len(shown) <= MAX_SHOWN_VALUE:
+        return message
+    return message.replace(shown, f"{shown[:MAX_SHOWN_VALUE]}... ("
+                                  f"{len(shown):,} characters)")
+
+
+def _schema_errors(path: str, data: Any) -> tuple[list[str], set[tuple]]:
+    """(error lines, the paths in the data of the values they are about)."""
     errors = sorted(_validator().iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
-    lines, broken = [], set()
+    lines, places = [], set()
     for error in errors:
-        message = _hide_password(error, _schema_message(error))
+        message = _shorten(error, _hide_password(error, _schema_message(error)))
         lines.append(f"{path}: {_describe(data, list(error.absolute_path))}: {message}")
-        location = tuple(error.absolute_path)
-        broken.add(location[:3] if len(location) >= 3 else ())
-    return lines, broken
+        places.add(tuple(error.absolute_path))
+    return lines, places
+
+
+class _Validity:
+    """Which values passed stage 1: a value is usable when no schema error is about it or about
+    anything inside it. Errors about its container (an unknown or a missing sibling key) do
+    not make it unusable, so that stage 2 checks everything that can be checked."""
+
+    def __init__(self, places: set[tuple]):
+        self.prefixes = {place[:n] for place in places for n in range(len(place) + 1)}
+        self.complete = not places
+
+    def usable(self, place: tuple) -> bool:
+        return place not in self.prefixes
 
 
 # --------------------------------------------------------------------------- stage 2: cross-checks
@@ -327,13 +468,16 @@ def split_table(name: str) -> tuple[str, str]:
     return (schema, table) if dot else ("public", name)
 
 
-def _resolve_password(entry: dict, where: str, base_dir: Path, errors: list[str]) -> str | None:
+def _resolve_password(entry: dict, where: str, base_dir: Path, errors: list[str],
+                      usable: Callable[[str], bool] = lambda key: True) -> str | None:
     has_password, has_file = "password" in entry, "password_file" in entry
     if has_password and has_file:
         errors.append(f"{where}: give either password or password_file, not both")
         return None
     if not has_password and not has_file:
         errors.append(f"{where}: password or password_file is required")
+        return None
+    if not usable("password" if has_password else "password_file"):  # a schema error says why
         return None
     if has_password:
         match = ENV_REF_RE.match(entry["password"])
@@ -343,15 +487,19 @@ def _resolve_password(entry: dict, where: str, base_dir: Path, errors: list[str]
         if variable not in os.environ:
             errors.append(f"{where} > password: environment variable {variable} is not set")
             return None
-        return os.environ[variable]
+        value = os.environ[variable]
+        if _SURROGATE_RE.search(value):  # bytes that are not UTF-8, kept by Python as surrogates
+            errors.append(f"{where} > password: environment variable {variable} is not valid UTF-8")
+            return None
+        return value
     file_path = Path(os.path.expanduser(entry["password_file"]))
     if not file_path.is_absolute():
         file_path = base_dir / file_path
     try:
-        text = file_path.read_text(encoding="utf-8")
+        text = read_bounded(file_path, MAX_PASSWORD_FILE_BYTES).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        errors.append(f"{where} > password_file: cannot read {file_path}: {reason}")
+        errors.append(f"{where} > password_file: cannot read {shown_path(file_path)}: {reason}")
         return None
     return text[:-1] if text.endswith("\n") else text
 
@@ -375,13 +523,23 @@ def _check_no_nul(kind: str, value: str, where: str, errors: list[str], show: bo
 
 
 def _build_monitor(raw: dict, where: str, templates: "TemplateCatalog", errors: list[str],
-                   delivery: str = NOTIFY) -> Monitor:
-    schema, table = split_table(raw["table"])
-    _check_name_bytes("schema", schema, f"{where} > table", errors)
-    _check_name_bytes("table", table, f"{where} > table", errors)
+                   delivery: str | None = NOTIFY, usable: Callable[[tuple], bool] = lambda place: True,
+                   ) -> Monitor | None:
+    """Cross-check a monitor's usable values (see _Validity); the Monitor if they all are.
+
+    `usable` takes a place relative to the monitor; `delivery` is None when it is not usable
+    (which templates exist depends on it)."""
+    schema = table = None
+    if "table" in raw and usable(("table",)):
+        schema, table = split_table(raw["table"])
+        _check_name_bytes("schema", schema, f"{where} > table", errors)
+        _check_name_bytes("table", table, f"{where} > table", errors)
 
     events: list[str] = []
-    for i, event in enumerate(raw["events"]):
+    raw_events = raw.get("events")
+    for i, event in enumerate(raw_events if isinstance(raw_events, list) else []):
+        if not usable(("events", i)):
+            continue
         upper = event.upper()
         if upper not in EVENTS:  # "insert\n" passes the schema's pattern (Python's $)
             errors.append(f"{where} > events[{i}]: {event!r} is not one of insert, update, delete, "
@@ -392,7 +550,10 @@ def _build_monitor(raw: dict, where: str, templates: "TemplateCatalog", errors: 
             events.append(upper)
 
     label_columns: list[LabelColumn] = []
-    for i, item in enumerate(raw.get("columns_to_label", [])):
+    raw_columns = raw.get("columns_to_label")
+    for i, item in enumerate(raw_columns if isinstance(raw_columns, list) else []):
+        if not isinstance(item, dict) or len(item) != 1 or not isinstance(next(iter(item)), str):
+            continue  # a schema error says what is wrong with it
         (column, values), = item.items()
         place = f"{where} > columns_to_label[{i}]"
         if not LABEL_NAME_RE.match(column) or column.startswith("__"):
@@ -405,7 +566,9 @@ def _build_monitor(raw: dict, where: str, templates: "TemplateCatalog", errors: 
             errors.append(f"{place}: duplicate label column {column!r}")
         _check_name_bytes("column", column, place, errors)
         texts: list[str] = []
-        for j, value in enumerate(values):
+        for j, value in enumerate(values if isinstance(values, list) else []):
+            if not usable(("columns_to_label", i, column, j)):
+                continue
             text = value_as_text(value)
             _check_no_nul("value", text, f"{place} > {column}[{j}]", errors)
             if text == OTHER:
@@ -417,18 +580,23 @@ def _build_monitor(raw: dict, where: str, templates: "TemplateCatalog", errors: 
                 texts.append(text)
         label_columns.append(LabelColumn(column, tuple(texts)))
 
-    function = raw["function"]
-    problem = templates.problem(function, delivery)
-    if problem:
-        errors.append(f"{where} > function: {problem}")
-    elif label_columns and not templates.uses_labels(function, delivery):
-        errors.append(f"{where} > columns_to_label: template {function!r} ignores columns_to_label "
-                      f"(use notification_with_payload, or a template that reads columns_to_label)")
+    function = raw.get("function")
+    if "function" in raw and usable(("function",)):
+        # an unusable delivery: a template that exists in neither mode is still an error
+        problems = [templates.problem(function, mode) for mode in ((delivery,) if delivery else (NOTIFY, OUTBOX))]
+        problem = problems[0] if all(problems) else None
+        if problem:
+            errors.append(f"{where} > function: {problem}")
+        elif label_columns and delivery and not templates.uses_labels(function, delivery):
+            errors.append(f"{where} > columns_to_label: template {function!r} ignores columns_to_label "
+                          f"(use notification_with_payload, or a template that reads columns_to_label)")
 
+    if schema is None:
+        return None
     return Monitor(
         schema=schema,
         table=table,
-        enabled=raw["enabled"],
+        enabled=raw.get("enabled"),
         function=function,
         events=tuple(events),
         label_columns=tuple(label_columns),
@@ -436,74 +604,107 @@ def _build_monitor(raw: dict, where: str, templates: "TemplateCatalog", errors: 
     )
 
 
-def _build(path: str, data: list, templates: "TemplateCatalog", base_dir: Path,
-           skip: set[tuple] = frozenset()) -> tuple[list[Database], list[str]]:
+def _build(path: str, data: Any, templates: "TemplateCatalog", base_dir: Path,
+           validity: _Validity) -> tuple[list[Database], list[str]]:
+    """Stage 2 over every usable value, also in entries that have schema errors (so that every
+    error shows at once); the Databases are complete only when stage 1 found nothing."""
     errors: list[str] = []
     databases: list[Database] = []
     seen_databases: dict[tuple[str, int, str], int] = {}  # -> entry number, for messages
     number = 0
-    for i, host_entry in enumerate(data):
-        (host, entries), = host_entry.items()
-        for j, entry in enumerate(entries):
-            number += 1
-            if (i, host, j) in skip:
+    for i, host_entry in enumerate(data if isinstance(data, list) else []):
+        if not isinstance(host_entry, dict):
+            continue
+        for host, entries in host_entry.items():
+            if not isinstance(host, str) or not isinstance(entries, list):
                 continue
-            where = _describe(data, [i, host, j])
-            password = _resolve_password(entry, f"{path}: {where}", base_dir, errors)
-            port = int(entry.get("port", DEFAULT_PORT))  # JSON Schema's integer accepts 5432.0
-            key = (host, port, entry["database"])
-            if key in seen_databases:
-                errors.append(f"{path}: {where}: duplicate database {host}:{port}/{entry['database']} "
-                              f"(database entries #{seen_databases[key]} and #{number} of the file)")
-            seen_databases.setdefault(key, number)
-            channel = entry.get("channel", DEFAULT_CHANNEL)
-            delivery = entry.get("delivery", NOTIFY)
-            if "drain_interval" in entry and delivery != OUTBOX:
-                errors.append(f"{path}: {where} > drain_interval: only used with delivery: outbox")
-            if "notify_with_prepared_transactions" in entry and delivery != NOTIFY:
-                errors.append(f"{path}: {where} > notify_with_prepared_transactions: only used with "
-                              f"delivery: notify")
-            _check_name_bytes("channel", channel, f"{path}: {where} > channel", errors)
-            for key in ("database", "username", "tag"):
-                _check_no_nul(key, entry[key], f"{path}: {where} > {key}", errors)
-            _check_no_nul("host", host, f"{path}: {where}", errors)
-            if password is not None:
-                _check_no_nul("password", password, f"{path}: {where} > password", errors, show=False)
-
-            monitors: list[Monitor] = []
-            seen_tables: dict[tuple[str, str], str] = {}
-            for k, raw_monitor in enumerate(entry["monitors"]):
-                mwhere = _describe(data, [i, host, j, "monitors", k])
-                monitor_errors: list[str] = []
-                monitor = _build_monitor(raw_monitor, mwhere, templates, monitor_errors, delivery)
-                errors.extend(f"{path}: {line}" for line in monitor_errors)
-                table_key = (monitor.schema, monitor.table)
-                if table_key in seen_tables:
-                    errors.append(f"{path}: {mwhere} > table: duplicate table {monitor.qualified_name!r} "
-                                  f"(also at {seen_tables[table_key]})")
-                seen_tables.setdefault(table_key, mwhere)
-                monitors.append(monitor)
-
-            databases.append(Database(
-                host=host,
-                name=entry["database"],
-                tag=entry["tag"],
-                perform_setup=entry["perform_setup"],
-                username=entry["username"],
-                password=password,
-                enabled=entry["enabled"],
-                monitors=tuple(monitors),
-                port=port,
-                channel=channel,
-                sslmode=entry.get("sslmode"),
-                connect_timeout=int(entry.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)),
-                delivery=delivery,
-                password_variable=_password_variable(entry),
-                drain_interval=float(entry.get("drain_interval", DEFAULT_DRAIN_INTERVAL)),
-                notify_with_prepared_transactions=entry.get("notify_with_prepared_transactions", False),
-                location=where,
-            ))
+            for j, entry in enumerate(entries):
+                number += 1
+                if not isinstance(entry, dict):
+                    continue
+                database = _build_database(path, data, (i, host, j), entry, number, templates, base_dir,
+                                           validity, seen_databases, errors)
+                if database is not None:
+                    databases.append(database)
     return databases, errors
+
+
+def _build_database(path: str, data: Any, at: tuple, entry: dict, number: int, templates: "TemplateCatalog",
+                    base_dir: Path, validity: _Validity, seen_databases: dict, errors: list[str],
+                    ) -> Database | None:
+    host = at[1]
+    where = _describe(data, list(at))
+
+    def usable(key: str) -> bool:
+        return key in entry and validity.usable((*at, key))
+
+    password = _resolve_password(entry, f"{path}: {where}", base_dir, errors, usable)
+    port = int(entry.get("port", DEFAULT_PORT)) if usable("port") or "port" not in entry else None
+    if port is not None and usable("database"):  # JSON Schema's integer accepts 5432.0: int() above
+        key = (host, port, entry["database"])
+        if key in seen_databases:
+            errors.append(f"{path}: {where}: duplicate database {host}:{port}/{entry['database']} "
+                          f"(database entries #{seen_databases[key]} and #{number} of the file)")
+        seen_databases.setdefault(key, number)
+    channel = entry.get("channel", DEFAULT_CHANNEL)
+    delivery = entry.get("delivery", NOTIFY) if usable("delivery") or "delivery" not in entry else None
+    if "drain_interval" in entry and delivery is not None and delivery != OUTBOX:
+        errors.append(f"{path}: {where} > drain_interval: only used with delivery: outbox")
+    if "notify_with_prepared_transactions" in entry and delivery is not None and delivery != NOTIFY:
+        errors.append(f"{path}: {where} > notify_with_prepared_transactions: only used with delivery: notify")
+    if usable("drain_interval") and math.isnan(entry["drain_interval"]):  # NaN passes every bound
+        errors.append(f"{path}: {where} > drain_interval: .nan is not a number of seconds")
+    if usable("channel"):
+        _check_name_bytes("channel", channel, f"{path}: {where} > channel", errors)
+    for key in ("database", "username", "tag"):
+        if usable(key):
+            _check_no_nul(key, entry[key], f"{path}: {where} > {key}", errors)
+    _check_no_nul("host", host, f"{path}: {where}", errors)
+    if password is not None:
+        _check_no_nul("password", password, f"{path}: {where} > password", errors, show=False)
+
+    monitors: list[Monitor] = []
+    seen_tables: dict[tuple[str, str], str] = {}
+    raw_monitors = entry.get("monitors")
+    for k, raw_monitor in enumerate(raw_monitors if isinstance(raw_monitors, list) else []):
+        if not isinstance(raw_monitor, dict):
+            continue
+        place = (*at, "monitors", k)
+        mwhere = _describe(data, list(place))
+        monitor_errors: list[str] = []
+        monitor = _build_monitor(raw_monitor, mwhere, templates, monitor_errors, delivery,
+                                 lambda relative, place=place: validity.usable((*place, *relative)))
+        errors.extend(f"{path}: {line}" for line in monitor_errors)
+        if monitor is None:
+            continue
+        table_key = (monitor.schema, monitor.table)
+        if table_key in seen_tables:
+            errors.append(f"{path}: {mwhere} > table: duplicate table {monitor.qualified_name!r} "
+                          f"(also at {seen_tables[table_key]})")
+        seen_tables.setdefault(table_key, mwhere)
+        monitors.append(monitor)
+
+    if not validity.complete:
+        return None
+    return Database(
+        host=host,
+        name=entry["database"],
+        tag=entry["tag"],
+        perform_setup=entry["perform_setup"],
+        username=entry["username"],
+        password=password,
+        enabled=entry["enabled"],
+        monitors=tuple(monitors),
+        port=port,
+        channel=channel,
+        sslmode=entry.get("sslmode"),
+        connect_timeout=int(entry.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)),
+        delivery=delivery,
+        password_variable=_password_variable(entry),
+        drain_interval=float(entry.get("drain_interval", DEFAULT_DRAIN_INTERVAL)),
+        notify_with_prepared_transactions=entry.get("notify_with_prepared_transactions", False),
+        location=where,
+    )
 
 
 class TemplateCatalog:
@@ -521,15 +722,14 @@ class TemplateCatalog:
 
 def parse_config(path: str, text: str, templates: TemplateCatalog, base_dir: Path | None = None) -> Config:
     """Validate `text` (the content of `path`); raise UserError listing every problem."""
+    data = read_yaml(path, text)
     try:
-        data = _read_yaml(path, text)
-        errors, broken = _schema_errors(path, data)
-    except RecursionError:  # PyYAML and jsonschema recurse: a few hundred levels of nesting
+        errors, places = _schema_errors(path, data)
+    except RecursionError:  # jsonschema recurses: a few hundred levels of nesting
         raise UserError(f"{path}: nested too deeply to be a pgne config") from None
-    if () in broken:  # the file's shape is wrong: cross-checks would only guess
-        raise UserError(errors)
-    # Cross-check every database entry whose structure is valid, so that all errors show at once.
-    databases, cross_errors = _build(path, data, templates, base_dir or Path(path).resolve().parent, skip=broken)
+    # Stage 2 checks every value that passed stage 1, so that all errors show at once.
+    databases, cross_errors = _build(path, data, templates, base_dir or Path(path).resolve().parent,
+                                     _Validity(places))
     if errors or cross_errors:
         raise UserError(errors + cross_errors)
     return Config(path=path, databases=tuple(databases))
@@ -542,11 +742,13 @@ def config_path(cli_value: str | None) -> str:
 
 def load_config(path: str, templates: TemplateCatalog) -> Config:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_bounded(path, MAX_CONFIG_BYTES).decode("utf-8")
     except FileNotFoundError:
-        raise UserError(f"{path}: no such file (give one with -c/--config or $PGNE_CONFIG)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+        raise UserError(f"{shown_path(path)}: no such file (give one with -c/--config or $PGNE_CONFIG)") from None
+    except OSError as exc:
+        raise UserError(f"{shown_path(path)}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: cannot read: {exc}") from None
     return parse_config(path, text, templates)
 
 

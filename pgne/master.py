@@ -223,6 +223,11 @@ class Master:
             log.error("reload: the config above is invalid; the running config stays")
             self.metrics.reload_ok.set(0)
             return
+        except Exception as exc:  # noqa: BLE001 - whatever a file can do to the loader, the master lives on
+            log.error("reload: %s: cannot be loaded (%s: %s); the running config stays", path,
+                      type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            self.metrics.reload_ok.set(0)
+            return
         old_labels = self.config.label_names
         self.config = config
         wanted = self._slots_for(config)

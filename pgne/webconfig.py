@@ -14,13 +14,13 @@ Keys of the toolkit that pgne does not implement are rejected, not ignored.
 """
 from __future__ import annotations
 
+import re
 import ssl
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from pgne.config import read_bounded, read_yaml, shown_path
 from pgne.errors import UserError
 
 # Python's ssl verifies every client certificate it asks for, so the toolkit's two modes that
@@ -61,14 +61,26 @@ class WebConfig:
         return ok
 
 
+MAX_WEB_CONFIG_BYTES = 1024 * 1024
+BCRYPT_HASH_RE = re.compile(r"^\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}\Z")
+PATH_KEYS = ("cert_file", "key_file", "client_ca_file")
+
+
 def load_web_config(path: str) -> WebConfig:
-    where = f"--web.config.file {path}"
+    """Every problem at once, each naming the key; exit 2 (UserError), never a traceback."""
+    where = f"--web.config.file {shown_path(path)}"
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        text = read_bounded(path, MAX_WEB_CONFIG_BYTES).decode("utf-8")
     except OSError as exc:
         raise UserError(f"{where}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"{where}: YAML syntax error: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{where}: cannot read: {exc}") from None
+    try:
+        data = read_yaml(where, text)
+    except UserError as exc:
+        if not exc.lines[0].endswith("every YAML document is empty)"):
+            raise
+        data = {}
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a mapping")
     errors = [f"{where}: unknown key {k!r} (supported: {', '.join(sorted(TOP_KEYS))})"
@@ -81,8 +93,12 @@ def load_web_config(path: str) -> WebConfig:
         errors.append(f"{where}: basic_auth_users: expected a mapping of user -> bcrypt hash")
         users = {}
     for user, hashed in users.items():
-        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            errors.append(f"{where}: basic_auth_users > {user}: not a bcrypt hash")
+        if isinstance(user, bool) or not isinstance(user, (str, int)):  # `123:` is the user "123"
+            errors.append(f"{where}: basic_auth_users: user {user!r} is not a user name")
+        elif not isinstance(hashed, str) or not BCRYPT_HASH_RE.match(hashed):
+            # bcrypt's own check would raise on a hash that is not ASCII, or not 60 characters
+            errors.append(f"{where}: basic_auth_users > {user}: not a bcrypt hash "
+                          f"($2a$, $2b$ or $2y$, cost, then 53 characters of ./A-Za-z0-9)")
         else:
             config.users[str(user)] = hashed.encode("ascii")
 
@@ -96,12 +112,20 @@ def load_web_config(path: str) -> WebConfig:
             for required in ("cert_file", "key_file"):
                 if not tls.get(required):
                     errors.append(f"{where}: tls_server_config > {required} is required")
+            for key in PATH_KEYS:
+                value = tls.get(key)
+                if value is None or value == "":
+                    continue
+                if not isinstance(value, str):
+                    errors.append(f"{where}: tls_server_config > {key}: expected a file name, got {value!r}")
+                elif "\x00" in value:
+                    errors.append(f"{where}: tls_server_config > {key}: {value!r} contains a NUL character")
             auth = tls.get("client_auth_type", "NoClientCert")
-            if auth not in CLIENT_AUTH_TYPES:
+            if not isinstance(auth, str) or auth not in CLIENT_AUTH_TYPES:
                 errors.append(f"{where}: tls_server_config > client_auth_type: {auth!r} is not one of "
                               f"{', '.join(CLIENT_AUTH_TYPES)}")
             version = tls.get("min_version", "TLS12")
-            if version not in TLS_VERSIONS:
+            if not isinstance(version, str) or version not in TLS_VERSIONS:
                 errors.append(f"{where}: tls_server_config > min_version: {version!r} is not one of "
                               f"{', '.join(TLS_VERSIONS)}")
             if not errors:
@@ -109,6 +133,15 @@ def load_web_config(path: str) -> WebConfig:
     if errors:
         raise UserError(errors)
     return config
+
+
+def _no_passphrase() -> bytes:
+    # Without a callback OpenSSL asks for the passphrase of an encrypted key on the terminal.
+    raise _EncryptedKey
+
+
+class _EncryptedKey(Exception):
+    pass
 
 
 def _ssl_context(where: str, base: Path, tls: dict, auth: str, version: str) -> ssl.SSLContext:
@@ -119,11 +152,14 @@ def _ssl_context(where: str, base: Path, tls: dict, auth: str, version: str) -> 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = TLS_VERSIONS[version]
     try:
-        context.load_cert_chain(resolve("cert_file"), resolve("key_file"))
+        context.load_cert_chain(resolve("cert_file"), resolve("key_file"), password=_no_passphrase)
         if tls.get("client_ca_file"):
             context.load_verify_locations(resolve("client_ca_file"))
         elif auth != "NoClientCert":
             raise UserError(f"{where}: tls_server_config > client_auth_type {auth} needs client_ca_file")
+    except _EncryptedKey:
+        raise UserError(f"{where}: tls_server_config > key_file: {shown_path(tls['key_file'])} is encrypted "
+                        f"(protected by a passphrase); pgne needs an unencrypted key") from None
     except (OSError, ssl.SSLError) as exc:
         raise UserError(f"{where}: tls_server_config: {getattr(exc, 'strerror', None) or exc}") from None
     context.verify_mode = CLIENT_AUTH_TYPES[auth]

@@ -846,3 +846,129 @@ def test_schema_errors_and_cross_check_errors_of_other_entries_are_reported_toge
         f"(searched {builtin_templates_dir()})",
         f"{NAME}: localhost > a: duplicate database localhost:5432/a (database entries #1 and #3 of the file)",
     ]
+
+
+def test_structural_and_cross_reference_errors_are_all_reported_in_one_round():
+    """4 structural errors and 6 cross-reference errors, among them in the monitors of an entry that
+    has a structural error, next to a wrongly typed sibling key, and under a malformed host entry."""
+    text = yaml_text("""
+        - localhost:
+          - database: test
+            tag: t
+            perform_setup: maybe
+            username: postgres
+            password: secret
+            enabled: true
+            monitors:
+            - table: one
+              enabled: 1
+              function: nope
+              events: [insert, INSERT]
+            - table: public.one
+              enabled: true
+              function: simple_event_notification
+              columns_to_label:
+              - code: [a, a]
+              events: [insert]
+          otherhost:
+          - database: d
+            tag: t
+            perform_setup: true
+            username: u
+            password: p
+            enabled: true
+            delivery: pigeon
+            monitors:
+            - {table: a, enabled: true, function: nope2, events: [insert]}
+        """)
+    searched = f"(searched {builtin_templates_dir()})"
+    assert errors(text) == [
+        f"{NAME}: [0]: expected a mapping with exactly one key, got 2",
+        f"{NAME}: [0] > localhost > test > monitors[0] > enabled: 1 is not of type 'boolean'",
+        f"{NAME}: [0] > localhost > test > perform_setup: 'maybe' is not of type 'boolean'",
+        f"{NAME}: [0] > otherhost > d > delivery: 'pigeon' is not one of ['notify', 'outbox']",
+        f"{NAME}: [0] > localhost > test > monitors[0] > events[1]: duplicate event 'INSERT'",
+        f"{NAME}: [0] > localhost > test > monitors[0] > function: no template 'nope.sql.j2' {searched}",
+        f"{NAME}: [0] > localhost > test > monitors[1] > columns_to_label[0] > code[1]: duplicate value 'a'",
+        f"{NAME}: [0] > localhost > test > monitors[1] > columns_to_label: template 'simple_event_notification' "
+        f"ignores columns_to_label (use notification_with_payload, or a template that reads columns_to_label)",
+        f"{NAME}: [0] > localhost > test > monitors[1] > table: duplicate table 'public.one' "
+        f"(also at [0] > localhost > test > monitors[0])",
+        f"{NAME}: [0] > otherhost > d > monitors[0] > function: no template 'nope2.sql.j2' {searched}",
+    ]
+
+
+def test_a_wrongly_typed_password_is_a_schema_error_only():
+    assert errors(config({"password: secret": "password: [1]"})) == [
+        f"{DB} > password: (a value that holds a password, not shown) is not of type 'string'"]
+
+
+def test_json_surrogate_pairs_become_the_character_they_encode():
+    text = json.dumps(yaml_load_base(), ensure_ascii=True).replace('"business_tag"', '"\\ud83d\\ude00 tag"')
+    assert "\\ud83d\\ude00" in text
+    [database] = parse(text).databases
+    assert database.tag == "\U0001F600 tag"
+
+
+def yaml_load_base():
+    import yaml
+
+    return yaml.safe_load(config())
+
+
+@pytest.mark.parametrize("escaped, shown", [('\\ud83d', "'\\ud83d'"), ('\\ude00\\ud83d', "'\\ude00'"),
+                                             ('x\\udfffy', "'\\udfff'")])
+def test_a_lone_surrogate_is_refused_with_its_line_and_column(escaped, shown):
+    assert errors(config({"tag: business_tag": f'tag: "{escaped}"'})) == [
+        f"{NAME}: line 3, column 10: {shown} is a lone UTF-16 surrogate, not a character "
+        f"(a \\uD800-\\uDFFF escape must be half of a pair)"]
+
+
+def test_a_lone_surrogate_in_a_key_or_a_whitelist_value_is_refused():
+    assert errors(config({"events: [insert]": 'events: [insert]\n      columns_to_label: [{"\\udead": [a]}]'})) \
+        == [f"{NAME}: line 13, column 27: '\\udead' is a lone UTF-16 surrogate, not a character "
+            f"(a \\uD800-\\uDFFF escape must be half of a pair)"]
+
+
+@pytest.mark.parametrize("value, shown", [
+    ("2001-01-01", "datetime.date(2001, 1, 1)"),
+    ("!!binary aGVsbG8=", "b'hello'"),
+    ("!!set {a}", "{'a'}"),
+    ("2001-01-01 10:00:00", "datetime.datetime(2001, 1, 1, 10, 0)"),
+])
+def test_yaml_timestamps_binaries_and_sets_are_not_strings(value, shown):
+    assert errors(config({"tag: business_tag": f"tag: {value}"})) == [
+        f"{DB} > tag: {shown} is not of type 'string'"]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("port", "99999999999999999999999", "99999999999999999999999 is greater than the maximum of 65535"),
+    ("connect_timeout", "4294967297", "4294967297 is greater than the maximum of 3600"),
+])
+def test_huge_numbers_are_refused(key, value, message):
+    assert errors(config({"enabled: true": f"enabled: true\n    {key}: {value}"})) == [f"{DB} > {key}: {message}"]
+
+
+def test_a_nan_drain_interval_is_refused():
+    assert errors(config({"enabled: true": "enabled: true\n    delivery: outbox\n    drain_interval: .nan"})) == [
+        f"{DB} > drain_interval: .nan is not a number of seconds"]
+
+
+def test_a_long_wrong_value_is_cut_short_in_its_message():
+    assert errors(config({"tag: business_tag": f"tag: [{'x' * 500}]"})) == [
+        f"{DB} > tag: ['{'x' * 98}... (504 characters) is not of type 'string'"]
+
+
+def test_a_recursive_alias_is_refused_where_it_is_written():
+    assert errors("- &a [localhost, *a]\n") == [
+        f"{NAME}: line 1, column 18: alias *a refers to a node that contains it (a recursive alias)"]
+
+
+def test_shared_defaults_by_merge_keys_are_well_within_the_alias_limit():
+    monitors = "    monitors: [{table: one, enabled: yes, function: notification_with_payload, events: [insert]}]\n"
+    first = ("  - <<: &defaults {tag: t, perform_setup: true, username: postgres, password: x, enabled: true}\n"
+             "    database: test0\n" + monitors)
+    others = "".join(f"  - <<: *defaults\n    database: test{n}\n" + monitors for n in range(1, 500))
+    databases = parse("- localhost:\n" + first + others).databases
+    assert [d.name for d in databases] == [f"test{n}" for n in range(500)]
+    assert {(d.tag, d.enabled, d.password) for d in databases} == {("t", True, "x")}
