@@ -155,7 +155,8 @@ def _reachable_by(user: pwd.struct_passwd, path: Path) -> bool:
 def _copy_for(user: pwd.struct_passwd, binaries: Binaries) -> Binaries:
     """The embedded installation copied to a world-readable cache, once per version."""
     install = binaries.bin_dir.parent
-    cache = Path(tempfile.gettempdir()) / f"pgne-postgres-{binaries.major}-{os.stat(install / 'bin' / 'postgres').st_size}"
+    build = os.stat(install / "bin" / "postgres").st_size  # tells two builds of one major apart
+    cache = Path(tempfile.gettempdir()) / f"pgne-postgres-{binaries.major}-{build}"
     if not (cache / "bin" / "initdb").exists():
         staging = Path(tempfile.mkdtemp(prefix="pgne-postgres-copy-", dir=tempfile.gettempdir()))
         try:

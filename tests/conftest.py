@@ -39,7 +39,6 @@ from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 
 
-
 @dataclass(frozen=True)
 class PgDatabase:
     """A throwaway database on the test server (the `pg_database` fixture).

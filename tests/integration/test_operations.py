@@ -4,7 +4,6 @@ basic auth, a client that never finishes its handshake)."""
 from __future__ import annotations
 
 import base64
-import os
 import signal
 import socket
 import ssl
