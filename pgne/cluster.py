@@ -23,6 +23,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -275,6 +276,19 @@ class ThrowawayCluster:
                 self.stop("immediate")
         shutil.rmtree(self.base, ignore_errors=True)
 
+    def remove_when_this_process_exits(self) -> None:
+        """Stop and remove the cluster when this process exits, however it exits (SIGKILL too):
+        a watchdog in a session of its own waits for EOF on a pipe whose write end only this
+        process holds (the server itself, started by pg_ctl, outlives its starter)."""
+        read_end, write_end = os.pipe()
+        subprocess.Popen([sys.executable, "-m", "pgne.cluster", "--remove-on-eof", str(read_end),
+                          self.binaries.path("pg_ctl"), str(self.data), str(self.base),
+                          self.user.pw_name if self.user else ""],
+                         pass_fds=(read_end,), start_new_session=True, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(read_end)
+        self._watchdog_pipe = write_end  # never written; closed by the exit of this process
+
     def __enter__(self) -> "ThrowawayCluster":
         return self
 
@@ -321,3 +335,23 @@ def running_cluster(binaries: Binaries | None = None, **options: object) -> Iter
         yield cluster.start()
     finally:
         cluster.destroy()
+
+
+def _remove_on_eof(fd: int, pg_ctl: str, data: str, base: str, user: str) -> None:
+    """The watchdog of remove_when_this_process_exits()."""
+    with contextlib.suppress(OSError):
+        while os.read(fd, 4096):
+            pass
+    argv = [pg_ctl, "-D", data, "-w", "-t", "30", "stop", "-m", "immediate"]
+    if user:
+        argv = ["runuser", "-u", user, "--", *argv]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(argv, capture_output=True, timeout=60)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":  # python -m pgne.cluster --remove-on-eof FD PG_CTL DATA BASE USER
+    if len(sys.argv) == 7 and sys.argv[1] == "--remove-on-eof":
+        _remove_on_eof(int(sys.argv[2]), *sys.argv[3:])
+    else:
+        sys.exit("usage: python -m pgne.cluster --remove-on-eof FD PG_CTL DATA BASE USER (pgne's own use)")

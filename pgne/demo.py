@@ -373,6 +373,7 @@ def demo(dsn: str | None, listen_address: str, rate: float = DEFAULT_RATE, log_l
           "(removed when the demo stops) ...", flush=True)
     try:
         cluster = ThrowawayCluster(binaries, prefix="pgne-demo-postgres-")
+        cluster.remove_when_this_process_exits()  # a demo killed with SIGKILL leaves no server
     except ClusterError as exc:
         raise UserError(f"pgne demo: cannot make the embedded PostgreSQL server: {exc}", EXIT_RUNTIME) from None
     try:

@@ -93,7 +93,7 @@ def pg_dsn() -> Iterator[str]:
         pytest.fail(f"PGNE_TEST_SERVER must be 'embedded' or 'system', not {server!r}", pytrace=False)
     try:
         binaries = find_binaries(prefer=server)
-        if binaries.source != server:
+        if binaries.source not in (server, "PGNE_POSTGRES_BIN"):
             raise ClusterError(f"PGNE_TEST_SERVER={server}, but only {binaries.describe()} is at hand")
         cluster = ThrowawayCluster(binaries, settings={"max_connections": 200}, prefix="pgne-test-server-")
     except ClusterError as exc:

@@ -236,3 +236,25 @@ def test_demo_without_a_dsn_or_the_embedded_server_names_the_install_command(mon
         "or give the demo a database to play in: pgne demo --dsn 'host=... dbname=... user=...'",
     ]
     assert out == ""
+
+
+def test_a_demo_killed_with_sigkill_leaves_no_embedded_server_running(start_demo):
+    demo = start_demo(None)
+    demo.wait_for_banner()
+    dsn = re.search(r'the embedded server listens on 127\.0\.0\.1:\d+ \(psql "([^"]+)"\)', demo.stdout).group(1)
+    port = int(parse_dsn(dsn)["port"])
+    data_dir = sql_rows(dsn, "SELECT current_setting('data_directory')")[0][0]
+    demo.kill()  # SIGKILL to the demo's whole process group: no clean-up code of the demo runs
+
+    def server_gone() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return False
+        except OSError:
+            return not Path(data_dir).parent.exists()
+
+    deadline = time.monotonic() + STOP_DEADLINE
+    while not server_gone():
+        assert time.monotonic() < deadline, f"the embedded server still runs or its directory is left\n{demo.output()}"
+        time.sleep(0.1)
+    assert subprocess.run(["pgrep", "-f", data_dir], capture_output=True, text=True).stdout == ""
