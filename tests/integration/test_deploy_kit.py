@@ -42,10 +42,14 @@ GRAFANA_VARIABLES = {"${label:csv}": "supplier", "$__rate_interval": "1m", "$hos
                      "$table": ".*"}
 
 
+DEBIAN_PACKAGES = {"promtool": "prometheus", "systemd-analyze": "systemd"}
+
+
 def need(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        pytest.fail(f"{tool} is not installed (.ci/run installs it)")
+        pytest.fail(f"{tool} is not installed: install Debian's {DEBIAN_PACKAGES[tool]} package "
+                    f"(`python3 dev.py test` does, as root)", pytrace=False)
     return path
 
 

@@ -4,7 +4,6 @@ basic auth, a client that never finishes its handshake)."""
 from __future__ import annotations
 
 import base64
-import os
 import signal
 import socket
 import ssl
@@ -27,7 +26,6 @@ from runner import (
     wait_until,
 )
 
-ADMIN_DSN = os.environ.get("PGNE_TEST_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 ORDERS = {"table": "orders", "enabled": True, "function": "notification_with_payload",
           "columns_to_label": [{"supplier": ["acme", "globex"]}], "events": ["insert"]}
 
@@ -64,8 +62,8 @@ def pgne_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def two_databases():
-    with throwaway_database(ADMIN_DSN) as a, throwaway_database(ADMIN_DSN) as b:
+def two_databases(pg_dsn):
+    with throwaway_database(pg_dsn) as a, throwaway_database(pg_dsn) as b:
         for db in (a, b):
             execute(db.dsn, "CREATE TABLE orders (id serial, supplier text)",
                     "CREATE TABLE invoices (id serial, supplier text)")
@@ -173,12 +171,12 @@ def test_status_reports_drift_and_apply_prune_removes_objects_the_config_no_long
 
     result = pgne_cli("status", "-c", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.splitlines()[1].split() == [f"127.0.0.1:5432/{a.name}", "in", "sync"]
+    assert result.stdout.splitlines()[1].split() == [f"{a.host}:{a.port}/{a.name}", "in", "sync"]
 
     execute(a.dsn, "DROP TRIGGER pgne_delete ON orders")
     result = pgne_cli("status", "-c", str(config))
     assert result.returncode == 1
-    assert f"127.0.0.1:5432/{a.name}  missing  trigger pgne_delete on public.orders" in result.stdout
+    assert f"{a.host}:{a.port}/{a.name}  missing  trigger pgne_delete on public.orders" in result.stdout
 
     # invoices leaves the config entirely: its trigger and function become `extra`.
     config.write_text(config_yaml(("127.0.0.1", [database_entry(a, [both])])))

@@ -349,14 +349,45 @@ def test_payloads_have_json_build_objects_layout_byte_for_byte(conn, listener):
         assert cur.fetchone()[0] == listener.raw_payloads[1]
 
 
-def test_a_case_insensitive_column_collation_lets_no_raw_value_out(pg_database, write_config, listener_factory):
-    """Whitelists compare byte for byte: under a nondeterministic collation 'ALPHA' = 'alpha', but
-    'ALPHA' is not on the whitelist, so it must be sent as `other`, never as itself."""
-    pg_database.execute("CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);"
-                        "CREATE TABLE one (id serial PRIMARY KEY, code text COLLATE ci)")
+CASE_INSENSITIVE_COLLATION = "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
+
+
+def case_insensitive_code_column(db) -> str:
+    """The type of a case-insensitive `code` column that this server can make.
+
+    A nondeterministic ICU collation where the server has ICU. A build without ICU (the embedded
+    PostgreSQL 18) cannot make any nondeterministic collation (every other provider compares
+    byte for byte when strings are equal), which is asserted; the column is then citext, the
+    case-insensitive type that both builds ship."""
+    try:
+        db.execute(CASE_INSENSITIVE_COLLATION)
+        return "text COLLATE ci"
+    except psycopg2.errors.FeatureNotSupported as exc:
+        assert str(exc).startswith("ICU is not supported in this build"), exc
+    for provider, locale in (("libc", "C"), ("builtin", "C")):
+        with pytest.raises(psycopg2.errors.FeatureNotSupported,
+                           match="^nondeterministic collations not supported with this provider"):
+            db.execute(f"CREATE COLLATION ci_{provider} (provider = {provider}, locale = '{locale}', "
+                       "deterministic = false)")
+    db.execute("CREATE EXTENSION citext")
+    return "citext"
+
+
+@pytest.mark.parametrize("column_kind", ["case-insensitive collation", "citext"])
+def test_a_case_insensitive_column_lets_no_raw_value_out(pg_database, write_config, listener_factory,
+                                                        column_kind):
+    """Whitelists compare byte for byte: where the column's type or collation says 'ALPHA' =
+    'alpha', 'ALPHA' is still not on the whitelist, so it must be sent as `other`, never as itself."""
+    if column_kind == "citext":
+        pg_database.execute("CREATE EXTENSION citext")
+        column_type = "citext"
+    else:
+        column_type = case_insensitive_code_column(pg_database)
+    pg_database.execute(f"CREATE TABLE one (id serial PRIMARY KEY, code {column_type})")
     assert apply_in_process(write_config(pg_database, MONITORS.split("- table: two")[0])).code == 0
     listener = listener_factory(pg_database)
     pg_database.execute("INSERT INTO one (code) VALUES ('alpha'), ('ALPHA'), ('Alpha'), ('beta')")
+    assert pg_database.execute("SELECT count(*) FROM one WHERE code = 'alpha'") == [(3,)]  # the column's own view
     listener.wait_for({one("alpha"): 1, one("other"): 2, one("beta"): 1})
     assert not any("ALPHA" in raw or "Alpha" in raw for raw in listener.raw_payloads), listener.raw_payloads
 

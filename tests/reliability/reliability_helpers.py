@@ -28,7 +28,7 @@ from typing import Iterator
 
 import psycopg2
 import yaml
-from cluster import TempCluster
+from cluster import ClusterError, TempCluster
 from helpers import run_sql  # noqa: F401 - re-exported to the suite
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn
@@ -71,7 +71,7 @@ def start_cluster(attempts: int = 3, hba: str | None = None, settings: dict[str,
             cluster.start()
             cluster.wait_ready()
             return cluster
-        except (subprocess.CalledProcessError, psycopg2.OperationalError) as exc:
+        except (ClusterError, subprocess.CalledProcessError, psycopg2.OperationalError) as exc:
             try:
                 with open(cluster.log) as f:
                     log = f.read()[-2000:]
