@@ -154,7 +154,7 @@ class Master:
     def _reap(self) -> None:
         from prometheus_client.multiprocess import mark_process_dead
 
-        from pgne.compaction import compact
+        from pgne.compaction import compact, relabel_series
         from pgne.worker import EXIT_TEARDOWN_FAILED, TEARDOWN
 
         while True:
@@ -166,6 +166,9 @@ class Master:
                 return
             mark_process_dead(pid, self.state_dir)
             compact(self.state_dir, pid)  # its files into *_merged.db: scrape time stays flat across restarts
+            # A worker of an earlier config may have written pgne_events_total with other label
+            # columns: bring its series to the current ones, so that no series is served twice.
+            relabel_series(self.state_dir, self.config.label_names)
             code = os.waitstatus_to_exitcode(status)
             slot = next((s for s in self.slots.values() if s.pid == pid), None)
             if slot is None:  # a worker of a slot we already replaced (reload)
@@ -199,16 +202,16 @@ class Master:
             if slot.restart_at is not None and slot.restart_at <= now and key not in retiring:
                 if slot.process is not None:  # not the first start
                     db = slot.database
-                    self.metrics.worker_restarts.labels(db.host, db.name).inc()
+                    self.metrics.worker_restarts.labels(db.host_label, db.name).inc()
                 self._spawn(slot)
 
     def _init_series(self) -> None:
-        self.server.serve_databases(frozenset((db.host, db.name) for db in self.config.enabled_databases))
+        self.server.serve_databases(frozenset((db.host_label, db.name) for db in self.config.enabled_databases))
         for slot in self.slots.values():
             db = slot.database
             if slot.mode == "listen":
-                self.metrics.database_up.labels(db.host, db.name, db.tag).set(0)
-                self.metrics.worker_restarts.labels(db.host, db.name).inc(0)
+                self.metrics.database_up.labels(db.host_label, db.name, db.tag).set(0)
+                self.metrics.worker_restarts.labels(db.host_label, db.name).inc(0)
 
     # -- reload (SIGHUP) -----------------------------------------------------------------------
 
