@@ -29,7 +29,10 @@ from typing import Iterator
 import psycopg2
 import yaml
 from cluster import TempCluster
-from helpers import run_sql  # noqa: F401 - re-exported to the suite
+from helpers import (
+    host_label,
+    run_sql,  # noqa: F401 - re-exported to the suite
+)
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn
 from runner import PgneProcess, throwaway_database, wait_until
@@ -112,6 +115,11 @@ class DatabaseRef:
     password: str = ""
 
     @property
+    def host_label(self) -> str:
+        """pgne's `host` label of this database (host:port off port 5432)."""
+        return host_label(self.host, self.port)
+
+    @property
     def dsn(self) -> str:
         return make_dsn(host=self.host, port=self.port, user=self.user, dbname=self.name,
                         password=self.password or None, connect_timeout=10)
@@ -165,21 +173,21 @@ def pgne_backends(db) -> list[int]:
 # -- reading pgne ------------------------------------------------------------------------------------
 
 def up_labels(db, tag: str = TAG) -> dict[str, str]:
-    return {"host": db.host, "database": db.name, "tag": tag}
+    return {"host": db.host_label, "database": db.name, "tag": tag}
 
 
 def db_labels(db) -> dict[str, str]:
-    return {"host": db.host, "database": db.name}
+    return {"host": db.host_label, "database": db.name}
 
 
 def result_labels(db, result: str) -> dict[str, str]:
-    return {"host": db.host, "database": db.name, "result": result}
+    return {"host": db.host_label, "database": db.name, "result": result}
 
 
 def events(proc: PgneProcess, db, label: str | None = "code") -> dict[tuple, float]:
     """pgne_events_total of one database: {(operation, schema.table[, label value]): value}."""
     found = {}
-    for labels, value in proc.series("pgne_events_total", database=db.name, host=db.host).items():
+    for labels, value in proc.series("pgne_events_total", database=db.name, host=db.host_label).items():
         d = dict(labels)
         key = (d["operation"], f"{d['schema']}.{d['table']}")
         if label is not None:
@@ -191,7 +199,7 @@ def events(proc: PgneProcess, db, label: str | None = "code") -> dict[tuple, flo
 def notifications(proc: PgneProcess, db) -> dict[str, float]:
     """pgne_notifications_total of one database: {result: value}."""
     return {dict(labels)["result"]: value
-            for labels, value in proc.series("pgne_notifications_total", database=db.name, host=db.host).items()}
+            for labels, value in proc.series("pgne_notifications_total", database=db.name, host=db.host_label).items()}
 
 
 def settle(proc: PgneProcess, db, timeout: float = 60, channel: str = CHANNEL) -> None:

@@ -779,7 +779,7 @@ def test_sql_injection_through_the_channel_is_quoted_and_pgne_counts_on_it(victi
     try:
         proc.start(timeout=60)
         run_sql(db, "INSERT INTO one (code) VALUES ('alpha'), ('alpha'), ('zeta')")
-        labels = {"operation": "INSERT", "host": db.host, "database": db.name, "tag": "rel", "schema": "public",
+        labels = {"operation": "INSERT", "host": db.host_label, "database": db.name, "tag": "rel", "schema": "public",
                   "table": "one", "code": "alpha"}
         proc.wait_for_value("pgne_events_total", labels, 2, timeout=30)
         proc.wait_for_value("pgne_events_total", dict(labels, code="other"), 1, timeout=30)
