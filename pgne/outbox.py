@@ -165,7 +165,30 @@ class OutboxExporter:
         self.fold_pending = switch_generation > 0
 
     def _fold_notify_counts(self, conn) -> None:
-        """Raise pgne.totals to what is exported, series by series (see the class)."""
+        """Raise pgne.totals to what is exported, series by series (see the class). Under a lock
+        that drains and other folds wait for: what is read is what is raised."""
+        with conn.cursor() as cur:
+            cur.execute("BEGIN")
+            try:
+                cur.execute("LOCK TABLE pgne.totals IN SHARE ROW EXCLUSIVE MODE")
+                rows = self._missing_totals(conn)
+                if rows:
+                    cur.execute(ADD_SQL, [list(column) for column in zip(*rows)])
+                cur.execute("COMMIT")
+            except BaseException:
+                if not conn.closed:
+                    try:
+                        cur.execute("ROLLBACK")
+                    except Exception:  # the connection is gone: the server rolled back
+                        pass
+                raise
+        if rows:
+            log.info("switched from notify: pgne.totals continues from the %d counted so far",
+                     sum(row[3] for row in rows))
+        self.fold_pending = False
+
+    def _missing_totals(self, conn) -> list[tuple]:
+        """pgne.totals rows to add so that each exported series' total reaches what is exported."""
         totals = {key: total for key, (total, _) in self._read_totals(conn)[0].items()}
         rows = []
         for key, value in self.exported.items():
@@ -178,12 +201,7 @@ class OutboxExporter:
             row_labels.update(extras)
             last_event = datetime.fromtimestamp(self._exported_last.get(key, 0.0), timezone.utc)
             rows.append((f"{schema}.{table}", operation, json.dumps(row_labels, sort_keys=True), missing, last_event))
-        if rows:
-            with conn.cursor() as cur:  # autocommit: one statement, one transaction
-                cur.execute(ADD_SQL, [list(column) for column in zip(*rows)])
-            log.info("switched from notify: pgne.totals continues from the %d counted so far",
-                     sum(row[3] for row in rows))
-        self.fold_pending = False
+        return rows
 
     def drain(self, conn) -> int:
         """Move every committed event_log row into totals; returns the number of rows moved."""
