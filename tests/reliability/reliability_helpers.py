@@ -173,21 +173,21 @@ def pgne_backends(db) -> list[int]:
 # -- reading pgne ------------------------------------------------------------------------------------
 
 def up_labels(db, tag: str = TAG) -> dict[str, str]:
-    return {"host": db.host_label, "database": db.name, "tag": tag}
+    return {"host": host_label(db.host, db.port), "database": db.name, "tag": tag}
 
 
 def db_labels(db) -> dict[str, str]:
-    return {"host": db.host_label, "database": db.name}
+    return {"host": host_label(db.host, db.port), "database": db.name}
 
 
 def result_labels(db, result: str) -> dict[str, str]:
-    return {"host": db.host_label, "database": db.name, "result": result}
+    return {"host": host_label(db.host, db.port), "database": db.name, "result": result}
 
 
 def events(proc: PgneProcess, db, label: str | None = "code") -> dict[tuple, float]:
     """pgne_events_total of one database: {(operation, schema.table[, label value]): value}."""
     found = {}
-    for labels, value in proc.series("pgne_events_total", database=db.name, host=db.host_label).items():
+    for labels, value in proc.series("pgne_events_total", database=db.name, host=host_label(db.host, db.port)).items():
         d = dict(labels)
         key = (d["operation"], f"{d['schema']}.{d['table']}")
         if label is not None:
@@ -199,7 +199,7 @@ def events(proc: PgneProcess, db, label: str | None = "code") -> dict[tuple, flo
 def notifications(proc: PgneProcess, db) -> dict[str, float]:
     """pgne_notifications_total of one database: {result: value}."""
     return {dict(labels)["result"]: value
-            for labels, value in proc.series("pgne_notifications_total", database=db.name, host=db.host_label).items()}
+            for labels, value in proc.series("pgne_notifications_total", **db_labels(db)).items()}
 
 
 def settle(proc: PgneProcess, db, timeout: float = 60, channel: str = CHANNEL) -> None:
