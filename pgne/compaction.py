@@ -127,3 +127,65 @@ def compact(state_dir: str, pid: int) -> int:
     except (OSError, RuntimeError) as exc:  # RuntimeError: prometheus_client's "file is corrupted"
         log.warning("cannot merge the metrics files of process %d: %s; they stay as they are", pid, exc)
     return folded
+
+
+# Series whose label names follow the config's label columns (pgne.metrics.WorkerMetrics.series).
+SERIES_METRICS = frozenset({"pgne_events", "pgne_last_event_timestamp_seconds"})
+SERIES_BUILTINS = ("operation", "host", "database", "tag", "schema", "table")
+
+
+def series_labels(labels: dict, label_names: tuple[str, ...]) -> dict:
+    """`labels` of a pgne_events_total series (or its timestamp) with the label columns
+    `label_names`: a column the series lacks is added empty; one it has that `label_names` lacks
+    is dropped when empty (to Prometheus an empty label is no label: the same series) and kept
+    otherwise (a series of its own, that keeps its value)."""
+    out = {name: labels[name] for name in SERIES_BUILTINS if name in labels}
+    for name in label_names:
+        out[name] = labels.get(name, "")
+    for name, value in labels.items():
+        if name not in out and value != "":
+            out[name] = value
+    return out
+
+
+def relabel_series(state_dir: str, label_names: tuple[str, ...]) -> int:
+    """Rewrite the merged files' pgne_events_total series (and timestamps) to the label columns
+    `label_names` (see series_labels), combining series that become one; returns the number of
+    keys rewritten. Call it when every process that wrote other label columns has been reaped
+    and compacted. A file that needs no change is not written."""
+    import json
+
+    changed = 0
+    try:
+        with _flock(state_dir, fcntl.LOCK_EX):
+            for prefix, combine in MERGEABLE.items():
+                path = os.path.join(state_dir, f"{prefix}_{MERGED}.db")
+                if not os.path.exists(path):
+                    continue
+                entries: dict[str, Entry] = {}
+                rewritten = 0
+                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(path):
+                    metric, name, labels, help_text = json.loads(key)
+                    if metric in SERIES_METRICS and isinstance(labels, dict):
+                        new = series_labels(labels, label_names)
+                        if new != labels:
+                            key = json.dumps([metric, name, new, help_text], sort_keys=True)
+                            rewritten += 1
+                    entry = (value, timestamp)
+                    entries[key] = combine(entries[key], entry) if key in entries else entry
+                if not rewritten:
+                    continue
+                work = path + ".tmp"
+                if os.path.exists(work):
+                    os.remove(work)
+                target = MmapedDict(work)
+                try:
+                    for key, (value, timestamp) in entries.items():
+                        target.write_value(key, value, timestamp)
+                finally:
+                    target.close()
+                os.replace(work, path)  # a new inode: readers' caches see the change
+                changed += rewritten
+    except (OSError, RuntimeError, ValueError) as exc:
+        log.warning("cannot relabel the merged metrics files: %s; they stay as they are", exc)
+    return changed

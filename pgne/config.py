@@ -103,6 +103,16 @@ class Database:
         return f"{self.host}:{self.port}/{self.name}"
 
     @property
+    def host_label(self) -> str:
+        """The `host` label of this database's series: the host, and `:port` when the port is
+        not 5432, so that two clusters on one host never share a series (while series of the
+        common single-cluster setup keep the plain host name)."""
+        if self.port == DEFAULT_PORT:
+            return self.host
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
+        return f"{host}:{self.port}"
+
+    @property
     def enabled_monitors(self) -> tuple[Monitor, ...]:
         return tuple(m for m in self.monitors if m.enabled) if self.enabled else ()
 

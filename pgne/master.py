@@ -86,6 +86,8 @@ class Master:
         # child runs is reaped by subprocess's own cleanup at the next Popen(), and then never by
         # _reap, so mark_process_dead() would not run and its pgne_database_up 1 would stay.
         self.retiring: dict[int, tuple[subprocess.Popen, tuple]] = {}  # pid -> (process, database key)
+        # The label columns each running worker writes pgne_events_total with (pid -> names).
+        self.worker_labels: dict[int, tuple[str, ...]] = {}
         # Reloads that switched a database from notify to outbox (see pgne.outbox.OutboxExporter).
         self.outbox_switches: dict[tuple, int] = {}
         self.flags: set[int] = set()
@@ -144,6 +146,7 @@ class Master:
             pass  # it died at once; the reaper sees it
         # process.stdin stays open: its EOF tells the worker that we are gone.
         slot.process, slot.started_at, slot.restart_at = process, time.monotonic(), None
+        self.worker_labels[process.pid] = spec.label_names
         log.info("%s: %s worker started (pid %d)", slot.database.display_name, slot.mode, process.pid)
 
     def _stop_slot(self, slot: WorkerSlot) -> None:
@@ -154,7 +157,7 @@ class Master:
     def _reap(self) -> None:
         from prometheus_client.multiprocess import mark_process_dead
 
-        from pgne.compaction import compact
+        from pgne.compaction import compact, relabel_series
         from pgne.worker import EXIT_TEARDOWN_FAILED, TEARDOWN
 
         while True:
@@ -166,6 +169,11 @@ class Master:
                 return
             mark_process_dead(pid, self.state_dir)
             compact(self.state_dir, pid)  # its files into *_merged.db: scrape time stays flat across restarts
+            if self.worker_labels.pop(pid, self.config.label_names) != self.config.label_names:
+                # A worker of an earlier config wrote pgne_events_total with other label columns:
+                # bring its series to the current ones, so that no series is served twice
+                # (to Prometheus, `note=""` is no label: {table="t"} and {table="t",note=""} are one).
+                relabel_series(self.state_dir, self.config.label_names)
             code = os.waitstatus_to_exitcode(status)
             slot = next((s for s in self.slots.values() if s.pid == pid), None)
             if slot is None:  # a worker of a slot we already replaced (reload)
@@ -199,16 +207,16 @@ class Master:
             if slot.restart_at is not None and slot.restart_at <= now and key not in retiring:
                 if slot.process is not None:  # not the first start
                     db = slot.database
-                    self.metrics.worker_restarts.labels(db.host, db.name).inc()
+                    self.metrics.worker_restarts.labels(db.host_label, db.name).inc()
                 self._spawn(slot)
 
     def _init_series(self) -> None:
-        self.server.serve_databases(frozenset((db.host, db.name) for db in self.config.enabled_databases))
+        self.server.serve_databases(frozenset((db.host_label, db.name) for db in self.config.enabled_databases))
         for slot in self.slots.values():
             db = slot.database
             if slot.mode == "listen":
-                self.metrics.database_up.labels(db.host, db.name, db.tag).set(0)
-                self.metrics.worker_restarts.labels(db.host, db.name).inc(0)
+                self.metrics.database_up.labels(db.host_label, db.name, db.tag).set(0)
+                self.metrics.worker_restarts.labels(db.host_label, db.name).inc(0)
 
     # -- reload (SIGHUP) -----------------------------------------------------------------------
 
@@ -232,6 +240,10 @@ class Master:
         self.config = config
         wanted = self._slots_for(config)
         restart_all = config.label_names != old_labels  # pgne_events_total changes its label names
+        if restart_all:
+            from pgne.compaction import relabel_series
+
+            relabel_series(self.state_dir, config.label_names)  # what dead workers left; see _reap
         for key, slot in list(self.slots.items()):
             new = wanted.get(key)
             if new is not None and new.database == slot.database and new.mode == slot.mode and not restart_all:

@@ -51,11 +51,11 @@ class WorkerMetrics:
     """The metrics one worker writes, with children for its database bound once."""
 
     def __init__(self, host: str, database: str, tag: str, label_names: tuple[str, ...], outbox: bool = False):
+        """`host` is the database's `host` label (config.Database.host_label), not its host name."""
         self.host, self.database, self.tag = host, database, tag
-        names = BUILTIN_LABELS + label_names
-        self.events = _counter("pgne_events_total", "Rows counted, by table, operation and label values.", names)
-        self.last_event = _gauge("pgne_last_event_timestamp_seconds",
-                                 "Unix time of the last counted event of the series (0: none yet).", names, "max")
+        self.label_names = label_names
+        self._families: dict[tuple[str, ...], tuple] = {}
+        self.events, self.last_event = self._series_families(())
         self.up = _database_up().labels(host, database, tag)
         notifications = _counter("pgne_notifications_total", "Notifications received, by result.",
                                  DATABASE_LABELS + ("result",))
@@ -82,13 +82,32 @@ class WorkerMetrics:
     def set_setup_problem(self, problem: str, schema: str, table: str, column: str, value: int) -> None:
         self.setup_problem.labels(self.host, self.database, schema, table, column, problem).set(value)
 
+    def _series_families(self, extra_names: tuple[str, ...]) -> tuple:
+        """pgne_events_total and its timestamp with the config's label names plus `extra_names`."""
+        families = self._families.get(extra_names)
+        if families is None:
+            names = BUILTIN_LABELS + self.label_names + extra_names
+            families = self._families[extra_names] = (
+                _counter("pgne_events_total", "Rows counted, by table, operation and label values.", names),
+                _gauge("pgne_last_event_timestamp_seconds",
+                       "Unix time of the last counted event of the series (0: none yet).", names, "max"))
+        return families
+
     def series(self, key: tuple) -> tuple:
-        """(counter child, timestamp child) for a key from payload.Router; cached."""
+        """(counter child, timestamp child) for a key from payload.Router; cached.
+
+        An outbox series may carry one more element: ((name, value), ...) of label columns the
+        config no longer has (pgne.outbox keeps exporting such series at their totals)."""
         children = self._children.get(key)
         if children is None:
             operation, schema, table, *labels = key
-            values = (operation, self.host, self.database, self.tag, schema, table, *labels)
-            children = (self.events.labels(*values), self.last_event.labels(*values))
+            extras: tuple = ()
+            if len(labels) > len(self.label_names):
+                extras = labels.pop()
+            events, last_event = self._series_families(tuple(name for name, _ in extras))
+            values = (operation, self.host, self.database, self.tag, schema, table, *labels,
+                      *(value for _, value in extras))
+            children = (events.labels(*values), last_event.labels(*values))
             self._children[key] = children
         return children
 

@@ -1,9 +1,17 @@
 """`delivery: outbox`: drain pgne.event_log into pgne.totals, and export the totals.
 
 The triggers append rows to pgne.event_log in the application's own transaction, so a row
-exists exactly when the application's write committed. Each drain statement deletes a chunk
-of rows and adds them to pgne.totals in the same statement (one transaction): a row is moved
-exactly once, even with several pgne instances draining one database (SKIP LOCKED).
+exists exactly when the application's write committed. Each drain transaction deletes a chunk
+of rows and adds them to pgne.totals: a row is moved exactly once, even with several pgne
+instances draining one database (SKIP LOCKED).
+
+A pgne.totals row is one series: its labels are the series' label values, decided once, when
+the row is drained, by the config of that moment (the whitelists are applied again, so rows
+an outdated trigger wrote count as the config says). Past rows are never re-labelled: after a
+whitelist or label column change, every series exported so far keeps its value, the rows
+drained afterwards count under the new labels, and the sum over series stays the number of
+rows, also after a restart of pgne with the changed config. Series whose label column the
+config no longer has keep being exported at their total, with that column as a label.
 
 What is exported comes from pgne.totals, the durable count, never from a sum kept in memory:
 the worker raises pgne_events_total by the difference between the database's total and what
@@ -16,56 +24,73 @@ a counter reset.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
 from contextlib import contextmanager, nullcontext
-from typing import Iterator
+from datetime import datetime, timezone
+from typing import Callable, Iterator
 
-from pgne.compaction import LOCK_FILE
+from pgne.compaction import LOCK_FILE, SERIES_BUILTINS
+from pgne.config import LABEL_NAME_RE, value_as_text
 from pgne.http import collect
 from pgne.payload import Router
 
 log = logging.getLogger("pgne.worker")
 
-DRAIN_CHUNK = 50_000  # rows per statement: a large backlog is moved in several transactions
+DRAIN_CHUNK = 50_000  # rows per transaction: a large backlog is moved in several transactions
 
-DRAIN_SQL = """
+TAKE_SQL = """
 WITH batch AS (
   DELETE FROM pgne.event_log
   WHERE ctid = ANY (ARRAY(SELECT ctid FROM pgne.event_log LIMIT %s FOR UPDATE SKIP LOCKED))
   RETURNING table_name, operation, labels, n, created_at
-), grouped AS (
-  SELECT table_name, operation, labels, sum(n)::bigint AS n, max(created_at) AS last_event
-  FROM batch GROUP BY table_name, operation, labels
-), merged AS (
-  INSERT INTO pgne.totals AS t (table_name, operation, labels, total, last_event)
-  SELECT table_name, operation, labels, n, last_event FROM grouped
-  ORDER BY table_name, operation, labels  -- one lock order for every drainer: no deadlock
-  ON CONFLICT (table_name, operation, labels) DO UPDATE
-    SET total = t.total + EXCLUDED.total, last_event = greatest(t.last_event, EXCLUDED.last_event)
-  RETURNING 1
 )
-SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM merged)
+SELECT table_name, operation, labels, sum(n)::bigint, max(created_at), count(*) FROM batch
+GROUP BY table_name, operation, labels
+"""
+ADD_SQL = """
+INSERT INTO pgne.totals AS t (table_name, operation, labels, total, last_event)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]::jsonb[], %s::bigint[], %s::timestamptz[])
+ORDER BY 1, 2, 3  -- one lock order for every drainer: no deadlock
+ON CONFLICT (table_name, operation, labels) DO UPDATE
+  SET total = t.total + EXCLUDED.total, last_event = greatest(t.last_event, EXCLUDED.last_event)
 """
 TOTALS_SQL = "SELECT table_name, operation, labels, total, extract(epoch FROM last_event) FROM pgne.totals"
 BACKLOG_SQL = "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM pgne.event_log"
 
+_BUILTINS = frozenset(SERIES_BUILTINS)
 
-def exported_totals(state_dir: str, host: str, database: str, label_names: tuple[str, ...]) -> dict[tuple, float]:
-    """pgne_events_total as currently served for one database, keyed like payload.Router keys."""
+
+def series_key(base: tuple, labels: dict, label_names: tuple[str, ...]) -> tuple:
+    """The key of a series (as payload.Router makes them, pgne.metrics.WorkerMetrics.series takes
+    them) from (operation, schema, table) and its label values: the config's label columns in
+    order ("" where absent), then, if any, ((name, value), ...) of the non-empty ones it lacks."""
+    values = tuple(labels.get(name) or "" for name in label_names)
+    extras = tuple(sorted((name, value) for name, value in labels.items()
+                          if value and name not in label_names and name not in _BUILTINS
+                          and LABEL_NAME_RE.match(name)))
+    return base + values + ((extras,) if extras else ())
+
+
+def exported_totals(state_dir: str, host: str, database: str, label_names: tuple[str, ...]
+                    ) -> tuple[dict[tuple, float], dict[tuple, float]]:
+    """pgne_events_total and pgne_last_event_timestamp_seconds as currently served for one
+    database (`host` is its host label), keyed by series_key."""
     totals: dict[tuple, float] = {}
+    last: dict[tuple, float] = {}
     for family in collect(state_dir).collect():  # tolerates files of workers starting right now
         for sample in family.samples:
             labels = sample.labels
-            if (sample.name != "pgne_events_total" or labels.get("host") != host
-                    or labels.get("database") != database):
+            if (sample.name not in ("pgne_events_total", "pgne_last_event_timestamp_seconds")
+                    or labels.get("host") != host or labels.get("database") != database):
                 continue
-            key = (labels["operation"], labels["schema"], labels["table"],
-                   *(labels.get(name, "") for name in label_names))
-            totals[key] = sample.value
-    return totals
+            key = series_key((labels["operation"], labels["schema"], labels["table"]), labels, label_names)
+            if sample.name == "pgne_events_total":
+                totals[key] = totals.get(key, 0) + sample.value  # "" and no label: one series
+            else:
+                last[key] = max(last.get(key, 0.0), sample.value)
+    return totals, last
 
 
 @contextmanager
@@ -80,68 +105,123 @@ def readers_wait(state_dir: str) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _offsets_path(state_dir: str, host: str, port: int, database: str) -> str:
-    digest = hashlib.sha256(f"{host}\x00{port}\x00{database}".encode()).hexdigest()[:16]
-    return os.path.join(state_dir, f"outbox-offsets-{digest}.json")  # not *.db: prometheus_client ignores it
+def drain_chunk(conn, labels_for: Callable[[str, str, object], object]) -> int:
+    """One transaction (on an autocommit connection): take up to DRAIN_CHUNK rows from
+    pgne.event_log and add them to pgne.totals, each group under the labels
+    `labels_for(table_name, operation, labels)`. Returns the number of rows taken. On any
+    error it rolls back: the rows stay in pgne.event_log."""
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        try:
+            cur.execute(TAKE_SQL, (DRAIN_CHUNK,))
+            merged: dict[tuple, list] = {}
+            rows = 0
+            for table_name, operation, labels, n, last_event, count in cur.fetchall():
+                rows += count
+                key = (table_name, operation, json.dumps(labels_for(table_name, operation, labels), sort_keys=True))
+                entry = merged.get(key)
+                if entry is None:
+                    merged[key] = [n, last_event]
+                else:  # groups whose labels the config now folds into one (a value no longer whitelisted)
+                    entry[0] += n
+                    entry[1] = max(entry[1], last_event)
+            if merged:
+                keys = sorted(merged)
+                cur.execute(ADD_SQL, ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+                                      [merged[k][0] for k in keys], [merged[k][1] for k in keys]))
+            cur.execute("COMMIT")
+        except BaseException:
+            if not conn.closed:
+                try:
+                    cur.execute("ROLLBACK")
+                except Exception:  # the connection is gone: the server rolled the transaction back
+                    pass
+            raise
+    return rows
 
 
 class OutboxExporter:
-    """Exports pgne.totals (+ an offset per series after a switch from notify, see below).
+    """Exports pgne.totals.
 
     `switch_generation` counts the reloads that switched this database from notify to outbox in
-    this pgne's lifetime. After such a switch the counter already holds what the notify worker
-    counted, which pgne.totals knows nothing of: the first outbox worker of the generation
-    records, per series, offset = exported - pgne.totals (read before its first drain) in a
-    file beside the metric files, and every worker of that generation exports totals + offset.
-    Generation 0 (no switch; the files were wiped when pgne started) exports the totals as they are.
+    this pgne's lifetime. After such a switch the counters already hold what the notify worker
+    counted, which pgne.totals knows nothing of. Before its first drain, the outbox worker
+    raises every pgne.totals series to at least what is exported (in one transaction): the
+    notify counts become part of the durable totals, so the counters continue from there, also
+    across restarts and crashes of pgne. Raising "to at least" (never adding) makes it
+    idempotent: a restarted worker, or a second pgne instance switching the same database,
+    adds nothing more.
     """
 
-    def __init__(self, router: Router, metrics, state_dir: str, host: str, port: int, database: str,
+    def __init__(self, router: Router, metrics, state_dir: str, host: str, database: str,
                  switch_generation: int = 0):
         self.router = router
         self.metrics = metrics
         self.state_dir = state_dir
-        self.exported = exported_totals(state_dir, host, database, router.label_names)
+        self.exported, self._exported_last = exported_totals(state_dir, host, database, router.label_names)
         self.first_export_done = False
         self._warned: set[tuple] = set()
         self._created: set[tuple] = set()  # keys whose children this process has created
-        self.generation = switch_generation
-        self.offsets_path = _offsets_path(state_dir, host, port, database)
-        self.offsets: dict[tuple, float] | None = {} if switch_generation == 0 else self._load_offsets()
+        self.fold_pending = switch_generation > 0
 
-    def _load_offsets(self) -> dict[tuple, float] | None:
-        try:
-            with open(self.offsets_path, encoding="utf-8") as f:
-                saved = json.load(f)
-        except (OSError, ValueError):
-            return None
-        if saved.get("generation") != self.generation:
-            return None  # an earlier switch's: this one needs its own
-        return {tuple(key): offset for key, offset in saved["offsets"]}
+    def _fold_notify_counts(self, conn) -> None:
+        """Raise pgne.totals to what is exported, series by series (see the class). Under a lock
+        that drains and other folds wait for: what is read is what is raised."""
+        with conn.cursor() as cur:
+            cur.execute("BEGIN")
+            try:
+                cur.execute("LOCK TABLE pgne.totals IN SHARE ROW EXCLUSIVE MODE")
+                rows = self._missing_totals(conn)
+                if rows:
+                    cur.execute(ADD_SQL, [list(column) for column in zip(*rows)])
+                cur.execute("COMMIT")
+            except BaseException:
+                if not conn.closed:
+                    try:
+                        cur.execute("ROLLBACK")
+                    except Exception:  # the connection is gone: the server rolled back
+                        pass
+                raise
+        if rows:
+            log.info("switched from notify: pgne.totals continues from the %d counted so far",
+                     sum(row[3] for row in rows))
+        self.fold_pending = False
 
-    def _record_offsets(self, conn) -> None:
+    def _missing_totals(self, conn) -> list[tuple]:
+        """pgne.totals rows to add so that each exported series' total reaches what is exported."""
         totals = {key: total for key, (total, _) in self._read_totals(conn)[0].items()}
-        self.offsets = {key: self.exported.get(key, 0) - totals.get(key, 0)
-                        for key in set(totals) | set(self.exported)}
-        temporary = self.offsets_path + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as f:
-            json.dump({"generation": self.generation,
-                       "offsets": [[list(key), offset] for key, offset in self.offsets.items()]}, f)
-        os.replace(temporary, self.offsets_path)  # atomic: a restarted worker sees all or nothing
-        log.info("switched from notify: the counters continue from what was exported so far")
+        rows = []
+        for key, value in self.exported.items():
+            missing = int(value) - totals.get(key, 0)
+            operation, schema, table, *labels = key
+            if missing <= 0 or type(self.router.key_for(f"{schema}.{table}", operation, None)[0]) is str:
+                continue
+            extras = labels.pop() if len(labels) > len(self.router.label_names) else ()
+            row_labels = {name: v for name, v in zip(self.router.label_names, labels) if v}
+            row_labels.update(extras)
+            last_event = datetime.fromtimestamp(self._exported_last.get(key, 0.0), timezone.utc)
+            rows.append((f"{schema}.{table}", operation, json.dumps(row_labels, sort_keys=True), missing, last_event))
+        return rows
 
     def drain(self, conn) -> int:
         """Move every committed event_log row into totals; returns the number of rows moved."""
-        if self.offsets is None:
-            self._record_offsets(conn)  # before the first drain of a switch generation
+        if self.fold_pending:
+            self._fold_notify_counts(conn)  # before the first drain: the totals of the switch moment
         moved = 0
-        with conn.cursor() as cur:
-            while True:
-                cur.execute(DRAIN_SQL, (DRAIN_CHUNK,))  # autocommit: one statement, one transaction
-                rows, _groups = cur.fetchone()
-                moved += rows
-                if rows < DRAIN_CHUNK:
-                    return moved
+        while True:
+            rows = drain_chunk(conn, self._drained_labels)
+            moved += rows
+            if rows < DRAIN_CHUNK:
+                return moved
+
+    def _drained_labels(self, table_name: str, operation: str, labels: object) -> object:
+        """The labels a drained group is counted under: the current config's whitelists applied
+        to what the trigger recorded (an outdated trigger may have recorded other values or
+        columns). Groups of a table or event the config does not monitor stay as recorded."""
+        key, _ = self.router.key_for(table_name, operation, labels)
+        if type(key) is str:
+            return labels
+        return {name: value for name, value in zip(self.router.label_names, key[3:]) if value}
 
     def _read_totals(self, conn) -> tuple[dict[tuple, list], tuple[int, float]]:
         """({series key: [total, last event]}, (backlog rows, oldest row's age))."""
@@ -151,10 +231,13 @@ class OutboxExporter:
             cur.execute(BACKLOG_SQL)
             backlog, oldest_age = cur.fetchone()
         totals: dict[tuple, list] = {}
+        names = self.router.label_names
         for table_name, operation, labels, total, last_event in rows:
-            key, _ = self.router.key_for(table_name, operation, labels)
-            if type(key) is str:  # a table or event the config no longer monitors
+            route, _ = self.router.key_for(table_name, operation, None)
+            if type(route) is str or type(labels) is not dict:  # a table or event the config no longer monitors
                 continue
+            labels = {name: value_as_text(value) for name, value in labels.items()}
+            key = series_key(route[:3], labels, names)
             entry = totals.setdefault(key, [0, 0.0])
             entry[0] += total
             entry[1] = max(entry[1], float(last_event))
@@ -164,7 +247,6 @@ class OutboxExporter:
         totals, (backlog, oldest_age) = self._read_totals(conn)
         self.metrics.outbox_backlog.set(backlog)
         self.metrics.outbox_oldest_age.set(oldest_age)
-        offsets = self.offsets or {}
         # Creating a child writes it at 0 before counter.inc() raises it: for a series that no
         # file holds yet, a scrape in between would read 0, a counter reset. So readers wait
         # while such series are created and raised.
@@ -173,15 +255,14 @@ class OutboxExporter:
             for key, (total, last_event) in totals.items():
                 counter, last_event_gauge = self.metrics.series(key)
                 self._created.add(key)
-                target = total + offsets.get(key, 0)
-                delta = target - self.exported.get(key, 0)
+                delta = total - self.exported.get(key, 0)
                 if delta > 0:
                     counter.inc(delta)
-                    self.exported[key] = target
+                    self.exported[key] = total
                 elif delta < 0 and key not in self._warned:
                     self._warned.add(key)
                     log.warning("pgne.totals for %s went down: %d exported, %d now (rows deleted by hand?); "
-                                "the exported counter keeps its value", key, self.exported[key], target)
+                                "the exported counter keeps its value", key, self.exported[key], total)
                 last_event_gauge.set(last_event)
         if not self.first_export_done:
             self.first_export_done = True

@@ -141,9 +141,8 @@ class Worker:
 
             # Reads what earlier workers exported *before* this one writes anything.
             self.outbox = OutboxExporter(self.router, None, os.environ["PROMETHEUS_MULTIPROC_DIR"],
-                                         self.db.host, self.db.port, self.db.name,
-                                         spec.outbox_switch_generation)
-        self.metrics = WorkerMetrics(self.db.host, self.db.name, self.db.tag, spec.label_names,
+                                         self.db.host_label, self.db.name, spec.outbox_switch_generation)
+        self.metrics = WorkerMetrics(self.db.host_label, self.db.name, self.db.tag, spec.label_names,
                                      outbox=self.outbox is not None)
         if self.outbox is not None:
             self.outbox.metrics = self.metrics
@@ -329,7 +328,7 @@ class Worker:
         installed = installed_triggers(inventory, self.db)
         gauge = self.metrics.trigger_installed
         for (schema, table, event), present in installed.items():
-            gauge.labels(self.db.host, self.db.name, schema, table, event).set(1 if present else 0)
+            gauge.labels(self.metrics.host, self.db.name, schema, table, event).set(1 if present else 0)
             if not present:
                 log.warning("%s: trigger pgne_%s on %s.%s is missing or differs from the config",
                             self.name, event.lower(), schema, table)

@@ -38,6 +38,13 @@ SENTINEL_KEY = "pgne_test_sentinel"
 EventKey = tuple[str, str, tuple[tuple[str, str], ...]]
 
 
+def host_label(host: str, port: int) -> str:
+    """pgne's `host` label of a database: the host, with `:port` unless the port is 5432."""
+    if port == 5432:
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def event(table: str, action: str, **labels: Any) -> EventKey:
     """The Listener.totals key of `action` on `table` with these labels (none for payloads
     without `data`): event("public.one", "INSERT", code="alpha")."""

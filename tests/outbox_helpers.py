@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from helpers import config_text, database_entry_text, sql_rows
+from helpers import config_text, database_entry_text, host_label, sql_rows
 from runner import PgneProcess, wait_until
 
 TAG = "it"
@@ -74,7 +74,8 @@ def exported(proc: PgneProcess, database, samples=None) -> dict[Key, float]:
     found: dict[Key, float] = {}
     for (name, labels), value in samples.items():
         d = dict(labels)
-        if name != "pgne_events_total" or d.get("database") != database.name or d.get("host") != database.host:
+        if (name != "pgne_events_total" or d.get("database") != database.name
+                or d.get("host") != host_label(database.host, database.port)):
             continue
         found[(d["operation"], d["table"], d.get("code", ""))] = value
     return found

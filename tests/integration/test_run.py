@@ -325,7 +325,7 @@ def test_database_up_is_0_not_absent_while_the_database_is_unreachable(pg_databa
     proc = PgneProcess(path, tmp_path / "pgne")
     try:
         proc.start(expect_up=False)
-        labels = {"host": "127.0.0.1", "database": db.name}
+        labels = {"host": "127.0.0.1:1", "database": db.name}  # port 1: the host label names it
         proc.wait_for_value("pgne_database_up", dict(labels, tag=TAG), 0)
         # it keeps retrying (the first retry comes after about 1 s)
         wait_until(lambda: (proc.value("pgne_reconnects_total", labels) or 0) >= 1, 15,

@@ -29,7 +29,10 @@ from typing import Iterator
 import psycopg2
 import yaml
 from cluster import ClusterError, TempCluster
-from helpers import run_sql  # noqa: F401 - re-exported to the suite
+from helpers import (
+    host_label,
+    run_sql,  # noqa: F401 - re-exported to the suite
+)
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn
 from runner import PgneProcess, throwaway_database, wait_until
@@ -113,6 +116,11 @@ class DatabaseRef:
     password: str = ""
 
     @property
+    def host_label(self) -> str:
+        """pgne's `host` label of this database (host:port off port 5432)."""
+        return host_label(self.host, self.port)
+
+    @property
     def dsn(self) -> str:
         return make_dsn(host=self.host, port=self.port, user=self.user, dbname=self.name,
                         password=self.password or None, connect_timeout=10)
@@ -166,21 +174,21 @@ def pgne_backends(db) -> list[int]:
 # -- reading pgne ------------------------------------------------------------------------------------
 
 def up_labels(db, tag: str = TAG) -> dict[str, str]:
-    return {"host": db.host, "database": db.name, "tag": tag}
+    return {"host": host_label(db.host, db.port), "database": db.name, "tag": tag}
 
 
 def db_labels(db) -> dict[str, str]:
-    return {"host": db.host, "database": db.name}
+    return {"host": host_label(db.host, db.port), "database": db.name}
 
 
 def result_labels(db, result: str) -> dict[str, str]:
-    return {"host": db.host, "database": db.name, "result": result}
+    return {"host": host_label(db.host, db.port), "database": db.name, "result": result}
 
 
 def events(proc: PgneProcess, db, label: str | None = "code") -> dict[tuple, float]:
     """pgne_events_total of one database: {(operation, schema.table[, label value]): value}."""
     found = {}
-    for labels, value in proc.series("pgne_events_total", database=db.name, host=db.host).items():
+    for labels, value in proc.series("pgne_events_total", database=db.name, host=host_label(db.host, db.port)).items():
         d = dict(labels)
         key = (d["operation"], f"{d['schema']}.{d['table']}")
         if label is not None:
@@ -192,7 +200,7 @@ def events(proc: PgneProcess, db, label: str | None = "code") -> dict[tuple, flo
 def notifications(proc: PgneProcess, db) -> dict[str, float]:
     """pgne_notifications_total of one database: {result: value}."""
     return {dict(labels)["result"]: value
-            for labels, value in proc.series("pgne_notifications_total", database=db.name, host=db.host).items()}
+            for labels, value in proc.series("pgne_notifications_total", **db_labels(db)).items()}
 
 
 def settle(proc: PgneProcess, db, timeout: float = 60, channel: str = CHANNEL) -> None:

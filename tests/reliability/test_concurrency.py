@@ -21,6 +21,7 @@ from reliability_helpers import (
     Stopwatch,
     config_text,
     database_entry,
+    db_labels,
     events,
     notifications,
     query,
@@ -187,6 +188,6 @@ def test_8_writers_x_500_mixed_transactions_are_counted_exactly_per_table_operat
         results = notifications(proc, db)
         assert results["counted"] == sum(w.notifications for w in writers)  # one per statement and label group
         assert results["invalid"] == 0 and results["unmonitored_event"] == 0
-        assert proc.value("pgne_worker_restarts_total", {"host": db.host, "database": db.name}) == 0
+        assert proc.value("pgne_worker_restarts_total", db_labels(db)) == 0
     finally:
         proc.kill_leftovers()

@@ -28,9 +28,11 @@ from reliability_helpers import (
     database_entry,
     db_labels,
     events,
+    host_label,
     pgne_backends,
     query,
     record,
+    result_labels,
     run_sql,
     settle,
     up_labels,
@@ -72,7 +74,7 @@ def samples_for(db, counts: dict[tuple, float]) -> dict:
     for (operation, table, code), value in counts.items():
         if value:
             schema, name = table.split(".")
-            labels = {"operation": operation, "host": db.host, "database": db.name, "tag": TAG,
+            labels = {"operation": operation, "host": host_label(db.host, db.port), "database": db.name, "tag": TAG,
                       "schema": schema, "table": name, "code": code}
             out[("pgne_events_total", frozenset(labels.items()))] = value
     return out
@@ -318,7 +320,7 @@ def test_sigterm_under_write_load_exits_0_within_10_s(cluster, db, make_pgne):
     writer.start()
     try:
         wait_value(proc, "pgne_events_total",
-                   {"operation": "INSERT", "host": db.host, "database": db.name, "tag": TAG,
+                   {"operation": "INSERT", "host": host_label(db.host, db.port), "database": db.name, "tag": TAG,
                     "schema": "public", "table": "one", "code": "beta"},
                    lambda v: v >= 200, 60, "pgne counting the write load")
         code, seconds = proc.stop(signal.SIGTERM, timeout=30)
@@ -357,7 +359,7 @@ def test_backlog_of_200000_notifications_in_one_transaction_is_counted_exactly(c
     drained = Stopwatch()
     assert_counts(proc, db, expected(INSERT_one_alpha=1, INSERT_one_beta=1, INSERT_t=200000), timeout=120)
     record("backlog: 200,000 notifications counted after the worker resumed", drained.elapsed())
-    counted = proc.value("pgne_notifications_total", {"host": db.host, "database": db.name, "result": "counted"})
+    counted = proc.value("pgne_notifications_total", result_labels(db, "counted"))
     assert counted == 200002
     assert proc.child_pids() == [worker]
     assert proc.value("pgne_worker_restarts_total", db_labels(db)) == 0

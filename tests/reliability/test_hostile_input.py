@@ -41,6 +41,7 @@ from reliability_helpers import (
     config_text,
     database_entry,
     database_on,
+    host_label,
     notifications,
     record,
     run_sql,
@@ -779,8 +780,8 @@ def test_sql_injection_through_the_channel_is_quoted_and_pgne_counts_on_it(victi
     try:
         proc.start(timeout=60)
         run_sql(db, "INSERT INTO one (code) VALUES ('alpha'), ('alpha'), ('zeta')")
-        labels = {"operation": "INSERT", "host": db.host, "database": db.name, "tag": "rel", "schema": "public",
-                  "table": "one", "code": "alpha"}
+        labels = {"operation": "INSERT", "host": host_label(db.host, db.port), "database": db.name, "tag": "rel",
+                  "schema": "public", "table": "one", "code": "alpha"}
         proc.wait_for_value("pgne_events_total", labels, 2, timeout=30)
         proc.wait_for_value("pgne_events_total", dict(labels, code="other"), 1, timeout=30)
     finally:

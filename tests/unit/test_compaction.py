@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from pgne.compaction import LOCK_FILE, compact, reading
+from pgne.compaction import LOCK_FILE, MERGED, compact, reading, relabel_series
 
 from .helpers import write_multiprocess_file as write
 
@@ -213,3 +213,39 @@ def test_merged_file_names_parse_as_their_kind(tmp_path, prefix):
     compact(str(tmp_path), 801)
     assert db_files(tmp_path) == [f"{prefix}_merged.db"]
     assert totals(tmp_path) == before
+
+
+MERGED_PID = MERGED  # the merged files: counter_merged.db, ...
+
+
+def series_key(metric: str, sample: str, **labels: str) -> str:
+    base = {"operation": "INSERT", "host": "h", "database": "d", "tag": "t", "schema": "public"}
+    base.update(labels)
+    return mmap_key(metric, sample, list(base), list(base.values()), f"{metric} help")
+
+
+def test_relabel_series_brings_dead_workers_series_to_the_current_label_columns(tmp_path):
+    """Label columns (code) -> (note): `code` is dropped where empty, kept where it has a value;
+    `note` is added empty; series that become one are combined; other metrics are untouched."""
+    events, last = ("pgne_events", "pgne_events_total"), ("pgne_last_event_timestamp_seconds",) * 2
+    write(tmp_path, "counter", MERGED_PID, {
+        series_key(*events, table="one", code="alpha"): 3.0,
+        series_key(*events, table="two", code=""): 2.0,
+        series_key(*events, table="two", code="", note=""): 5.0,  # already current: one series with the above
+        COUNTED: 7.0})
+    write(tmp_path, "gauge_max", MERGED_PID, {series_key(*last, table="two", code=""): 10.0,
+                                              series_key(*last, table="two", note=""): 20.0})
+    assert relabel_series(str(tmp_path), ("note",)) == 4
+    got = totals(tmp_path)
+    common = (("database", "d"), ("host", "h"), ("operation", "INSERT"), ("schema", "public"), ("tag", "t"))
+
+    def labels(**extra: str) -> tuple:
+        return tuple(sorted(common + tuple(extra.items())))
+
+    assert got == {
+        ("pgne_events_total", labels(table="one", code="alpha", note="")): 3.0,
+        ("pgne_events_total", labels(table="two", note="")): 7.0,
+        ("pgne_notifications_total", (("database", "d"), ("host", "h"), ("result", "counted"))): 7.0,
+        ("pgne_last_event_timestamp_seconds", labels(table="two", note="")): 20.0,
+    }
+    assert relabel_series(str(tmp_path), ("note",)) == 0  # nothing left to change: no file written
