@@ -101,7 +101,7 @@ def ensure_tools() -> None:
 
 def system_postgres() -> str | None:
     """The newest system PostgreSQL's major version (Debian's /usr/lib/postgresql/N), if any."""
-    versions = [int(Path(p).parent.name) for p in glob.glob("/usr/lib/postgresql/*/bin/initdb")
+    versions = [int(Path(p).parent.parent.name) for p in glob.glob("/usr/lib/postgresql/*/bin/initdb")
                 if Path(p).parent.parent.name.isdigit()]
     return str(max(versions)) if versions else None
 
