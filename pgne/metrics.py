@@ -14,6 +14,13 @@ Every Gauge has an explicit multiprocess_mode:
   changed the config); its successor writes every series again at its first check.
 Counters of dead workers stay in their files and keep adding to the total: counts survive
 worker restarts.
+
+With `pgne run --compat-metric`, every increment of pgne_events_total also goes to
+pg_notify_exporter's series, `pg_notify_exporter{operation, host, tag, database, table="schema.table",
+<label columns>}`: the same events, the same numbers, under the old name. It is written as a
+`sum` gauge because prometheus_client would name a counter's sample `pg_notify_exporter_total`
+(and Prometheus stores that name when it scrapes OpenMetrics), which old queries do not select;
+a `sum` gauge adds every process's file, dead workers' included, exactly as a counter does.
 """
 from __future__ import annotations
 
@@ -28,6 +35,8 @@ from pgne.config import BUILTIN_LABELS  # noqa: E402
 from pgne.payload import RESULTS  # noqa: E402
 
 DATABASE_LABELS = ("host", "database")
+COMPAT_METRIC = "pg_notify_exporter"
+COMPAT_LABELS = ("operation", "host", "tag", "database", "table")  # pg_notify_exporter's, in its order
 
 # Label order of pgne_events_total: operation, host, database, tag, schema, table, then columns.
 assert BUILTIN_LABELS == ("operation", "host", "database", "tag", "schema", "table")
@@ -47,13 +56,31 @@ def _database_up() -> Gauge:
                   ("host", "database", "tag"), "livemax")
 
 
+class _BothSeries:
+    """A pgne_events_total child and its pg_notify_exporter twin, raised together."""
+
+    __slots__ = ("counter", "compat")
+
+    def __init__(self, counter, compat):
+        self.counter, self.compat = counter, compat
+
+    def inc(self, amount: float = 1) -> None:
+        self.counter.inc(amount)
+        self.compat.inc(amount)
+
+
 class WorkerMetrics:
     """The metrics one worker writes, with children for its database bound once."""
 
-    def __init__(self, host: str, database: str, tag: str, label_names: tuple[str, ...], outbox: bool = False):
+    def __init__(self, host: str, database: str, tag: str, label_names: tuple[str, ...], outbox: bool = False,
+                 compat: bool = False):
         self.host, self.database, self.tag = host, database, tag
         names = BUILTIN_LABELS + label_names
         self.events = _counter("pgne_events_total", "Rows counted, by table, operation and label values.", names)
+        # pg_notify_exporter's series (pgne run --compat-metric), or None
+        self.compat = _gauge(COMPAT_METRIC, "Events counter: pg_notify_exporter's series, as pgne_events_total counts "
+                             "them (pgne run --compat-metric).", COMPAT_LABELS + label_names,
+                             "sum") if compat else None
         self.last_event = _gauge("pgne_last_event_timestamp_seconds",
                                  "Unix time of the last counted event of the series (0: none yet).", names, "max")
         self.up = _database_up().labels(host, database, tag)
@@ -88,7 +115,11 @@ class WorkerMetrics:
         if children is None:
             operation, schema, table, *labels = key
             values = (operation, self.host, self.database, self.tag, schema, table, *labels)
-            children = (self.events.labels(*values), self.last_event.labels(*values))
+            counter = self.events.labels(*values)
+            if self.compat is not None:
+                compat = self.compat.labels(operation, self.host, self.tag, self.database, f"{schema}.{table}", *labels)
+                counter = _BothSeries(counter, compat)
+            children = (counter, self.last_event.labels(*values))
             self._children[key] = children
         return children
 

@@ -1,0 +1,254 @@
+"""Migrating from pg_notify_exporter: its triggers found by `pgne status`, refused beside pgne's
+by `pgne apply`, replaced in one transaction by `pgne apply --replace-legacy` (each row of a
+concurrent writer counted exactly once), and the opt-in `pg_notify_exporter` series.
+
+pg_notify_exporter's two trigger functions are written here from their description (a row
+trigger that picks OLD for DELETE, else NEW, builds json_build_object('table', schema.table,
+'action', TG_OP, 'data', ..., 'timestamp', now()::text) and sends it with pg_notify on channel
+pg_notify_exporter; errors are raised as INFO), created unqualified as that exporter creates
+them, with its trigger names `trigger_<function>`.
+"""
+from __future__ import annotations
+
+import threading
+
+import psycopg2
+from helpers import run_pgne, status_in_process
+from runner import PgneProcess, labels_key, wait_until
+
+from pgne.config import Monitor
+from pgne.render import function_name
+
+# pg_notify_exporter's config/trigger_functions.yml, as it behaves (not its text).
+LEGACY_FUNCTIONS = """
+CREATE OR REPLACE FUNCTION notification_with_payload() RETURNS trigger LANGUAGE plpgsql AS $fn$
+DECLARE
+  row_image record;
+  payload json;
+BEGIN
+  IF TG_OP = 'DELETE' THEN row_image := OLD; ELSE row_image := NEW; END IF;
+  payload := json_build_object('table', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, 'action', TG_OP,
+                               'data', json_build_object('code', NEW.code), 'timestamp', now()::text);
+  PERFORM pg_notify('pg_notify_exporter', payload::text);
+  RETURN NEW;
+EXCEPTION WHEN others THEN
+  RAISE INFO 'notification_with_payload: % (%)', SQLERRM, SQLSTATE;
+  RETURN NEW;
+END
+$fn$;
+CREATE OR REPLACE FUNCTION simple_event_notification() RETURNS trigger LANGUAGE plpgsql AS $fn$
+DECLARE
+  row_image record;
+  payload json;
+BEGIN
+  IF TG_OP = 'DELETE' THEN row_image := OLD; ELSE row_image := NEW; END IF;
+  payload := json_build_object('table', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, 'action', TG_OP,
+                               'data', json_build_object('date', now()), 'timestamp', now()::text);
+  PERFORM pg_notify('pg_notify_exporter', payload::text);
+  RETURN NEW;
+EXCEPTION WHEN others THEN
+  RAISE INFO 'simple_event_notification: % (%)', SQLERRM, SQLSTATE;
+  RETURN NEW;
+END
+$fn$;
+"""
+
+# What pg_notify_exporter runs for the monitors of its README's config (its DROP ... IF EXISTS first).
+LEGACY_TRIGGERS = """
+DROP TRIGGER IF EXISTS trigger_notification_with_payload ON one;
+CREATE TRIGGER trigger_notification_with_payload AFTER INSERT ON one
+  FOR EACH ROW EXECUTE PROCEDURE notification_with_payload();
+DROP TRIGGER IF EXISTS trigger_simple_event_notification ON two;
+CREATE TRIGGER trigger_simple_event_notification AFTER INSERT OR DELETE ON two
+  FOR EACH ROW EXECUTE PROCEDURE simple_event_notification();
+"""
+
+TABLES = """
+CREATE TABLE one (id serial PRIMARY KEY, code text);
+CREATE TABLE two (id serial PRIMARY KEY, note text);
+"""
+
+MONITORS = [
+    {"table": "one", "enabled": True, "function": "notification_with_payload",
+     "columns_to_label": [{"code": ["alpha", "beta", "gamma"]}], "events": ["insert"]},
+    {"table": "two", "enabled": True, "function": "simple_event_notification", "events": ["INSERT", "delete"]},
+]
+
+
+def execute(db, script: str) -> None:
+    conn = psycopg2.connect(db.dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(script)
+    finally:
+        conn.close()
+
+
+def rows(db, statement: str) -> list[tuple]:
+    conn = psycopg2.connect(db.dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(statement)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def triggers(db) -> set[tuple[str, str, str]]:
+    """(table, trigger, function) of every user trigger."""
+    return set(rows(db, """
+        SELECT c.relname::text, t.tgname::text, p.proname::text
+        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_proc p ON p.oid = t.tgfoid
+        WHERE NOT t.tgisinternal"""))
+
+
+def legacy_database(db) -> None:
+    execute(db, TABLES + LEGACY_FUNCTIONS + LEGACY_TRIGGERS)
+
+
+LEGACY = {("one", "trigger_notification_with_payload", "notification_with_payload"),
+          ("two", "trigger_simple_event_notification", "simple_event_notification")}
+
+
+def name(db) -> str:
+    return f"{db.host}:{db.port}/{db.name}"
+
+
+def test_status_lists_pg_notify_exporters_triggers_by_what_they_do_and_apply_refuses_to_install_beside_them(
+        pg_database, write_config):
+    db = pg_database
+    legacy_database(db)
+    execute(db, """
+        -- the same kind of function under other names: found all the same
+        CREATE TABLE three (id serial PRIMARY KEY, note text);
+        CREATE FUNCTION my_notifier() RETURNS trigger LANGUAGE plpgsql AS $fn$
+        BEGIN
+          PERFORM pg_notify('pg_notify_exporter', json_build_object('table', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME,
+                                                                      'action', TG_OP)::text);
+          RETURN NEW;
+        END $fn$;
+        CREATE TRIGGER audit_events AFTER UPDATE ON two FOR EACH ROW EXECUTE FUNCTION my_notifier();
+        -- not like them: another channel; no pg_notify; a table pgne does not monitor
+        CREATE FUNCTION other_channel() RETURNS trigger LANGUAGE plpgsql AS $fn$
+        BEGIN
+          PERFORM pg_notify('audit', json_build_object('table', TG_TABLE_NAME, 'action', TG_OP)::text);
+          RETURN NEW;
+        END $fn$;
+        CREATE TRIGGER trigger_other_channel AFTER INSERT ON one FOR EACH ROW EXECUTE FUNCTION other_channel();
+        CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $fn$ BEGIN RETURN NEW; END $fn$;
+        CREATE TRIGGER trigger_touch BEFORE INSERT ON one FOR EACH ROW EXECUTE FUNCTION touch();
+        CREATE TRIGGER trigger_notification_with_payload AFTER INSERT ON three
+          FOR EACH ROW EXECUTE PROCEDURE notification_with_payload();
+    """)
+    config = write_config(db, MONITORS)
+    before = triggers(db)
+
+    status = status_in_process(config)
+    assert status.code == 1
+    tail = ("which notifies on channel pg_notify_exporter: beside pgne's triggers every row would count twice "
+            "(pgne apply --replace-legacy replaces {} in one transaction)")
+    assert [line.split(None, 1)[1] for line in status.lines[1:] if "legacy trigger" in line] == [
+        "legacy trigger  trigger trigger_notification_with_payload on public.one calls "
+        "public.notification_with_payload(), " + tail.format("it"),
+        "legacy trigger  trigger audit_events on public.two calls public.my_notifier(); trigger "
+        "trigger_simple_event_notification on public.two calls public.simple_event_notification(), "
+        + tail.format("them"),
+    ]
+
+    # without the option: nothing is installed beside them
+    refused = run_pgne("apply", "-c", config)
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stdout.startswith(f"{name(db)}: FAILED: trigger trigger_notification_with_payload on public.one")
+    assert refused.stdout.rstrip().endswith("(nothing applied)")
+    assert triggers(db) == before
+
+    # render-sql shows the drop; apply runs exactly that
+    script = run_pgne("render-sql", "-c", config, "--replace-legacy")
+    assert script.returncode == 0, script.stderr
+    assert "EXECUTE pg_catalog.format('DROP TRIGGER %I ON %I.%I'" in script.stdout
+    assert "EXECUTE pg_catalog.format" not in run_pgne("render-sql", "-c", config).stdout
+
+    applied = run_pgne("apply", "-c", config, "--replace-legacy")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert applied.stdout.startswith(f"{name(db)}: applied: ")
+    after = triggers(db)
+    gone = before - after
+    assert gone == LEGACY | {("two", "audit_events", "my_notifier")}
+    fn_one = function_name(Monitor("public", "one", True, "notification_with_payload", ()))
+    fn_two = function_name(Monitor("public", "two", True, "simple_event_notification", ()))
+    assert after - before == {("one", "pgne_insert", fn_one), ("two", "pgne_insert", fn_two),
+                              ("two", "pgne_delete", fn_two)}
+    # untouched: other channels, other work, unmonitored tables; and every legacy function
+    assert ("one", "trigger_other_channel", "other_channel") in after
+    assert ("one", "trigger_touch", "touch") in after
+    assert ("three", "trigger_notification_with_payload", "notification_with_payload") in after
+    assert {r[0] for r in rows(db, "SELECT proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = "
+                                   "p.pronamespace WHERE n.nspname = 'public'")} == {
+        "notification_with_payload", "simple_event_notification", "my_notifier", "other_channel", "touch"}
+
+    assert status_in_process(config).lines[1:] == [f"{name(db)}  in sync"]
+    again = run_pgne("apply", "-c", config, "--replace-legacy")
+    assert (again.returncode, again.stdout) == (0, f"{name(db)}: up to date\n")
+
+
+def test_replace_legacy_switches_under_a_concurrent_writer_and_counts_every_committed_row_once(
+        pg_database, write_config, tmp_path):
+    db = pg_database
+    legacy_database(db)
+    config = write_config(db, MONITORS, tag="shop")
+    pgne = PgneProcess(config, tmp_path / "run", "--compat-metric").start()
+
+    committed = [0]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            conn = psycopg2.connect(db.dsn)
+            conn.autocommit = True
+            codes = ("alpha", "beta", "x")  # 'x' is outside the whitelist: `other`
+            with conn.cursor() as cur:
+                while not stop.is_set():
+                    cur.execute("INSERT INTO one (code) VALUES (%s)", (codes[committed[0] % 3],))
+                    committed[0] += 1
+            conn.close()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: committed[0] >= 300 or errors, 30, "300 rows before the switch")
+        at_switch = committed[0]
+        applied = run_pgne("apply", "-c", config, "--replace-legacy")
+        after_switch = committed[0]
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        wait_until(lambda: committed[0] >= after_switch + 300 or errors, 30, "300 rows after the switch")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors, errors
+    assert LEGACY.isdisjoint(triggers(db))
+
+    # notifications arrive in commit order: once this one is counted, every row of `one` is
+    execute(db, "INSERT INTO two (note) VALUES ('sentinel')")
+    base = {"host": db.host, "database": db.name, "tag": "shop", "operation": "INSERT"}
+    two = labels_key("pgne_events_total", dict(base, schema="public", table="two", code=""))
+    wait_until(lambda: pgne.scrape().get(two) == 1, 30, "the sentinel counted", pgne.describe)
+    samples = pgne.scrape()
+
+    by_code = dict(rows(db, "SELECT CASE WHEN code IN ('alpha', 'beta', 'gamma') THEN code ELSE 'other' END, "
+                            "count(*) FROM one GROUP BY 1"))
+    total = sum(by_code.values())
+    assert total == committed[0]
+    counted = {code: samples.get(labels_key("pgne_events_total", dict(base, schema="public", table="one",
+                                                                       code=code)))
+               for code in ("alpha", "beta", "gamma", "other")}
+    assert counted == {"alpha": by_code["alpha"], "beta": by_code["beta"], "gamma": 0, "other": by_code["other"]}
+    compat = {code: samples.get(labels_key("pg_notify_exporter", dict(base, table="public.one", code=code)))
+              for code in ("alpha", "beta", "gamma", "other")}
+    assert compat == counted
+    print(f"rows: {total} ({at_switch} before apply started, {after_switch - at_switch} while it ran); "
+          f"counted: {sum(counted.values())}")
