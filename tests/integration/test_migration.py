@@ -10,9 +10,13 @@ them, with its trigger names `trigger_<function>`.
 """
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 
 import psycopg2
+import pytest
+import yaml
 from helpers import run_pgne, status_in_process
 from runner import PgneProcess, labels_key, wait_until
 
@@ -73,6 +77,13 @@ MONITORS = [
      "columns_to_label": [{"code": ["alpha", "beta", "gamma"]}], "events": ["insert"]},
     {"table": "two", "enabled": True, "function": "simple_event_notification", "events": ["INSERT", "delete"]},
 ]
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} is not installed: install Debian's prometheus package", pytrace=False)
+    return path
 
 
 def execute(db, script: str) -> None:
@@ -198,7 +209,11 @@ def test_replace_legacy_switches_under_a_concurrent_writer_and_counts_every_comm
     db = pg_database
     legacy_database(db)
     config = write_config(db, MONITORS, tag="shop")
-    pgne = PgneProcess(config, tmp_path / "run", "--compat-metric").start()
+    pgne = PgneProcess(config, tmp_path / "run", "--compat-metric", "--trigger-check-interval", "0.5").start()
+    legacy_problem = labels_key("pgne_setup_problem", {"host": db.host, "database": db.name, "schema": "public",
+                                                       "table": "one", "column": "", "problem": "legacy_trigger"})
+    wait_until(lambda: pgne.scrape().get(legacy_problem) == 1, 30, "the legacy trigger in pgne_setup_problem",
+               pgne.describe)
 
     committed = [0]
     stop = threading.Event()
@@ -231,6 +246,8 @@ def test_replace_legacy_switches_under_a_concurrent_writer_and_counts_every_comm
         thread.join(30)
     assert not errors, errors
     assert LEGACY.isdisjoint(triggers(db))
+    wait_until(lambda: pgne.scrape().get(legacy_problem) == 0, 30, "pgne_setup_problem legacy_trigger 0",
+               pgne.describe)
 
     # notifications arrive in commit order: once this one is counted, every row of `one` is
     execute(db, "INSERT INTO two (note) VALUES ('sentinel')")
@@ -252,3 +269,76 @@ def test_replace_legacy_switches_under_a_concurrent_writer_and_counts_every_comm
     assert compat == counted
     print(f"rows: {total} ({at_switch} before apply started, {after_switch - at_switch} while it ran); "
           f"counted: {sum(counted.values())}")
+
+
+# --------------------------------------------------------------------------- the compatibility series
+
+
+def promtool_series(name: str, labels: frozenset) -> str:
+    inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels) if v != "")  # an empty label is no label
+    return f"{name}{{{inner}}}"
+
+
+def test_compat_series_equals_pgne_events_total_and_old_and_new_promql_give_the_same_numbers(
+        pg_database, write_config, tmp_path):
+    db = pg_database
+    execute(db, TABLES)
+    config = write_config(db, MONITORS, tag="shop", perform_setup=True)
+    pgne = PgneProcess(config, tmp_path / "run", "--compat-metric").start()
+    before = pgne.scrape()
+
+    execute(db, """
+        INSERT INTO one (code) SELECT (ARRAY['alpha', 'beta', 'x'])[1 + i % 3] FROM generate_series(1, 1000) AS i;
+        INSERT INTO one (code) VALUES ('gamma');
+        INSERT INTO two (note) SELECT 'n' FROM generate_series(1, 5);
+        DELETE FROM two WHERE id <= 2;
+    """)
+    truth = {("public.one", "INSERT", "alpha"): 333, ("public.one", "INSERT", "beta"): 334,
+             ("public.one", "INSERT", "gamma"): 1, ("public.one", "INSERT", "other"): 333,
+             ("public.two", "INSERT", ""): 5, ("public.two", "DELETE", ""): 2}
+    base = {"host": db.host, "database": db.name, "tag": "shop"}
+
+    def old(table: str, operation: str, code: str) -> tuple:
+        return labels_key("pg_notify_exporter", dict(base, table=table, operation=operation, code=code))
+
+    after = pgne.wait_for_values({old(*key): n for key, n in truth.items()})
+
+    # one scrape: every pgne_events_total series has its twin, with the same value, and no other
+    events = {labels: v for (name, labels), v in after.items() if name == "pgne_events_total"}
+    compat = {labels: v for (name, labels), v in after.items() if name == "pg_notify_exporter"}
+    twins = {}
+    for labels, value in events.items():
+        d = dict(labels)
+        d["table"] = f"{d.pop('schema')}.{d['table']}"
+        twins[frozenset(d.items())] = value
+    assert compat == twins
+    assert {(d["table"], d["operation"], d["code"]): v for d, v in ((dict(k), v) for k, v in compat.items())} == truth
+    assert "# TYPE pg_notify_exporter gauge" in pgne.metrics_text()
+
+    # The same numbers through Prometheus's own PromQL engine: a typical old query and its rewrite.
+    series = []
+    for name in ("pg_notify_exporter", "pgne_events_total"):
+        for (n, labels), value in after.items():
+            if n == name:
+                series.append({"series": promtool_series(name, labels),
+                               "values": f"{before.get((n, labels), 0):g} {value:g}"})
+    by_code = [{"labels": f'{{table="{t}", code="{c}"}}', "value": n}
+               for (t, op, c), n in truth.items() if op == "INSERT" and t == "public.one"]
+    by_operation = [{"labels": f'{{operation="{op}"}}', "value": n}
+                    for (t, op, c), n in truth.items() if t == "public.two"]
+    queries = [
+        ('sum by (table, code) (increase(pg_notify_exporter{table="public.one", operation="INSERT"}[2m]))',
+         'sum by (table, code) (label_join(increase(pgne_events_total{schema="public", table="one", '
+         'operation="INSERT"}[2m]), "table", ".", "schema", "table"))', by_code),
+        ('sum by (operation) (pg_notify_exporter{table="public.two"})',
+         'sum by (operation) (pgne_events_total{schema="public", table="two"})', by_operation),
+    ]
+    tests = [{"interval": "1m", "input_series": series, "promql_expr_test": [
+        {"expr": expr, "eval_time": "1m", "exp_samples": expected}
+        for old_expr, new_expr, expected in queries for expr in (old_expr, new_expr)]}]
+    rules = tmp_path / "compat.test.yml"
+    rules.write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m", "tests": tests}))
+    result = subprocess.run([need("promtool"), "test", "rules", str(rules)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr + rules.read_text()
+    assert "SUCCESS" in result.stdout
