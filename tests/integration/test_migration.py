@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -342,3 +343,70 @@ def test_compat_series_equals_pgne_events_total_and_old_and_new_promql_give_the_
                             timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr + rules.read_text()
     assert "SUCCESS" in result.stdout
+
+
+# --------------------------------------------------------------------------- a custom trigger function
+
+# pg_notify_exporter's notification_with_payload as a user edited it: one more payload field,
+# the class of the row's amount (README, "Migrating from pg_notify_exporter", step 3).
+EDITED_FUNCTION = """
+CREATE TABLE orders (id serial PRIMARY KEY, code text, amount numeric);
+CREATE FUNCTION notification_with_amount_class() RETURNS trigger LANGUAGE plpgsql AS $fn$
+DECLARE
+  payload json;
+BEGIN
+  payload := json_build_object('table', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, 'action', TG_OP,
+                               'data', json_build_object('code', NEW.code,
+                                                         'amount', CASE WHEN NEW.amount >= 100 THEN 'large'
+                                                                        ELSE 'small' END),
+                               'timestamp', now()::text);
+  PERFORM pg_notify('pg_notify_exporter', payload::text);
+  RETURN NEW;
+EXCEPTION WHEN others THEN
+  RAISE INFO 'notification_with_amount_class: % (%)', SQLERRM, SQLSTATE;
+  RETURN NEW;
+END
+$fn$;
+CREATE TRIGGER trigger_notification_with_amount_class AFTER INSERT ON orders
+  FOR EACH ROW EXECUTE PROCEDURE notification_with_amount_class();
+"""
+EXAMPLE_TEMPLATES = str(Path(__file__).resolve().parents[2] / "config" / "templates")
+
+
+def test_an_edited_pg_notify_exporter_function_becomes_a_template_that_counts_as_the_old_one_did(
+        pg_database, write_config, tmp_path):
+    db = pg_database
+    execute(db, EDITED_FUNCTION)
+    monitors = [{"table": "orders", "enabled": True, "function": "notification_with_amount_class",
+                 "columns_to_label": [{"code": ["alpha", "beta"]}, {"amount": ["large", "small"]}],
+                 "events": ["insert"]}]
+    config = write_config(db, monitors, tag="shop")
+    assert run_pgne("check", "-c", config).returncode == 2  # no such template among the built-in ones
+    pgne = PgneProcess(config, tmp_path / "run", "--templates", EXAMPLE_TEMPLATES).start()
+    base = {"host": db.host, "database": db.name, "tag": "shop", "operation": "INSERT", "schema": "public",
+            "table": "orders"}
+    truth_sql = ("SELECT CASE WHEN code IN ('alpha', 'beta') THEN code ELSE 'other' END, "
+                 "CASE WHEN amount >= 100 THEN 'large' ELSE 'small' END, count(*) FROM orders GROUP BY 1, 2")
+
+    def expected() -> dict:
+        truth = {(c, a): 0 for c in ("alpha", "beta", "other") for a in ("large", "small")}
+        truth.update({(c, a): n for c, a, n in rows(db, truth_sql)})
+        return {labels_key("pgne_events_total", dict(base, code=c, amount=a)): n for (c, a), n in truth.items()}
+
+    # the old function's payloads, one row per transaction (it folds identical ones in a transaction)
+    for i in range(30):
+        execute(db, f"INSERT INTO orders (code, amount) VALUES ('{('alpha', 'beta', 'zeta')[i % 3]}', {i * 7})")
+    pgne.wait_for_values(expected())
+
+    applied = run_pgne("apply", "-c", config, "--templates", EXAMPLE_TEMPLATES, "--replace-legacy")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert ("orders", "trigger_notification_with_amount_class", "notification_with_amount_class") not in triggers(db)
+
+    # pgne's trigger from the template: one statement of 1000 rows, counted as the old function labelled them
+    execute(db, "INSERT INTO orders (code, amount) SELECT (ARRAY['alpha', 'beta', 'zeta'])[1 + i % 3], i % 150 "
+                "FROM generate_series(1, 1000) AS i")
+    want = expected()
+    assert sum(want.values()) == 1030
+    pgne.wait_for_values(want)
+    # alpha and >= 100: i in {15, 18, 21, 24, 27} of the 30, and 16 of every 150 of the 1000 (6 full blocks)
+    assert want[labels_key("pgne_events_total", dict(base, code="alpha", amount="large"))] == 5 + 96
