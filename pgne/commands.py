@@ -28,18 +28,19 @@ def check(config: Config, renderer: Renderer, out: TextIO | None = None) -> int:
 
 
 def render_sql(config: Config, renderer: Renderer, host: str | None = None, database: str | None = None,
-               out: TextIO | None = None) -> int:
+               out: TextIO | None = None, replace_legacy: bool = False) -> int:
     out = out or sys.stdout
-    out.write(renderer.render_config(config.select(host, database)))
+    out.write(renderer.render_config(config.select(host, database), replace_legacy=replace_legacy))
     return EXIT_OK
 
 
 def apply(config: Config, renderer: Renderer, host: str | None = None, database: str | None = None,
-          dry_run: bool = False, prune: bool = False, out: TextIO | None = None) -> int:
+          dry_run: bool = False, prune: bool = False, out: TextIO | None = None,
+          replace_legacy: bool = False) -> int:
     out = out or sys.stdout
     failed = False
     for db in config.select(host, database):
-        result = apply_database(db, renderer, dry_run=dry_run, prune=prune)
+        result = apply_database(db, renderer, dry_run=dry_run, prune=prune, replace_legacy=replace_legacy)
         failed |= not result.ok
         print(result.line(), file=out, flush=True)
     return EXIT_RUNTIME if failed else EXIT_OK
@@ -62,7 +63,7 @@ def status(config: Config, renderer: Renderer, host: str | None = None, database
             continue
         try:
             conn.autocommit = True
-            diffs = find_differences(read_inventory(conn, db), db, renderer)
+            diffs = find_differences(read_inventory(conn, db, renderer), db, renderer)
         finally:
             conn.close()
         if not diffs:

@@ -8,9 +8,13 @@ Setup problems are differences that `apply` cannot fix, so it applies nothing to
 a monitored table that does not exist, a label column that the table does not have, and notify
 delivery on a server that allows prepared transactions (a transaction that sent a NOTIFY cannot
 be prepared: every PREPARE TRANSACTION after a write to a monitored table would fail).
+A pg_notify_exporter trigger on a monitored table (found by what it does: sql_templates/
+_legacy_triggers.sql.j2) is one too, unless `apply --replace-legacy` drops it: beside pgne's
+triggers, every row would be counted twice.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from pgne.config import EVENTS, NOTIFY, OUTBOX, Database, Monitor
@@ -47,7 +51,10 @@ WHERE n.nspname = %s AND p.pronargs = 0 AND p.prorettype = 'pg_catalog.trigger':
 
 # Setup problems: the `problem` label of pgne_setup_problem, and the kind of their Difference.
 MISSING_TABLE, MISSING_LABEL_COLUMN, NOTIFY_REFUSED = "missing_table", "missing_label_column", "notify_refused"
-PROBLEMS = (MISSING_TABLE, MISSING_LABEL_COLUMN, NOTIFY_REFUSED)
+LEGACY_TRIGGER = "legacy_trigger"
+PROBLEMS = (MISSING_TABLE, MISSING_LABEL_COLUMN, NOTIFY_REFUSED, LEGACY_TRIGGER)
+# The apply option that drops legacy triggers in the transaction that installs pgne's.
+REPLACE_LEGACY_OPTION = "--replace-legacy"
 # The config key with which a database entry accepts notify delivery where 2PC is allowed.
 NOTIFY_2PC_OPT_IN = "notify_with_prepared_transactions"
 
@@ -83,6 +90,10 @@ def problem_text(problem: str, schema: str = "", table: str = "", column: str = 
         return ("delivery: notify refused: this server allows prepared transactions "
                 f"(max_prepared_transactions {setting}), and a transaction that sent a NOTIFY cannot be prepared; "
                 f"use delivery: outbox (or set {NOTIFY_2PC_OPT_IN}: true to accept that risk)")
+    if problem == LEGACY_TRIGGER:
+        return (f"a pg_notify_exporter trigger on {schema}.{table} notifies on pgne's channel: "
+                f"beside pgne's triggers every row would count twice "
+                f"(pgne apply {REPLACE_LEGACY_OPTION} replaces it in one transaction)")
     raise ValueError(problem)
 
 
@@ -96,7 +107,26 @@ def possible_problems(database: Database) -> list[ProblemKey]:
     for monitor in database.enabled_monitors:
         keys.append((MISSING_TABLE, monitor.schema, monitor.table, ""))
         keys += [(MISSING_LABEL_COLUMN, monitor.schema, monitor.table, column) for column in monitor.label_names]
+    for schema, table in dict.fromkeys((m.schema, m.table) for m in database.enabled_monitors):
+        keys.append((LEGACY_TRIGGER, schema, table, ""))
     return keys
+
+
+@dataclass(frozen=True)
+class LegacyTrigger:
+    """A pg_notify_exporter trigger (or one like it) on a monitored table."""
+
+    trigger: str
+    schema: str
+    table: str
+    function_schema: str
+    function: str
+    enabled: str  # pg_trigger.tgenabled: O, D (disabled), R, A
+
+    def __str__(self) -> str:
+        disabled = " (disabled)" if self.enabled == "D" else ""
+        return (f"trigger {self.trigger}{disabled} on {self.schema}.{self.table} "
+                f"calls {self.function_schema}.{self.function}()")
 
 
 @dataclass(frozen=True)
@@ -110,9 +140,26 @@ class Inventory:
     schema_tables: frozenset[str] = frozenset()  # tables in schema pgne (outbox delivery)
     columns: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)  # of each existing monitored table
     max_prepared_transactions: int = 0
+    legacy: tuple[LegacyTrigger, ...] = ()  # pg_notify_exporter's triggers on the monitored tables
 
 
-def read_inventory(conn, database: Database) -> Inventory:
+@functools.lru_cache(maxsize=1)
+def _builtin_renderer() -> Renderer:
+    return Renderer()
+
+
+def read_legacy_triggers(conn, database: Database, renderer: Renderer | None = None) -> tuple[LegacyTrigger, ...]:
+    """pg_notify_exporter's triggers on `database`'s monitored tables, by the query that
+    `apply --replace-legacy` drops them with."""
+    query = (renderer or _builtin_renderer()).render_legacy_query(database)
+    if query is None:
+        return ()
+    with conn.cursor() as cur:
+        cur.execute(query)  # rendered from a template: literals quoted, no parameters
+        return tuple(LegacyTrigger(*row) for row in cur.fetchall())
+
+
+def read_inventory(conn, database: Database, renderer: Renderer | None = None) -> Inventory:
     with conn.cursor() as cur:
         cur.execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = %s)", (SCHEMA,))
         schema_exists = cur.fetchone()[0]
@@ -136,7 +183,9 @@ def read_inventory(conn, database: Database) -> Inventory:
         # PGC_POSTMASTER, readable by every role
         cur.execute("SELECT pg_catalog.current_setting('max_prepared_transactions')::int")
         max_prepared = cur.fetchone()[0]
-    return Inventory(schema_exists, functions, triggers, frozenset(existing), schema_tables, columns, max_prepared)
+    legacy = read_legacy_triggers(conn, database, renderer) if database.enabled else ()
+    return Inventory(schema_exists, functions, triggers, frozenset(existing), schema_tables, columns, max_prepared,
+                     legacy)
 
 
 def setup_problems(inventory: Inventory, database: Database) -> list[Difference]:
@@ -154,6 +203,14 @@ def setup_problems(inventory: Inventory, database: Database) -> list[Difference]
             if installed:  # pgne does not drop them by itself: see README, "Two-phase commit"
                 what += (f"; pgne triggers already installed are left in place ({installed}): "
                          f"PREPARE TRANSACTION fails after a write to their tables")
+        elif problem == LEGACY_TRIGGER:
+            found = [t for t in inventory.legacy if (t.schema, t.table) == (schema, table)]
+            if not found:
+                continue
+            what = (f"{'; '.join(map(str, found))}, which notifies on channel {database.channel}: "
+                    f"beside pgne's triggers every row would count twice "
+                    f"(pgne apply {REPLACE_LEGACY_OPTION} replaces {'it' if len(found) == 1 else 'them'} "
+                    f"in one transaction)")
         elif problem == MISSING_TABLE:
             if (schema, table) in inventory.existing_tables:
                 continue

@@ -131,6 +131,7 @@ class Master:
             log_level=self.args.log_level,
             trigger_check_interval=self.args.trigger_check_interval,
             outbox_switch_generation=self.outbox_switches.get(slot.database.key, 0),
+            compat_metric=getattr(self.args, "compat_metric", False),
             master_pid=os.getpid(),
         )
         # The worker gets its password on stdin: variables that hold one stay with the master.

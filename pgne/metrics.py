@@ -14,6 +14,13 @@ Every Gauge has an explicit multiprocess_mode:
   changed the config); its successor writes every series again at its first check.
 Counters of dead workers stay in their files and keep adding to the total: counts survive
 worker restarts.
+
+With `pgne run --compat-metric`, every increment of pgne_events_total also goes to
+pg_notify_exporter's series, `pg_notify_exporter{operation, host, tag, database, table="schema.table",
+<label columns>}`: the same events, the same numbers, under the old name. It is written as a
+`sum` gauge because prometheus_client would name a counter's sample `pg_notify_exporter_total`
+(and Prometheus stores that name when it scrapes OpenMetrics), which old queries do not select;
+a `sum` gauge adds every process's file, dead workers' included, exactly as a counter does.
 """
 from __future__ import annotations
 
@@ -28,6 +35,8 @@ from pgne.config import BUILTIN_LABELS  # noqa: E402
 from pgne.payload import RESULTS  # noqa: E402
 
 DATABASE_LABELS = ("host", "database")
+COMPAT_METRIC = "pg_notify_exporter"
+COMPAT_LABELS = ("operation", "host", "tag", "database", "table")  # pg_notify_exporter's, in its order
 
 # Label order of pgne_events_total: operation, host, database, tag, schema, table, then columns.
 assert BUILTIN_LABELS == ("operation", "host", "database", "tag", "schema", "table")
@@ -47,15 +56,33 @@ def _database_up() -> Gauge:
                   ("host", "database", "tag"), "livemax")
 
 
+class _BothSeries:
+    """A pgne_events_total child and its pg_notify_exporter twin, raised together."""
+
+    __slots__ = ("counter", "compat")
+
+    def __init__(self, counter, compat):
+        self.counter, self.compat = counter, compat
+
+    def inc(self, amount: float = 1) -> None:
+        self.counter.inc(amount)
+        self.compat.inc(amount)
+
+
 class WorkerMetrics:
     """The metrics one worker writes, with children for its database bound once."""
 
-    def __init__(self, host: str, database: str, tag: str, label_names: tuple[str, ...], outbox: bool = False):
+    def __init__(self, host: str, database: str, tag: str, label_names: tuple[str, ...], outbox: bool = False,
+                 compat: bool = False):
         """`host` is the database's `host` label (config.Database.host_label), not its host name."""
         self.host, self.database, self.tag = host, database, tag
         self.label_names = label_names
         self._families: dict[tuple[str, ...], tuple] = {}
         self.events, self.last_event = self._series_families(())
+        # pg_notify_exporter's series (pgne run --compat-metric), or None
+        self.compat = _gauge(COMPAT_METRIC, "Events counter: pg_notify_exporter's series, as pgne_events_total counts "
+                             "them (pgne run --compat-metric).", COMPAT_LABELS + label_names,
+                             "sum") if compat else None
         self.up = _database_up().labels(host, database, tag)
         notifications = _counter("pgne_notifications_total", "Notifications received, by result.",
                                  DATABASE_LABELS + ("result",))
@@ -107,7 +134,13 @@ class WorkerMetrics:
             events, last_event = self._series_families(tuple(name for name, _ in extras))
             values = (operation, self.host, self.database, self.tag, schema, table, *labels,
                       *(value for _, value in extras))
-            children = (events.labels(*values), last_event.labels(*values))
+            counter = events.labels(*values)
+            # An outbox series under label columns the config no longer has has no twin: the
+            # compat series has the config's label names only.
+            if self.compat is not None and not extras:
+                compat = self.compat.labels(operation, self.host, self.tag, self.database, f"{schema}.{table}", *labels)
+                counter = _BothSeries(counter, compat)
+            children = (counter, last_event.labels(*values))
             self._children[key] = children
         return children
 

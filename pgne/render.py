@@ -23,6 +23,7 @@ from pgne.resources import builtin_templates_dir
 
 TEMPLATE_SUFFIX = ".sql.j2"
 DATABASE_TEMPLATE = "_database.sql.j2"  # the per-database skeleton; `_` names are internal
+LEGACY_TEMPLATE = "_legacy_triggers.sql.j2"  # finds pg_notify_exporter's triggers (status, --replace-legacy)
 SCHEMA = "pgne"
 NEW_TABLE = "pgne_new"  # transition table names the triggers declare (REFERENCING ... AS)
 OLD_TABLE = "pgne_old"
@@ -211,8 +212,23 @@ class Renderer(TemplateCatalog):
         sql = sql.strip() + "\n"
         return RenderedMonitor(monitor, name, sql, body_comment(sql))
 
-    def render_database(self, database: Database) -> str:
-        """The whole script for one database: header comment, then BEGIN ... COMMIT."""
+    def legacy_tables(self, database: Database) -> list[tuple[str, str]]:
+        """The tables on which pg_notify_exporter's triggers are looked for: the enabled monitors'."""
+        return list(dict.fromkeys((m.schema, m.table) for m in database.enabled_monitors))
+
+    def render_legacy_query(self, database: Database) -> str | None:
+        """The SELECT that lists pg_notify_exporter's triggers on `database`'s monitored tables
+        (None without any: there is nothing to look at)."""
+        tables = self.legacy_tables(database)
+        if not tables:
+            return None
+        macro = self.env.get_template(LEGACY_TEMPLATE).module.legacy_triggers
+        return str(macro(tables, database.channel, SCHEMA)).strip() + "\n"
+
+    def render_database(self, database: Database, replace_legacy: bool = False) -> str:
+        """The whole script for one database: header comment, then BEGIN ... COMMIT. With
+        `replace_legacy`, pg_notify_exporter's triggers on the monitored tables are dropped in the
+        same transaction, before pgne's own are created."""
         enabled = [self.render_monitor(database, m) for m in database.enabled_monitors]
         dropped = [m for m in database.monitors if m not in database.enabled_monitors]
         template = self.env.get_template(DATABASE_TEMPLATE)
@@ -231,10 +247,12 @@ class Renderer(TemplateCatalog):
             qualified_table=qualified_table,
             qualified_function=qualified_function,
             trigger_name=trigger_name,
+            replace_legacy=replace_legacy and bool(enabled),
+            legacy_tables=self.legacy_tables(database),
         )
 
-    def render_config(self, databases: Iterable[Database]) -> str:
-        return "\n".join(self.render_database(d) for d in databases)
+    def render_config(self, databases: Iterable[Database], replace_legacy: bool = False) -> str:
+        return "\n".join(self.render_database(d, replace_legacy) for d in databases)
 
     def check(self, config: Config) -> None:
         """Render everything once, so that `check` catches template errors too."""

@@ -72,6 +72,7 @@ class WorkerSpec:
     master_pid: int
     trigger_check_interval: float = 60.0
     outbox_switch_generation: int = 0  # see pgne.outbox.OutboxExporter
+    compat_metric: bool = False  # pgne run --compat-metric: pg_notify_exporter's series too
 
 
 def encode_spec(spec: WorkerSpec) -> bytes:
@@ -143,7 +144,7 @@ class Worker:
             self.outbox = OutboxExporter(self.router, None, os.environ["PROMETHEUS_MULTIPROC_DIR"],
                                          self.db.host_label, self.db.name, spec.outbox_switch_generation)
         self.metrics = WorkerMetrics(self.db.host_label, self.db.name, self.db.tag, spec.label_names,
-                                     outbox=self.outbox is not None)
+                                     outbox=self.outbox is not None, compat=spec.compat_metric)
         if self.outbox is not None:
             self.outbox.metrics = self.metrics
         self.counted = self.metrics.notifications[COUNTED]

@@ -76,7 +76,7 @@ def unit_settings(text: str) -> dict[str, dict[str, list[str]]]:
 def test_systemd_unit_runs_pgne_as_its_own_user_with_the_state_dir_under_run():
     service = unit_settings(UNIT.read_text())["Service"]
     single = {key: values[-1] for key, values in service.items()}
-    assert single["ExecStart"] == "/usr/local/bin/pgne run -c /etc/pgne/events_config.yml --state-dir /run/pgne"
+    assert single["ExecStart"] == "/opt/pgne/bin/pgne run -c /etc/pgne/events_config.yml --state-dir /run/pgne"
     assert single["RuntimeDirectory"] == "pgne"
     assert (single["User"], single["Group"]) == ("pgne", "pgne")
     assert "DynamicUser" not in service
@@ -104,16 +104,35 @@ def test_systemd_unit_exec_start_is_a_valid_pgne_run_command_line():
                                                            "/run/" + service["RuntimeDirectory"][-1])
 
 
+SHIPPED_PGNE = "/opt/pgne/bin/pgne"  # the README's install
+
+
 def _unit_with_existing_binary(tmp_path: Path) -> Path:
-    """The unit, with ExecStart's /usr/local/bin/pgne replaced by an executable that exists
-    (verify checks that it does)."""
+    """The unit after the one edit it documents for a pgne installed elsewhere than /opt/pgne:
+    ExecStart's path, here an executable that exists (verify checks that it does)."""
     fake = tmp_path / "bin" / "pgne"
     fake.parent.mkdir()
     fake.write_text("#!/bin/sh\nexit 0\n")
     fake.chmod(0o755)
     unit = tmp_path / "pgne.service"
-    unit.write_text(UNIT.read_text().replace("ExecStart=/usr/local/bin/pgne ", f"ExecStart={fake} "))
+    text = UNIT.read_text()
+    assert text.count(f"ExecStart={SHIPPED_PGNE} ") == 1
+    unit.write_text(text.replace(f"ExecStart={SHIPPED_PGNE} ", f"ExecStart={fake} "))
     return unit
+
+
+def test_systemd_analyze_verify_of_the_unit_as_shipped_objects_only_to_a_missing_pgne(tmp_path):
+    """As shipped, the unit passes once pgne is installed as the README says; on a machine
+    without /opt/pgne the only complaint is that path."""
+    tool = need("systemd-analyze")
+    unit = tmp_path / "pgne.service"
+    shutil.copy(UNIT, unit)
+    result = subprocess.run([tool, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60)
+    if Path(SHIPPED_PGNE).exists():
+        assert (result.returncode, result.stderr.strip()) == (0, "")
+    else:
+        assert result.stderr.strip() == (f"pgne.service: Command {SHIPPED_PGNE} is not executable: "
+                                          f"No such file or directory"), result.stderr
 
 
 def test_systemd_analyze_verify_accepts_the_unit_without_a_warning(tmp_path):
@@ -133,6 +152,10 @@ def test_systemd_analyze_security_rates_the_unit_exposure_at_most_2_of_10(tmp_pa
         "systemd-analyze security --offline needs systemd 250 or later (Debian 12 has 252)"
     overall = [line for line in result.stdout.splitlines() if "Overall exposure level" in line]
     assert result.returncode == 0, f"{overall or result.stdout[-2000:]}\n{result.stderr}"
+    # the README gives the figure the unit gets
+    figure = re.search(r"Overall exposure level for pgne\.service: (\d+\.\d) (\w+)", result.stdout)
+    readme = (REPO / "README.md").read_text()
+    assert f"`systemd-analyze security pgne` rates it {figure[1]} (\"{figure[2]}\")" in readme, figure[0]
 
 
 # --------------------------------------------------------------------------- alert rules

@@ -1,13 +1,15 @@
-"""deploy/supervisord.conf under a real supervisord: RUNNING, exact counts, a clean stop.
+"""deploy/supervisord.conf under a real supervisord, installed as an operator installs it:
+copied into the include directory (conf.d/) of a main config, with only the edit the file
+documents (its `command=` line's paths) — RUNNING, exact counts, a clean stop — and copied in
+with no edit at all: supervisord loads it and runs its other programs.
 
-The temporary main config includes the shipped file unchanged; the environment variables it
-expands (%(ENV_...)s) point it at this checkout's pgne, a throwaway config and a free port.
 Every process of this test carries a marker in its environment, so that other pgne processes
 on a shared machine are never mistaken for ours.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +24,9 @@ from helpers import pgne_env
 from runner import REPO, free_port, http_get, parse_metrics, wait_until
 
 SHIPPED = REPO / "deploy" / "supervisord.conf"
+# The command line as shipped: it matches the README's install (/opt/pgne, /etc/pgne).
+SHIPPED_COMMAND = ("command=/opt/pgne/bin/pgne run -c /etc/pgne/events_config.yml --state-dir /var/lib/pgne "
+                   "--listen-address 0.0.0.0:9292")
 MONITOR = {"table": "one", "enabled": True, "function": "notification_with_payload",
            "columns_to_label": [{"code": ["alpha", "beta"]}], "events": ["insert"]}
 
@@ -48,9 +53,22 @@ def marked_processes(marker: str, exclude: set[int]) -> dict[int, str]:
     return found
 
 
+def operator_edit(text: str, pgne: str, config: str, state_dir: str, listen: str) -> str:
+    """The one edit the shipped file documents: the paths of its `command=` line."""
+    assert text.count(SHIPPED_COMMAND + "\n") == 1, "the shipped command= line changed: update the README too"
+    edited = (SHIPPED_COMMAND.replace("/opt/pgne/bin/pgne", pgne).replace("/etc/pgne/events_config.yml", config)
+              .replace("/var/lib/pgne", state_dir).replace("0.0.0.0:9292", listen))
+    return text.replace(SHIPPED_COMMAND + "\n", edited + "\n")
+
+
 class Supervisor:
-    def __init__(self, workdir: str, env: dict[str, str]):
+    def __init__(self, workdir: str, env: dict[str, str], program_file: str, extra: str = ""):
+        """A main config whose [include] takes conf.d/*.conf, with `program_file`'s text copied
+        there as conf.d/pgne.conf (as `cp deploy/supervisord.conf /etc/supervisor/conf.d/pgne.conf`)."""
         self.workdir = workdir
+        conf_d = Path(workdir, "conf.d")
+        conf_d.mkdir()
+        (conf_d / "pgne.conf").write_text(program_file)
         self.env = env
         self.conf = os.path.join(workdir, "supervisord.conf")
         self.log = os.path.join(workdir, "supervisord.log")
@@ -72,8 +90,9 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 [supervisorctl]
 serverurl=unix://{sock}
 
+{extra}
 [include]
-files = {SHIPPED}
+files = {conf_d}/*.conf
 """)
         self.process: subprocess.Popen | None = None
 
@@ -88,8 +107,8 @@ files = {SHIPPED}
         return subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", self.conf, *args],
                               env=self.env, capture_output=True, text=True, timeout=60)
 
-    def status(self) -> str:
-        return self.ctl("status", "pgne").stdout
+    def status(self, program: str = "pgne") -> str:
+        return self.ctl("status", program).stdout
 
     def program_log(self) -> str:
         """pgne's stderr (redirect_stderr=true) as supervisord logged it (childlogdir)."""
@@ -124,7 +143,7 @@ def workdir():
 
 
 def pgne_command() -> str:
-    """PGNE_BIN: the `pgne` console script next to this Python (an installed pgne, as an operator
+    """The pgne command for `command=`: the `pgne` console script next to this Python (an installed pgne, as an operator
     runs it), else `python -m pgne` (a bare checkout). Either imports the pgne of pgne_env()."""
     script = Path(sys.executable).with_name("pgne")
     return str(script) if os.access(script, os.X_OK) else f"{sys.executable} -m pgne"
@@ -143,14 +162,10 @@ def test_the_shipped_supervisord_program_runs_counts_exactly_and_stops_every_pro
     config = write_config(db, [MONITOR], tag="sv", perform_setup=True)
     port = free_port()
     marker = f"PGNE_TEST_MARKER={uuid.uuid4().hex}"
-    env = pgne_env(
-        PGNE_BIN=pgne_command(),
-        PGNE_CONFIG=str(config),
-        PGNE_STATE_DIR=os.path.join(workdir, "state"),
-        PGNE_LISTEN_ADDRESS=f"127.0.0.1:{port}",
-        PGNE_TEST_MARKER=marker.split("=", 1)[1],
-    )
-    sv = Supervisor(workdir, env)
+    env = pgne_env(PGNE_TEST_MARKER=marker.split("=", 1)[1])
+    program = operator_edit(SHIPPED.read_text(), pgne_command(), str(config), os.path.join(workdir, "state"),
+                            f"127.0.0.1:{port}")
+    sv = Supervisor(workdir, env, program)
     sv.start()
     try:
         wait_until(lambda: "RUNNING" in sv.status(), 30, "supervisorctl status pgne: RUNNING", sv.describe)
@@ -205,6 +220,28 @@ def test_the_shipped_supervisord_program_runs_counts_exactly_and_stops_every_pro
                    "'stopped: pgne (exit status 0)' in supervisord's log", sv.describe)
         assert "STOPPED" in sv.status()
 
+        sv.ctl("shutdown")
+        sv.process.wait(30)
+    finally:
+        sv.kill_leftovers()
+
+
+def test_the_shipped_file_copied_in_unedited_loads_and_leaves_supervisord_and_its_other_programs_running(workdir):
+    """Without pgne installed at /opt/pgne nor a config in /etc/pgne (as on this machine), the
+    program fails to start and goes to FATAL; supervisord stays up and runs the others."""
+    text = SHIPPED.read_text()
+    assert "%(" not in text  # nothing expanded from supervisord's environment: nothing can be unset
+    other = (f"[program:other]\ncommand={sys.executable} -c \"import time; time.sleep(3600)\"\n"
+             "startsecs=1\nstopasgroup=true\nkillasgroup=true\n")
+    sv = Supervisor(workdir, pgne_env(), text, extra=other)
+    sv.start()
+    try:
+        wait_until(lambda: "RUNNING" in sv.status("other"), 30, "supervisorctl status other: RUNNING", sv.describe)
+        assert sv.process.poll() is None
+        if not (Path("/opt/pgne/bin/pgne").exists() and Path("/etc/pgne/events_config.yml").exists()):
+            wait_until(lambda: "FATAL" in sv.status(), 60, "supervisorctl status pgne: FATAL", sv.describe)
+            assert re.search(r"other\s+RUNNING", sv.ctl("status").stdout), sv.ctl("status").stdout
+        assert sv.process.poll() is None
         sv.ctl("shutdown")
         sv.process.wait(30)
     finally:

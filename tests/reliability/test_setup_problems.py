@@ -110,6 +110,10 @@ def host_label(proc: PgneProcess, db) -> str:
     return dict(labels)["host"]
 
 
+# a pg_notify_exporter trigger on the table (tests/integration/test_migration.py has them)
+LEGACY_ORDERS = ("legacy_trigger", "public", "orders", "")
+
+
 def problems(proc: PgneProcess, db) -> dict[tuple[str, str, str, str], float]:
     """pgne_setup_problem of one database: {(problem, schema, table, column): value}."""
     return {(d["problem"], d["schema"], d["table"], d["column"]): value
@@ -183,6 +187,7 @@ def test_notify_where_prepared_transactions_are_allowed_is_refused_by_apply_stat
     # pgne run with perform_setup: installs nothing, listens all the same, and says why
     pgne = start(processes, config, tmp_path / "run")
     assert problems(pgne, db) == {("notify_refused", "", "", ""): 1, ("missing_table", "public", "orders", ""): 0,
+                                  LEGACY_ORDERS: 0,
                                   ("missing_label_column", "public", "orders", "supplier"): 0}
     assert triggers(pgne, db) == {("orders", "INSERT"): 0, ("orders", "DELETE"): 0}
     assert landing_rows(pgne) == [[host_label(pgne, db), db.name, TAG, "SETUP FAILED", "0 of 2 installed", "never",
@@ -243,6 +248,7 @@ def test_opting_in_installs_notify_as_before_and_installed_triggers_are_reported
     config = write_config(tmp_path, database_entry(fresh, [ORDERS], notify_with_prepared_transactions=True))
     pgne = start(processes, config, tmp_path / "run")
     assert problems(pgne, fresh) == {("notify_refused", "", "", ""): 0, ("missing_table", "public", "orders", ""): 0,
+                                     LEGACY_ORDERS: 0,
                                      ("missing_label_column", "public", "orders", "supplier"): 0}
     assert triggers(pgne, fresh) == {("orders", "INSERT"): 1, ("orders", "DELETE"): 1}
     run_sql(fresh, "INSERT INTO orders (supplier) VALUES ('acme'), ('acme')")
@@ -263,6 +269,7 @@ def test_outbox_where_prepared_transactions_are_allowed_installs_and_counts_comm
 
     pgne = start(processes, config, tmp_path / "run", "--trigger-check-interval", "1")
     assert problems(pgne, db) == {("notify_refused", "", "", ""): 0, ("missing_table", "public", "orders", ""): 0,
+                                  LEGACY_ORDERS: 0,
                                   ("missing_label_column", "public", "orders", "supplier"): 0}
     assert triggers(pgne, db) == {("orders", "INSERT"): 1, ("orders", "DELETE"): 1}
     prepare_and(db, "ROLLBACK", "rolled-back", "acme", 2)
@@ -297,6 +304,7 @@ def test_a_label_column_the_table_lacks_fails_apply_and_status_and_perform_setup
 
         pgne = start(processes, config, tmp_path / "run")
         assert problems(pgne, db) == {("notify_refused", "", "", ""): 0, ("missing_table", "public", "orders", ""): 0,
+                                      LEGACY_ORDERS: 0,
                                       ("missing_label_column", "public", "orders", "Supplier"): 1}
         assert triggers(pgne, db) == {("orders", "INSERT"): 0, ("orders", "DELETE"): 0}
         assert landing_rows(pgne) == [[host_label(pgne, db), db.name, TAG, "SETUP FAILED", "0 of 2 installed",
@@ -352,13 +360,18 @@ def test_landing_page_and_metrics_show_each_databases_setup_problems_with_the_re
 
         assert {db.name: problems(pgne, db) for db in (lacks_table, lacks_column, refused, fine)} == {
             lacks_table.name: {("notify_refused", "", "", ""): 0, ("missing_table", "public", "orders", ""): 0,
+                               LEGACY_ORDERS: 0,
                                ("missing_label_column", "public", "orders", "supplier"): 0,
-                               ("missing_table", "public", "nosuch", ""): 1},
+                               ("missing_table", "public", "nosuch", ""): 1,
+                               ("legacy_trigger", "public", "nosuch", ""): 0},
             lacks_column.name: {("notify_refused", "", "", ""): 0, ("missing_table", "public", "orders", ""): 0,
+                                LEGACY_ORDERS: 0,
                                 ("missing_label_column", "public", "orders", "supplir"): 1},
             refused.name: {("notify_refused", "", "", ""): 1, ("missing_table", "public", "orders", ""): 0,
+                           LEGACY_ORDERS: 0,
                            ("missing_label_column", "public", "orders", "supplier"): 0},
             fine.name: {("notify_refused", "", "", ""): 0, ("missing_table", "public", "orders", ""): 0,
+                        LEGACY_ORDERS: 0,
                         ("missing_label_column", "public", "orders", "supplier"): 0},
         }
         assert {db.name: triggers(pgne, db) for db in (lacks_table, lacks_column, refused, fine)} == {
