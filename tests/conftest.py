@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import psycopg2
 import pytest
-from helpers import DEFAULT_CHANNEL, Listener, config_text, database_entry_text, sql_rows
+from helpers import DEFAULT_CHANNEL, Listener, config_text, database_entry_text, host_label, sql_rows
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 
@@ -56,6 +56,11 @@ class PgDatabase:
     user: str
     password: str | None = None
     _connections: list = field(default_factory=list, compare=False, repr=False)
+
+    @property
+    def host_label(self) -> str:
+        """pgne's `host` label of this database (`host:port` off port 5432)."""
+        return host_label(self.host, self.port)
 
     def connect(self, autocommit: bool = False, **kwargs: Any):
         """A new psycopg2 connection to this database (closed at teardown).

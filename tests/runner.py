@@ -299,6 +299,13 @@ class ExtraDatabase:
     user: str
     password: str | None = None
 
+    @property
+    def host_label(self) -> str:
+        """pgne's `host` label of this database (`host:port` off port 5432)."""
+        from helpers import host_label
+
+        return host_label(self.host, self.port)
+
 
 @contextmanager
 def throwaway_database(admin_dsn: str, name: str | None = None) -> Iterator[ExtraDatabase]:

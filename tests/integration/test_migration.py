@@ -211,7 +211,7 @@ def test_replace_legacy_switches_under_a_concurrent_writer_and_counts_every_comm
     legacy_database(db)
     config = write_config(db, MONITORS, tag="shop")
     pgne = PgneProcess(config, tmp_path / "run", "--compat-metric", "--trigger-check-interval", "0.5").start()
-    legacy_problem = labels_key("pgne_setup_problem", {"host": db.host, "database": db.name, "schema": "public",
+    legacy_problem = labels_key("pgne_setup_problem", {"host": db.host_label, "database": db.name, "schema": "public",
                                                        "table": "one", "column": "", "problem": "legacy_trigger"})
     wait_until(lambda: pgne.scrape().get(legacy_problem) == 1, 30, "the legacy trigger in pgne_setup_problem",
                pgne.describe)
@@ -252,7 +252,7 @@ def test_replace_legacy_switches_under_a_concurrent_writer_and_counts_every_comm
 
     # notifications arrive in commit order: once this one is counted, every row of `one` is
     execute(db, "INSERT INTO two (note) VALUES ('sentinel')")
-    base = {"host": db.host, "database": db.name, "tag": "shop", "operation": "INSERT"}
+    base = {"host": db.host_label, "database": db.name, "tag": "shop", "operation": "INSERT"}
     two = labels_key("pgne_events_total", dict(base, schema="public", table="two", code=""))
     wait_until(lambda: pgne.scrape().get(two) == 1, 30, "the sentinel counted", pgne.describe)
     samples = pgne.scrape()
@@ -297,7 +297,7 @@ def test_compat_series_equals_pgne_events_total_and_old_and_new_promql_give_the_
     truth = {("public.one", "INSERT", "alpha"): 333, ("public.one", "INSERT", "beta"): 334,
              ("public.one", "INSERT", "gamma"): 1, ("public.one", "INSERT", "other"): 333,
              ("public.two", "INSERT", ""): 5, ("public.two", "DELETE", ""): 2}
-    base = {"host": db.host, "database": db.name, "tag": "shop"}
+    base = {"host": db.host_label, "database": db.name, "tag": "shop"}
 
     def old(table: str, operation: str, code: str) -> tuple:
         return labels_key("pg_notify_exporter", dict(base, table=table, operation=operation, code=code))
@@ -383,7 +383,7 @@ def test_an_edited_pg_notify_exporter_function_becomes_a_template_that_counts_as
     config = write_config(db, monitors, tag="shop")
     assert run_pgne("check", "-c", config).returncode == 2  # no such template among the built-in ones
     pgne = PgneProcess(config, tmp_path / "run", "--templates", EXAMPLE_TEMPLATES).start()
-    base = {"host": db.host, "database": db.name, "tag": "shop", "operation": "INSERT", "schema": "public",
+    base = {"host": db.host_label, "database": db.name, "tag": "shop", "operation": "INSERT", "schema": "public",
             "table": "orders"}
     truth_sql = ("SELECT CASE WHEN code IN ('alpha', 'beta') THEN code ELSE 'other' END, "
                  "CASE WHEN amount >= 100 THEN 'large' ELSE 'small' END, count(*) FROM orders GROUP BY 1, 2")

@@ -31,7 +31,7 @@ ORDERS = {"table": "orders", "enabled": True, "function": "notification_with_pay
 
 
 def events_labels(db, supplier: str, table: str = "orders", operation: str = "INSERT") -> dict:
-    return {"operation": operation, "host": db.host, "database": db.name, "tag": "it",
+    return {"operation": operation, "host": db.host_label, "database": db.name, "tag": "it",
             "schema": "public", "table": table, "supplier": supplier}
 
 

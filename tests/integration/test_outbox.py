@@ -212,7 +212,7 @@ def test_switching_notify_to_outbox_and_back_is_one_apply_and_counts_work_after_
     try:
         insert_codes(db.dsn, ["alpha", "beta", None])
         proc.wait_for_values({("pgne_events_total", frozenset({
-            "operation": "INSERT", "host": db.host, "database": db.name, "tag": TAG, "schema": "public",
+            "operation": "INSERT", "host": db.host_label, "database": db.name, "tag": TAG, "schema": "public",
             "table": "one", "code": code}.items())): 1.0 for code in ("alpha", "beta", OTHER)})
         assert nonzero(exported(proc, db)) == {("INSERT", "one", c): 1 for c in ("alpha", "beta", OTHER)}
     finally:
@@ -281,7 +281,7 @@ def test_a_sighup_switch_from_notify_to_outbox_keeps_counting_the_new_rows_also_
         wait_until(lambda: backlog_rows(db.dsn) == 0 and db_totals(db.dsn) == {("INSERT", "one", "alpha"): 5 + 3},
                    15, "the 3 rows drained", proc.describe)
         (drained_at,), = sql_rows(db.dsn, "SELECT extract(epoch FROM max(last_event)) FROM pgne.totals")
-        labels = {"operation": "INSERT", "host": db.host, "database": db.name, "tag": TAG, "schema": "public",
+        labels = {"operation": "INSERT", "host": db.host_label, "database": db.name, "tag": TAG, "schema": "public",
                   "table": "one", "code": "alpha"}
         wait_until(lambda: (proc.value("pgne_last_event_timestamp_seconds", labels) or 0) >= float(drained_at),
                    15, "an export after the drain", proc.describe)
@@ -344,7 +344,7 @@ def test_10000_row_insert_select_is_exact_with_whitelist_split(db, running):
     assert set(values) == CONFIGURED  # every configured series is there, the rest at 0
     # one pgne.event_log row per statement and label group was drained: nothing else was counted
     assert running.value("pgne_notifications_total",
-                         {"host": db.host, "database": db.name, "result": "counted"}) == 0
+                         {"host": db.host_label, "database": db.name, "result": "counted"}) == 0
 
 
 def test_two_single_row_inserts_in_one_transaction_count_2_and_a_rollback_0(db, running):
@@ -401,7 +401,7 @@ def test_rows_committed_while_pgne_was_stopped_are_counted_as_soon_as_it_starts(
                                          ("DELETE", "one", "beta"): 1}, timeout=10)
         assert time.monotonic() - started < 10
         assert set(values) == CONFIGURED
-        labels = {"host": db.host, "database": db.name}
+        labels = {"host": db.host_label, "database": db.name}
         assert proc.value("pgne_outbox_backlog_rows", labels) == 0
         assert proc.value("pgne_outbox_oldest_event_age_seconds", labels) == 0
         assert proc.value("pgne_database_up", dict(labels, tag=TAG)) == 1
@@ -422,7 +422,7 @@ def test_backlog_gauges_show_rows_that_cannot_be_drained_yet(db, tmp_path):
             cur.execute("SELECT * FROM pgne.event_log FOR UPDATE")
             assert cur.rowcount == 3
         proc.start()
-        labels = {"host": db.host, "database": db.name}
+        labels = {"host": db.host_label, "database": db.name}
         wait_until(lambda: proc.value("pgne_outbox_backlog_rows", labels) == 3
                    and proc.value("pgne_outbox_oldest_event_age_seconds", labels) > 0.3,
                    15, "backlog 3 with an age above 0.3 s", proc.describe)
@@ -637,7 +637,8 @@ def test_two_pgne_instances_draining_one_database_count_every_row_once(db, tmp_p
         assert total == sum(expected.values())
         for proc in (first, second):  # both were draining all along, and neither had to reconnect
             assert "draining pgne.event_log every 0.02 s" in proc.stderr_text()
-            assert proc.value("pgne_reconnects_total", {"host": db.host, "database": db.name}) == 0, proc.describe()
+            reconnects = proc.value("pgne_reconnects_total", {"host": db.host_label, "database": db.name})
+            assert reconnects == 0, proc.describe()
     finally:
         first.kill_leftovers()
         second.kill_leftovers()
@@ -724,7 +725,7 @@ def test_exported_counter_never_goes_backwards_across_a_worker_sigkill_and_a_res
         assert not thread.is_alive() and not errors, errors
         expected = committed_inserts(db.dsn)
         wait_drained(proc, db, expected, watch=watch)
-        assert proc.value("pgne_worker_restarts_total", {"host": db.host, "database": db.name}) == 1
+        assert proc.value("pgne_worker_restarts_total", {"host": db.host_label, "database": db.name}) == 1
         last_run = {labels: value for labels, value in watch.last.items() if ("database", db.name) in labels}
     finally:
         stop.set()

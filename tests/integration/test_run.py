@@ -68,26 +68,26 @@ def write_standard(write_config, db, monitors=MONITORS, **options):
 
 
 def db_labels(db) -> dict[str, str]:
-    return {"host": db.host, "database": db.name}
+    return {"host": db.host_label, "database": db.name}
 
 
 def up_labels(db) -> dict[str, str]:
-    return {"host": db.host, "database": db.name, "tag": TAG}
+    return {"host": db.host_label, "database": db.name, "tag": TAG}
 
 
 def result_labels(db, result: str) -> dict[str, str]:
-    return {"host": db.host, "database": db.name, "result": result}
+    return {"host": db.host_label, "database": db.name, "result": result}
 
 
 def event_labels(db, operation: str, table: str, code: str = "") -> dict[str, str]:
-    return {"operation": operation, "host": db.host, "database": db.name, "tag": TAG,
+    return {"operation": operation, "host": db.host_label, "database": db.name, "tag": TAG,
             "schema": "public", "table": table, "code": code}
 
 
 def events(proc: PgneProcess, db) -> dict[tuple[str, str, str], float]:
     """pgne_events_total of one database: {(operation, table, code): value}."""
     found = {}
-    for labels, value in proc.series("pgne_events_total", database=db.name, host=db.host).items():
+    for labels, value in proc.series("pgne_events_total", database=db.name, host=db.host_label).items():
         d = dict(labels)
         assert d["tag"] == TAG and d["schema"] == "public", d
         found[(d["operation"], d["table"], d["code"])] = value

@@ -169,7 +169,7 @@ def test_the_shipped_supervisord_program_runs_counts_exactly_and_stops_every_pro
     sv.start()
     try:
         wait_until(lambda: "RUNNING" in sv.status(), 30, "supervisorctl status pgne: RUNNING", sv.describe)
-        labels = {"host": db.host, "database": db.name}
+        labels = {"host": db.host_label, "database": db.name}
 
         def scrape() -> dict:
             try:

@@ -165,8 +165,8 @@ def test_sighup_with_any_invalid_config_is_logged_and_ignored_and_the_old_config
     }
     path.write_text(valid)
     pgne = PgneProcess(path, tmp_path / "run")
-    up = {"host": db.host, "database": db.name, "tag": "it"}
-    counted = {"operation": "INSERT", "host": db.host, "database": db.name, "tag": "it", "schema": "public",
+    up = {"host": db.host_label, "database": db.name, "tag": "it"}
+    counted = {"operation": "INSERT", "host": db.host_label, "database": db.name, "tag": "it", "schema": "public",
                "table": "t"}
     try:
         pgne.start()
@@ -241,15 +241,15 @@ def test_json_config_with_surrogate_pairs_counts_the_real_characters_in_the_work
     try:
         pgne.start()
         run_sql(db, "INSERT INTO t VALUES ('\U0001F600'), ('\U0001F600'), ('plain'), ('\U0001F601')")
-        base = {"operation": "INSERT", "host": db.host, "database": db.name, "tag": tag, "schema": "public",
+        base = {"operation": "INSERT", "host": db.host_label, "database": db.name, "tag": tag, "schema": "public",
                 "table": "t"}
         pgne.wait_for_value("pgne_events_total", {**base, "code": "\U0001F600"}, 2)
         pgne.wait_for_value("pgne_events_total", {**base, "code": "other"}, 1)
         assert pgne.value("pgne_events_total", {**base, "code": "plain"}) == 1
-        assert pgne.value("pgne_database_up", {"host": db.host, "database": db.name, "tag": tag}) == 1
+        assert pgne.value("pgne_database_up", {"host": db.host_label, "database": db.name, "tag": tag}) == 1
         status, _, page = pgne.get("/")
         assert status == 200 and "\U0001F600 &quot;quoted&quot;" in page.decode("utf-8")
-        assert pgne.value("pgne_worker_restarts_total", {"host": db.host, "database": db.name}) == 0
+        assert pgne.value("pgne_worker_restarts_total", {"host": db.host_label, "database": db.name}) == 0
         assert "Traceback" not in pgne.stderr_text()
     finally:
         pgne.kill_leftovers()

@@ -89,7 +89,7 @@ def reload(proc: PgneProcess, path, db, monitors) -> None:
     before = set(proc.child_pids())
     write_config(path, db, monitors)
     proc.send_signal(signal.SIGHUP)
-    up = {"host": db.host, "database": db.name, "tag": "rel"}
+    up = {"host": db.host_label, "database": db.name, "tag": "rel"}
 
     def new_worker_up() -> bool:
         children = set(proc.child_pids())
@@ -239,7 +239,7 @@ def test_notify_to_outbox_sighup_switch_keeps_its_count_across_restarts_of_pgne(
     path = tmp_path / "events_config.yml"
     path.write_text(config_text(db.host, database_entry(db, [two()])))
     proc = PgneProcess(path, tmp_path / "pgne")
-    labels = {"operation": "INSERT", "host": db.host, "database": db.name, "tag": "rel", "schema": "public",
+    labels = {"operation": "INSERT", "host": db.host_label, "database": db.name, "tag": "rel", "schema": "public",
               "table": "two"}
     try:
         proc.start()
