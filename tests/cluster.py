@@ -29,6 +29,7 @@ class TempCluster(ThrowawayCluster):
 
     def __init__(self, port: int | None = None, settings: dict | None = None):
         super().__init__(test_binaries(), port=port, settings=settings, prefix="pgne-cluster-")
+        self.remove_when_this_process_exits()  # a killed test run leaves no server behind
 
     def bin(self, program: str) -> str:
         """The path of one of this cluster's programs (pg_basebackup, pgbench, ...)."""

@@ -103,6 +103,7 @@ def pg_dsn() -> Iterator[str]:
         cluster = ThrowawayCluster(binaries, settings={"max_connections": 200}, prefix="pgne-test-server-")
     except ClusterError as exc:
         pytest.fail(f"cannot make the test PostgreSQL server (or set PGNE_TEST_DSN): {exc}", pytrace=False)
+    cluster.remove_when_this_process_exits()  # a killed test run leaves no server behind
     try:
         cluster.start()
         yield cluster.dsn
