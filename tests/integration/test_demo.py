@@ -218,7 +218,7 @@ def test_demo_without_a_dsn_runs_on_an_embedded_server_it_starts_and_removes(sta
     assert not Path(data_dir).parent.exists(), "the embedded server's directory is left behind"
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
-    leftover = subprocess.run(["pgrep", "-f", data_dir], capture_output=True, text=True).stdout.split()
+    leftover = subprocess.run(["pgrep", "-f", f"postgres -D {data_dir}"], capture_output=True, text=True).stdout.split()
     assert leftover == [], f"processes of the embedded server still run: {leftover}"
 
 
@@ -257,4 +257,4 @@ def test_a_demo_killed_with_sigkill_leaves_no_embedded_server_running(start_demo
     while not server_gone():
         assert time.monotonic() < deadline, f"the embedded server still runs or its directory is left\n{demo.output()}"
         time.sleep(0.1)
-    assert subprocess.run(["pgrep", "-f", data_dir], capture_output=True, text=True).stdout == ""
+    assert subprocess.run(["pgrep", "-f", f"postgres -D {data_dir}"], capture_output=True, text=True).stdout == ""

@@ -96,7 +96,7 @@ def test_sighup_restarts_only_changed_databases_and_tears_down_removed_ones(tmp_
     # b is added: a's worker and counts must not be touched.
     config.write_text(config_yaml(("127.0.0.1", [database_entry(a, [ORDERS]), database_entry(b, [ORDERS])])))
     pgne.send_signal(signal.SIGHUP)
-    pgne.wait_for_value("pgne_database_up", {"host": "127.0.0.1", "database": b.name, "tag": "it"}, 1)
+    pgne.wait_for_value("pgne_database_up", {"host": b.host_label, "database": b.name, "tag": "it"}, 1)
     assert pgne.value("pgne_config_last_reload_successful", {}) == 1
     assert worker_a in pgne.child_pids()
     execute(b.dsn, "INSERT INTO orders (supplier) VALUES ('globex'), ('initech')")
@@ -130,7 +130,7 @@ def test_sighup_restarts_only_changed_databases_and_tears_down_removed_ones(tmp_
     wait_until(lambda: pgne.child_pids() == [worker_a], 30, "only a's worker left", pgne.describe)
     assert [key for key in pgne.scrape() if ("database", b.name) in key[1]] == []  # b is gone from /metrics
     assert pgne.value("pgne_events_total", events_labels(a, "acme")) == 8
-    assert pgne.value("pgne_worker_restarts_total", {"host": "127.0.0.1", "database": a.name}) == 0
+    assert pgne.value("pgne_worker_restarts_total", {"host": a.host_label, "database": a.name}) == 0
 
 
 def test_sighup_with_an_invalid_config_keeps_the_running_one(tmp_path, two_databases, pgne_processes):
@@ -205,7 +205,7 @@ def test_trigger_installed_gauge_drops_to_zero_after_drop_trigger(tmp_path, two_
     pgne = PgneProcess(config, tmp_path / "run", "--trigger-check-interval", "1")
     pgne_processes.append(pgne)
     pgne.start()
-    labels = {"host": "127.0.0.1", "database": a.name, "schema": "public", "table": "orders", "event": "INSERT"}
+    labels = {"host": a.host_label, "database": a.name, "schema": "public", "table": "orders", "event": "INSERT"}
     assert pgne.value("pgne_trigger_installed", labels) == 1
     execute(a.dsn, "DROP TRIGGER pgne_insert ON orders")
     pgne.wait_for_value("pgne_trigger_installed", labels, 0, timeout=15)

@@ -59,7 +59,7 @@ def series(proc: PgneProcess, db, watch: MonotonicWatch | None = None) -> dict[t
         for sample in family.samples:
             if sample.name != "pgne_events_total" or sample.labels.get("database") != db.name:
                 continue
-            assert sample.labels["host"] == db.host  # port 5432: the host label is the plain host
+            assert sample.labels["host"] == db.host_label
             labels = {k: v for k, v in sample.labels.items() if k not in BUILTIN and v != ""}
             key = (labels.pop("operation"), labels.pop("table"), tuple(sorted(labels.items())))
             assert key not in found, f"served twice: {raw[key]} and {sample.labels}"

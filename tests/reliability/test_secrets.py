@@ -186,8 +186,8 @@ def test_least_privilege_admin_applies_and_a_connect_only_role_runs_pgne_countin
     try:
         proc.start(timeout=60)
         for event in ("INSERT", "UPDATE", "DELETE"):
-            wait_value(proc, "pgne_trigger_installed", {"host": "127.0.0.1", "database": "app", "schema": "public",
-                                                        "table": "one", "event": event},
+            wait_value(proc, "pgne_trigger_installed", {"host": secured.app.host_label, "database": "app",
+                                                        "schema": "public", "table": "one", "event": event},
                        lambda v: v == 1, 30, f"pgne_trigger_installed{{event={event}}} 1")
         app = secured.app
         run_sql(app, "INSERT INTO one (code) SELECT unnest(ARRAY['alpha', 'alpha', 'beta', 'zeta', NULL])",
@@ -225,8 +225,9 @@ def test_password_file_secret_never_in_logs_argv_environ_errors_or_metrics(secur
         proc.start(expect_up=False, timeout=60)
         wait_value(proc, "pgne_database_up", up_labels(reader), lambda v: v == 1, 30, "app listening")
         run_sql(secured.app, "INSERT INTO one (code) VALUES ('alpha')")
-        proc.wait_for_value("pgne_events_total", {"operation": "INSERT", "host": "127.0.0.1", "database": "app",
-                                                  "tag": TAG, "schema": "public", "table": "one", "code": "alpha"},
+        proc.wait_for_value("pgne_events_total", {"operation": "INSERT", "host": secured.app.host_label,
+                                                  "database": "app", "tag": TAG, "schema": "public", "table": "one",
+                                                  "code": "alpha"},
                             1, timeout=30)
         wait_until(lambda: "password authentication failed" in proc.stderr_text()
                    and "Connection refused" in proc.stderr_text()
