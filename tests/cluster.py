@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from typing import Mapping
 
 import psycopg2
 from runner import free_port
@@ -32,7 +33,8 @@ def _as_postgres(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 class TempCluster:
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, settings: Mapping[str, str] | None = None):
+        """`settings`: more postgresql.conf lines, name -> value as written there."""
         self.port = port or free_port()
         self.base = tempfile.mkdtemp(prefix="pgne-cluster-")
         self.data = os.path.join(self.base, "data")
@@ -49,6 +51,7 @@ class TempCluster:
                        f"unix_socket_directories = '{self.socket_dir}'\nfsync = off\n"
                        "synchronous_commit = off\nfull_page_writes = off\nmax_connections = 50\n"
                        "shared_buffers = 64MB\n")
+            conf.writelines(f"{name} = {value}\n" for name, value in (settings or {}).items())
 
     @property
     def dsn(self) -> str:

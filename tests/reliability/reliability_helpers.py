@@ -58,11 +58,12 @@ class Stopwatch:
 
 # -- clusters ------------------------------------------------------------------------------------
 
-def start_cluster(attempts: int = 3, hba: str | None = None) -> TempCluster:
+def start_cluster(attempts: int = 3, hba: str | None = None, settings: dict[str, str] | None = None) -> TempCluster:
     """initdb + start; a new cluster (and port) if the start fails, e.g. because another test
-    run took the free port in between. `hba` replaces pg_hba.conf before the first start."""
+    run took the free port in between. `hba` replaces pg_hba.conf before the first start;
+    `settings` are added to postgresql.conf."""
     for attempt in range(attempts):
-        cluster = TempCluster()
+        cluster = TempCluster(settings=settings)
         if hba is not None:
             with open(os.path.join(cluster.data, "pg_hba.conf"), "w") as f:  # keeps its owner, postgres
                 f.write(hba)
