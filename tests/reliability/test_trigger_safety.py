@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections import Counter
 
 import pytest
@@ -98,7 +99,8 @@ def thousand_statements() -> tuple[list[str], Counter]:
         code = codes[(i + 1) % 3]  # as updated
         expected[event("public.one", "DELETE", code=code.replace("zeta", "other"))] += 1
     for i in range(149):
-        statements.append(f"UPDATE two SET id = id + 1000 WHERE id = {i}" if i % 2 else f"DELETE FROM two WHERE id = {i}")
+        statements.append(f"UPDATE two SET id = id + 1000 WHERE id = {i}" if i % 2
+                          else f"DELETE FROM two WHERE id = {i}")
         expected[event("public.two", "UPDATE" if i % 2 else "DELETE")] += 1
     statements.append("TRUNCATE two")
     expected[event("public.two", "TRUNCATE")] += 1
@@ -308,3 +310,78 @@ def test_identical_statements_around_a_settings_change_are_each_counted(pg_datab
         listener.wait_for({event("public.one", "INSERT", code="alpha"): 4, event("public.two", "INSERT"): 4})
         seqs = [p["seq"] for p in listener.payloads]
         assert len(set(seqs)) == 8 and all(type(s) is int and 0 < s < 2**53 for s in seqs), seqs
+
+
+# -- a broken trigger never fails the application's statement --------------------------------------
+
+BREAKAGES = {
+    "renamed label column": ("ALTER TABLE one RENAME COLUMN code TO code_renamed", "42703"),
+    "dropped label column": ("ALTER TABLE one DROP COLUMN code", "42703"),
+    "label column of another type": ("ALTER TABLE one ALTER COLUMN code TYPE int USING 0", None),
+    "no pgne.event_log": ("DROP TABLE pgne.event_log", "42P01"),
+    "no INSERT right on pgne.event_log": ("REVOKE INSERT ON pgne.event_log FROM CURRENT_USER", "42501"),
+}
+
+
+@pytest.fixture
+def admin_role(pg_database):
+    """A role that is not a superuser (a superuser bypasses every privilege check), owning the
+    application's tables and pgne's objects, as `pgne apply` run by an admin would leave them."""
+    role = f"pgne_admin_{uuid.uuid4().hex[:8]}"
+    pg_database.execute(f'CREATE ROLE "{role}" LOGIN; GRANT CREATE ON DATABASE "{pg_database.name}" TO "{role}"; '
+                        f'GRANT CREATE ON SCHEMA public TO "{role}"')
+    try:
+        yield role
+    finally:
+        pg_database.close_connections()
+        pg_database.execute(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
+
+
+@pytest.mark.parametrize("mode, breakage", [(mode, breakage) for mode in MODES for breakage in BREAKAGES
+                                             if mode == "outbox" or "event_log" not in BREAKAGES[breakage][0]])
+def test_a_broken_trigger_never_fails_the_application_statement(pg_database, admin_role, tmp_path, mode, breakage):
+    """The trigger installed, then the table or pgne's objects changed under it: every statement
+    succeeds, each says why it was not counted in a WARNING, and what is still countable is."""
+    change, sqlstate = BREAKAGES[breakage]
+    db = pg_database
+    conn = db.connect(user=admin_role)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE one (id int, code text); CREATE TABLE two (id int)")
+    apply(tmp_path, db, XID_MONITORS, mode, username=admin_role)
+    with conn.cursor() as cur:
+        cur.execute(change)
+    with Listener(db.dsn) as listener:
+        conn.autocommit = False
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO one (id) VALUES (1), (2)")
+            cur.execute("INSERT INTO two VALUES (1), (2), (3)")
+            cur.execute("UPDATE one SET id = id + 10")
+            cur.execute("DELETE FROM one")
+            cur.execute("TRUNCATE two")
+        conn.commit()
+        warnings = warnings_of(conn)
+        assert db.execute("SELECT count(*) FROM one")[0][0] == 0
+        label_broken = "COLUMN" in change
+        if label_broken and "TYPE" in change:  # any type has a text form: still counted
+            label_broken = False
+        expected = Counter({event("public.two", "INSERT"): 3, event("public.two", "TRUNCATE"): 1})
+        if not label_broken:
+            expected.update({event("public.one", "INSERT", code="other"): 2,
+                             event("public.one", "UPDATE", code="other"): 2,
+                             event("public.one", "DELETE", code="other"): 2})
+        if sqlstate is None:
+            assert warnings == []
+        elif label_broken:  # only the labelled table's row statements fail
+            assert len(warnings) == 3 and all(f"(SQLSTATE {sqlstate})" in w for w in warnings), warnings
+            assert [w.split("pgne: ")[1].split(" not counted")[0] for w in warnings] == [
+                "INSERT on public.one", "UPDATE on public.one", "DELETE on public.one"]
+        else:  # pgne.event_log unusable: nothing can be counted
+            assert len(warnings) == 5 and all(f"(SQLSTATE {sqlstate})" in w for w in warnings), warnings
+            expected = Counter()
+        if mode == "notify":
+            assert listener.wait_for(expected) == expected
+        elif "event_log" not in change:
+            assert outbox_counts(db) == expected
+        else:
+            listener.wait_for({})
