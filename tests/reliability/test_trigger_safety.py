@@ -9,6 +9,9 @@
 - Label columns named like any identifier the rendered templates use: counted exactly.
 - The notify trigger's per-transaction `seq` survives whatever the application does with its
   settings (RESET ALL, SET / SET LOCAL / RESET pgne.seq): no payload repeats, none is folded.
+- A trigger broken under its feet (label column renamed, dropped or retyped; pgne.event_log
+  dropped or not writable) never fails the application's statement: the outbox INSERT now runs
+  outside the EXCEPTION block, so what it needs is checked inside.
 """
 from __future__ import annotations
 
