@@ -177,15 +177,22 @@ notify trigger with the inserting session's `work_mem` at 64MB (the tuplestore s
     )
 
 
-def _pgbench(cluster: Cluster, db: str, script: str, clients: int, seconds: int) -> float:
+def _xid(cluster: Cluster) -> int:
+    """Assigns one transaction ID (its own) and returns it: the cluster's XID counter."""
+    return int(cluster.execute("SELECT pg_current_xact_id()::text")[0][0])
+
+
+def _pgbench(cluster: Cluster, db: str, script: str, clients: int, seconds: int) -> tuple[float, int]:
+    """(tps, transactions processed)."""
     out = subprocess.run(
         [pg_bin("pgbench"), "-n", "-M", "prepared", "-f", script, "-c", str(clients), "-j", str(min(clients, 2)),
          "-T", str(seconds), "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres", db],
         capture_output=True, text=True, check=True, timeout=seconds + 120)
     match = re.search(r"^tps = ([0-9.]+) \(without initial connection time\)", out.stdout, re.M)
-    if not match:
+    processed = re.search(r"^number of transactions actually processed: (\d+)", out.stdout, re.M)
+    if not match or not processed:
         raise RuntimeError(f"cannot read pgbench's tps:\n{out.stdout}\n{out.stderr}")
-    return float(match.group(1))
+    return float(match.group(1)), int(processed.group(1))
 
 
 def pgbench(cluster: Cluster, workdir: str, seconds: int, reps: int, client_counts=(1, 2, 8)) -> Section:
@@ -196,6 +203,7 @@ def pgbench(cluster: Cluster, workdir: str, seconds: int, reps: int, client_coun
         f.write(PGBENCH_SCRIPT)
     variants = [NONE, NOTIFY, OUTBOX, FLOOR, UNHEARD]
     tps: dict[tuple[str, int], list[float]] = {(v, c): [] for v in variants for c in client_counts}
+    xids: dict[str, list[float]] = {v: [] for v in variants}  # XIDs assigned per pgbench transaction
     inserted = {v: 0 for v in variants}
     pgne = Pgne(config_path, os.path.join(workdir, "pgne-write"))  # listens (notify) and drains (outbox)
     consumer_cpu = {"pgne": 0.0, "backend": 0.0, "notifications": 0}  # during the notify runs
@@ -221,7 +229,10 @@ def pgbench(cluster: Cluster, workdir: str, seconds: int, reps: int, client_coun
                     if variant == NOTIFY:
                         backend, workers = listening_backend(), pgne.workers()
                         cpu0 = (sum(map(cpu_seconds, workers)), cpu_seconds(backend))
-                    tps[(variant, clients)].append(_pgbench(cluster, db, script, clients, seconds))
+                    xid0 = _xid(cluster)
+                    rate, processed = _pgbench(cluster, db, script, clients, seconds)
+                    xids[variant].append((_xid(cluster) - xid0 - 1) / processed)
+                    tps[(variant, clients)].append(rate)
                     if variant == NOTIFY:
                         consumer_cpu["pgne"] += sum(map(cpu_seconds, workers)) - cpu0[0]
                         consumer_cpu["backend"] += cpu_seconds(backend) - cpu0[1]
@@ -250,7 +261,7 @@ def pgbench(cluster: Cluster, workdir: str, seconds: int, reps: int, client_coun
         base = Figure(f"{NONE}, {who}", "tps", tps[(NONE, clients)])
         figures.append(base)
         notify_target = {2: (">= 0.90x", 0.90)}.get(clients)
-        outbox_target = {2: (">= 0.95x", 0.95), 8: (">= 0.75x", 0.75)}.get(clients)
+        outbox_target = {2: (">= 0.90x", 0.90), 8: (">= 0.85x", 0.85)}.get(clients)
         for variant, target in ((NOTIFY, notify_target), (OUTBOX, outbox_target), (FLOOR, None), (UNHEARD, None)):
             fig = Figure(f"{variant}, {who}", "tps", tps[(variant, clients)], baseline=base,
                          higher_is_better=True, paired=True)
@@ -260,6 +271,13 @@ def pgbench(cluster: Cluster, workdir: str, seconds: int, reps: int, client_coun
             else:
                 fig.target = "(reference)"
             figures.append(fig)
+    for variant in variants:  # every run of every client count
+        fig = Figure(f"{variant}: XIDs per transaction", "XIDs", xids[variant], digits=3)
+        if variant in (NOTIFY, OUTBOX):
+            fig.target, fig.check = "<= 1.01 (no subtransaction XID)", lambda f: f.median <= 1.01
+        else:
+            fig.target = "(reference)"
+        figures.append(fig)
     notes = [n for n in (spread_note(f) for f in figures if f.baseline is None) if n][:1] + [
         f"Exactness check after all runs: rows inserted into row_events vs pgne_events_total exported: "
         f"notify {inserted[NOTIFY]:,} rows / {counts[NOTIFY]:,.0f} counted "
@@ -282,6 +300,11 @@ fsync and synchronous_commit are on: each transaction waits for its WAL flush. O
 reference: nothing to serialize or group, so it shows the trigger's own cost per transaction;
 with more clients, every transaction that NOTIFYs holds PostgreSQL's cluster-wide notify lock
 from its pre-commit until after its WAL flush, so notifying commits cannot share a flush.
+XIDs per transaction: the cluster's XID counter before and after each run (read with
+`pg_current_xact_id()`, which assigns one itself: subtracted), divided by the transactions
+pgbench processed, over every run of every client count. It includes whatever else assigned
+XIDs meanwhile (pgne's outbox drain, autovacuum's ANALYZE): 1 is the least, and a trigger that
+writes inside its EXCEPTION block (a subtransaction with an XID of its own) shows 2.
 The floor is pgne's trigger shell doing nothing (see the bulk section): the least any trigger
 that SPEC and issue 8 allow can cost. "Nobody listening" is pgne's notify trigger, installed by
 the same apply, in a database that no pgne listens to: the trigger and the notify lock without

@@ -124,8 +124,8 @@ def test_custom_channel_and_whitelists_in_the_trigger_function():
     assert "pgne_new.\"status\"::text COLLATE pg_catalog.\"C\" IN ('new', 'paid', 'shipped')" in sql
     assert "pgne_old.\"status\"::text COLLATE pg_catalog.\"C\" IN ('new', 'paid', 'shipped')" in sql
     assert "pgne_new.\"priority\"::text COLLATE pg_catalog.\"C\" IN ('1', '2', 'true', '1.5')" in sql
-    assert """|| '", "data" : {"status" : ' || to_json(g."status")::text\n""" in sql
-    assert """|| ', "priority" : ' || to_json(g."priority")::text\n""" in sql
+    assert """|| '", "data" : {"status" : ' || to_json("pgne-g"."pgne-1")::text\n""" in sql
+    assert """|| ', "priority" : ' || to_json("pgne-g"."pgne-2")::text\n""" in sql
     assert "GROUP BY 1, 2\n" in sql
 
 

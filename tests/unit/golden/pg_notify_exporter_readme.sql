@@ -13,23 +13,27 @@ CREATE OR REPLACE FUNCTION "pgne"."public_one_6415285b3b"()
   LANGUAGE plpgsql
   SET search_path = pg_catalog, pg_temp
 AS $pgne$
+<<"pgne-trigger">>
 DECLARE
   seq text;
 BEGIN
   BEGIN
-    seq := set_config('pgne.seq', (coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint + 1)::text, true);
+    -- The last number + 1, or the clock in microseconds if that is more: the application can
+    -- RESET or SET the setting, and the numbers still never repeat within its transaction.
+    "pgne-trigger".seq := set_config('pgne.seq', GREATEST(nullif(current_setting('pgne.seq', true), '')::bigint + 1,
+      (date_part('epoch', clock_timestamp()) * 1000000)::bigint)::text, true);
     PERFORM pg_notify('pg_notify_exporter',
       '{"table" : "public.one", "action" : "' || TG_OP
-      || '", "data" : {"code" : ' || to_json(g."code")::text
-      || '}, "count" : ' || g.n::text || ', "seq" : ' || seq || '}')
+      || '", "data" : {"code" : ' || to_json("pgne-g"."pgne-1")::text
+      || '}, "count" : ' || "pgne-g"."pgne-n"::text || ', "seq" : ' || "pgne-trigger".seq || '}')
     FROM (
       SELECT
         CASE WHEN pgne_new."code"::text COLLATE pg_catalog."C" IN ('alpha', 'beta', 'gamma')
-             THEN pgne_new."code"::text COLLATE pg_catalog."C" ELSE 'other' END AS "code",
-        count(*) AS n
+             THEN pgne_new."code"::text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-1",
+        count(*) AS "pgne-n"
       FROM pgne_new
       GROUP BY 1
-    ) AS g;
+    ) AS "pgne-g";
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
     RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
@@ -39,7 +43,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_one_6415285b3b"() IS 'pgne sha256:7f251c6a369d9f86d7f8f0788ba0172e6b0ef637867072108f6e97cb249b14fe';
+COMMENT ON FUNCTION "pgne"."public_one_6415285b3b"() IS 'pgne sha256:d6561932fe422fc110f7257d48887e313aafe2f2636fe97e0df4305a387f19a8';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -78,21 +82,23 @@ CREATE OR REPLACE FUNCTION "pgne"."public_two_93be4d32ed"()
   LANGUAGE plpgsql
   SET search_path = pg_catalog, pg_temp
 AS $pgne$
+<<"pgne-trigger">>
 DECLARE
   seq text;
 BEGIN
   BEGIN
-    seq := set_config('pgne.seq', (coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint + 1)::text, true);
+    -- The last number + 1, or the clock in microseconds if that is more: the application can
+    -- RESET or SET the setting, and the numbers still never repeat within its transaction.
+    "pgne-trigger".seq := set_config('pgne.seq', GREATEST(nullif(current_setting('pgne.seq', true), '')::bigint + 1,
+      (date_part('epoch', clock_timestamp()) * 1000000)::bigint)::text, true);
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
       PERFORM pg_notify('pg_notify_exporter',
-        '{"table" : "public.two", "action" : "' || TG_OP || '", "count" : ' || count(*)::text || ', "seq" : ' || seq || '}')
-      FROM pgne_new
-      HAVING count(*) > 0;
+        '{"table" : "public.two", "action" : "' || TG_OP || '", "count" : ' || "pgne-g"."pgne-n"::text || ', "seq" : ' || "pgne-trigger".seq || '}')
+      FROM (SELECT count(*) AS "pgne-n" FROM pgne_new HAVING count(*) > 0) AS "pgne-g";
     ELSE
       PERFORM pg_notify('pg_notify_exporter',
-        '{"table" : "public.two", "action" : "' || TG_OP || '", "count" : ' || count(*)::text || ', "seq" : ' || seq || '}')
-      FROM pgne_old
-      HAVING count(*) > 0;
+        '{"table" : "public.two", "action" : "' || TG_OP || '", "count" : ' || "pgne-g"."pgne-n"::text || ', "seq" : ' || "pgne-trigger".seq || '}')
+      FROM (SELECT count(*) AS "pgne-n" FROM pgne_old HAVING count(*) > 0) AS "pgne-g";
     END IF;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
@@ -103,7 +109,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_two_93be4d32ed"() IS 'pgne sha256:86927390c45dfb99d2599d0c84918c8a05c3d36ee4d56f1f5019b748afa5fd68';
+COMMENT ON FUNCTION "pgne"."public_two_93be4d32ed"() IS 'pgne sha256:85af418f924fa4d8a169c5c00c0a0c63fa2887af52db9c1b5ab67e067ba32df2';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger

@@ -13,46 +13,50 @@ CREATE OR REPLACE FUNCTION "pgne"."sales_orders_74609b9789"()
   LANGUAGE plpgsql
   SET search_path = pg_catalog, pg_temp
 AS $pgne$
+<<"pgne-trigger">>
 DECLARE
   seq text;
 BEGIN
   BEGIN
-    seq := set_config('pgne.seq', (coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint + 1)::text, true);
+    -- The last number + 1, or the clock in microseconds if that is more: the application can
+    -- RESET or SET the setting, and the numbers still never repeat within its transaction.
+    "pgne-trigger".seq := set_config('pgne.seq', GREATEST(nullif(current_setting('pgne.seq', true), '')::bigint + 1,
+      (date_part('epoch', clock_timestamp()) * 1000000)::bigint)::text, true);
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
       PERFORM pg_notify('shop_events',
         '{"table" : "sales.orders", "action" : "' || TG_OP
-        || '", "data" : {"status" : ' || to_json(g."status")::text
-        || ', "priority" : ' || to_json(g."priority")::text
-        || '}, "count" : ' || g.n::text || ', "seq" : ' || seq || '}')
+        || '", "data" : {"status" : ' || to_json("pgne-g"."pgne-1")::text
+        || ', "priority" : ' || to_json("pgne-g"."pgne-2")::text
+        || '}, "count" : ' || "pgne-g"."pgne-n"::text || ', "seq" : ' || "pgne-trigger".seq || '}')
       FROM (
         SELECT
           CASE WHEN pgne_new."status"::text COLLATE pg_catalog."C" IN ('new', 'paid', 'shipped')
-               THEN pgne_new."status"::text COLLATE pg_catalog."C" ELSE 'other' END AS "status",
+               THEN pgne_new."status"::text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-1",
           CASE WHEN pgne_new."priority"::text COLLATE pg_catalog."C" IN ('1', '2', 'true', '1.5')
-               THEN pgne_new."priority"::text COLLATE pg_catalog."C" ELSE 'other' END AS "priority",
-          count(*) AS n
+               THEN pgne_new."priority"::text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-2",
+          count(*) AS "pgne-n"
         FROM pgne_new
         GROUP BY 1, 2
-      ) AS g;
+      ) AS "pgne-g";
     ELSIF TG_OP = 'DELETE' THEN
       PERFORM pg_notify('shop_events',
         '{"table" : "sales.orders", "action" : "' || TG_OP
-        || '", "data" : {"status" : ' || to_json(g."status")::text
-        || ', "priority" : ' || to_json(g."priority")::text
-        || '}, "count" : ' || g.n::text || ', "seq" : ' || seq || '}')
+        || '", "data" : {"status" : ' || to_json("pgne-g"."pgne-1")::text
+        || ', "priority" : ' || to_json("pgne-g"."pgne-2")::text
+        || '}, "count" : ' || "pgne-g"."pgne-n"::text || ', "seq" : ' || "pgne-trigger".seq || '}')
       FROM (
         SELECT
           CASE WHEN pgne_old."status"::text COLLATE pg_catalog."C" IN ('new', 'paid', 'shipped')
-               THEN pgne_old."status"::text COLLATE pg_catalog."C" ELSE 'other' END AS "status",
+               THEN pgne_old."status"::text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-1",
           CASE WHEN pgne_old."priority"::text COLLATE pg_catalog."C" IN ('1', '2', 'true', '1.5')
-               THEN pgne_old."priority"::text COLLATE pg_catalog."C" ELSE 'other' END AS "priority",
-          count(*) AS n
+               THEN pgne_old."priority"::text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-2",
+          count(*) AS "pgne-n"
         FROM pgne_old
         GROUP BY 1, 2
-      ) AS g;
+      ) AS "pgne-g";
     ELSE
       PERFORM pg_notify('shop_events',
-        '{"table" : "sales.orders", "action" : "' || TG_OP || '", "count" : 1, "seq" : ' || seq || '}');
+        '{"table" : "sales.orders", "action" : "' || TG_OP || '", "count" : 1, "seq" : ' || "pgne-trigger".seq || '}');
     END IF;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
@@ -63,7 +67,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:aa90e16310d287bee123fd6c09bc4a3f5f12d8183a4942cc2e583d7357cd231c';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:d29795b6a14b2db010f9b40f18b021ca4367972054ee32f45a4c4fa9e92f5113';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -122,13 +126,17 @@ CREATE OR REPLACE FUNCTION "pgne"."public_customers_746dedf2f4"()
   LANGUAGE plpgsql
   SET search_path = pg_catalog, pg_temp
 AS $pgne$
+<<"pgne-trigger">>
 DECLARE
   seq text;
 BEGIN
   BEGIN
-    seq := set_config('pgne.seq', (coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint + 1)::text, true);
+    -- The last number + 1, or the clock in microseconds if that is more: the application can
+    -- RESET or SET the setting, and the numbers still never repeat within its transaction.
+    "pgne-trigger".seq := set_config('pgne.seq', GREATEST(nullif(current_setting('pgne.seq', true), '')::bigint + 1,
+      (date_part('epoch', clock_timestamp()) * 1000000)::bigint)::text, true);
     PERFORM pg_notify('shop_events',
-      '{"table" : "public.customers", "action" : "' || TG_OP || '", "count" : 1, "seq" : ' || seq || '}');
+      '{"table" : "public.customers", "action" : "' || TG_OP || '", "count" : 1, "seq" : ' || "pgne-trigger".seq || '}');
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
     RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
@@ -138,7 +146,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:7f7fd0d0a1dfb533bf8dea10e04231fb6e65ac33a5ef7b990caea0d09415f0ac';
+COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:ff8f58f9d149c6d7038202309a75a6ab113623c5a078629a8229fb9238109b78';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -176,31 +184,35 @@ CREATE OR REPLACE FUNCTION "pgne"."audit_log_dd556fb87f"()
   LANGUAGE plpgsql
   SET search_path = pg_catalog, pg_temp
 AS $pgne$
+<<"pgne-trigger">>
 DECLARE
   seq text;
 BEGIN
   BEGIN
-    seq := set_config('pgne.seq', (coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint + 1)::text, true);
+    -- The last number + 1, or the clock in microseconds if that is more: the application can
+    -- RESET or SET the setting, and the numbers still never repeat within its transaction.
+    "pgne-trigger".seq := set_config('pgne.seq', GREATEST(nullif(current_setting('pgne.seq', true), '')::bigint + 1,
+      (date_part('epoch', clock_timestamp()) * 1000000)::bigint)::text, true);
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
       PERFORM pg_notify('shop_events',
         '{"table" : "audit.Log", "action" : "' || TG_OP
-        || '", "count" : ' || g.n::text || ', "seq" : ' || seq || '}')
+        || '", "count" : ' || "pgne-g"."pgne-n"::text || ', "seq" : ' || "pgne-trigger".seq || '}')
       FROM (
         SELECT
-          count(*) AS n
+          count(*) AS "pgne-n"
         FROM pgne_new
         HAVING count(*) > 0
-      ) AS g;
+      ) AS "pgne-g";
     ELSE
       PERFORM pg_notify('shop_events',
         '{"table" : "audit.Log", "action" : "' || TG_OP
-        || '", "count" : ' || g.n::text || ', "seq" : ' || seq || '}')
+        || '", "count" : ' || "pgne-g"."pgne-n"::text || ', "seq" : ' || "pgne-trigger".seq || '}')
       FROM (
         SELECT
-          count(*) AS n
+          count(*) AS "pgne-n"
         FROM pgne_old
         HAVING count(*) > 0
-      ) AS g;
+      ) AS "pgne-g";
     END IF;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
@@ -211,7 +223,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:e81fc819a8acdb401a9e516b03efa90a06087d168fa1948592ca65798c769104';
+COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:289a0d3b74e4dfe2132228e8791182ed73ee776d6ee3f6f85739f0c263ddd697';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -294,23 +306,27 @@ CREATE OR REPLACE FUNCTION "pgne"."public_refunds_520c957fdd"()
   LANGUAGE plpgsql
   SET search_path = pg_catalog, pg_temp
 AS $pgne$
+<<"pgne-trigger">>
 DECLARE
   seq text;
 BEGIN
   BEGIN
-    seq := set_config('pgne.seq', (coalesce(nullif(current_setting('pgne.seq', true), ''), '0')::bigint + 1)::text, true);
+    -- The last number + 1, or the clock in microseconds if that is more: the application can
+    -- RESET or SET the setting, and the numbers still never repeat within its transaction.
+    "pgne-trigger".seq := set_config('pgne.seq', GREATEST(nullif(current_setting('pgne.seq', true), '')::bigint + 1,
+      (date_part('epoch', clock_timestamp()) * 1000000)::bigint)::text, true);
     PERFORM pg_notify('pg_notify_exporter',
       '{"table" : "public.refunds", "action" : "' || TG_OP
-      || '", "data" : {"reason" : ' || to_json(g."reason")::text
-      || '}, "count" : ' || g.n::text || ', "seq" : ' || seq || '}')
+      || '", "data" : {"reason" : ' || to_json("pgne-g"."pgne-1")::text
+      || '}, "count" : ' || "pgne-g"."pgne-n"::text || ', "seq" : ' || "pgne-trigger".seq || '}')
     FROM (
       SELECT
         CASE WHEN pgne_old."reason"::text COLLATE pg_catalog."C" IN ('fraud', 'damaged')
-             THEN pgne_old."reason"::text COLLATE pg_catalog."C" ELSE 'other' END AS "reason",
-        count(*) AS n
+             THEN pgne_old."reason"::text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-1",
+        count(*) AS "pgne-n"
       FROM pgne_old
       GROUP BY 1
-    ) AS g;
+    ) AS "pgne-g";
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
     RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
@@ -320,7 +336,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:aecbd3b79e1d8e260e0f0cd5671bde349f5f9931b7654ffa479b254670484182';
+COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:3dd1faaf68bf48e556d9a112de8fe93ddf3b87e226936b02aab5a07be2b4878e';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
