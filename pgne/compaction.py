@@ -15,6 +15,12 @@ same totals before and after: counters, histograms, summaries and `sum` gauges a
 Not merged: `all` gauges (their pid is a label) and `live*` gauges (mark_process_dead deletes
 them: a dead process no longer asserts them).
 
+A dead worker's file may be incomplete: a worker killed between creating a file and sizing it
+leaves it 0 bytes long (nothing to fold: it is removed). Any other damage (a file shorter than
+its header says, a record that does not parse) is not something pgne writes; the records that
+read whole are folded, the file is set aside as `<name>.corrupt` (not *.db: no reader sees it
+again, so nothing is counted twice) and a warning names it. Compaction never raises.
+
 A reader must never see a value twice (merged file written, dead file not yet deleted) nor a
 file vanish between listing the directory and reading it: `compact()` holds an exclusive flock
 on `<state dir>/.pgne-compaction.lock` and everything that reads the directory wraps its read
@@ -22,10 +28,14 @@ in `reading()`, which holds a shared one. Workers never take it: they write only
 """
 from __future__ import annotations
 
+import errno
 import fcntl
+import json
 import logging
 import os
 import shutil
+import struct
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -37,6 +47,11 @@ LOCK_FILE = ".pgne-compaction.lock"  # not *.db: prometheus_client ignores it
 MERGED = "merged"  # stands where the pid is in a file name: counter_merged.db
 
 Entry = tuple[float, float]  # (value, timestamp), as MmapedDict stores them
+CORRUPT = ".corrupt"  # a damaged dead file, set aside under <name>.corrupt
+LOCK_POLL = 0.01
+
+_unpack_int = struct.Struct("i").unpack_from
+_unpack_two_doubles = struct.Struct("dd").unpack_from
 
 
 def _add(old: Entry, new: Entry) -> Entry:
@@ -67,11 +82,27 @@ MERGEABLE: dict[str, Callable[[Entry, Entry], Entry]] = {
 }
 
 
+class Busy(Exception):
+    """The lock was not free within the time given."""
+
+
 @contextmanager
-def _flock(state_dir: str, mode: int) -> Iterator[None]:
+def _flock(state_dir: str, mode: int, timeout: float | None = None) -> Iterator[None]:
     fd = os.open(os.path.join(state_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, mode)  # per open file description: threads of one process exclude each other too
+        # per open file description: threads of one process exclude each other too
+        if timeout is None:
+            fcntl.flock(fd, mode)
+        else:  # a reader that never lets go (a SIGSTOPped worker) must not hang the master
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise Busy() from None
+                    time.sleep(LOCK_POLL)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -83,11 +114,47 @@ def reading(state_dir: str):
     return _flock(state_dir, fcntl.LOCK_SH)
 
 
-def merge_file(source: str, target: str, combine: Callable[[Entry, Entry], Entry]) -> int:
-    """Add every key of `source` into `target` (created if missing); returns the number of keys.
+def read_entries(path: str) -> tuple[list[tuple[str, float, float]], bool]:
+    """([(key, value, timestamp)], whole) of a multiprocess file, without ever raising on its
+    content: the records that read whole, and whether the file was whole (a 0-byte file, or
+    one sized but not yet written, is whole and empty)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data:
+        return [], True
+    if len(data) < 8:
+        return [], False
+    used = _unpack_int(data, 0)[0]
+    if used == 0:
+        return [], True
+    end = min(used, len(data))
+    entries = []
+    pos = 8
+    while pos + 4 <= end:
+        length = _unpack_int(data, pos)[0]
+        value_at = pos + 4 + length + (8 - (length + 4) % 8)
+        if length <= 0 or value_at + 16 > end:
+            break
+        try:
+            key = data[pos + 4:pos + 4 + length].decode("utf-8")
+            metric, name, labels, help_text = json.loads(key)  # what every scrape will parse
+            if not (isinstance(metric, str) and isinstance(name, str) and isinstance(labels, dict)
+                    and isinstance(help_text, str)):
+                break
+        except (UnicodeDecodeError, ValueError, TypeError):
+            break
+        value, timestamp = _unpack_two_doubles(data, value_at)
+        entries.append((key, value, timestamp))
+        pos = value_at + 16
+    return entries, pos == used
+
+
+def merge_entries(entries: list[tuple[str, float, float]], target: str,
+                  combine: Callable[[Entry, Entry], Entry]) -> None:
+    """Add `entries` into the file `target` (created if missing).
 
     The new content is built in a copy and renamed over `target`: an error half-way leaves
-    `target` as it was (and the caller keeps `source`), never half-added.
+    `target` as it was, never half-added.
     """
     work = target + ".tmp"  # not *.db: invisible to readers
     if os.path.exists(target):
@@ -97,34 +164,62 @@ def merge_file(source: str, target: str, combine: Callable[[Entry, Entry], Entry
     merged = MmapedDict(work)
     try:
         existing = {key: (value, timestamp) for key, value, timestamp in merged.read_all_values()}
-        n = 0
-        for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(source):
+        for key, value, timestamp in entries:
             entry = (value, timestamp)
             if key in existing:
                 entry = combine(existing[key], entry)
+            existing[key] = entry
             merged.write_value(key, entry[0], entry[1])
-            n += 1
     finally:
         merged.close()
     os.replace(work, target)
-    return n
 
 
-def compact(state_dir: str, pid: int) -> int:
+def _fold(source: str, target: str, combine: Callable[[Entry, Entry], Entry]) -> bool:
+    """Fold one dead file into `target`; True if it was folded (or was empty), False if it
+    stays where it is (an I/O error: its values still count, only from their own file)."""
+    folding = source + ".folding"  # not *.db: once renamed, no reader can count it twice
+    try:
+        os.replace(source, folding)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return True
+        raise
+    try:
+        entries, whole = read_entries(folding)
+        if entries:
+            merge_entries(entries, target, combine)
+    except BaseException:
+        os.replace(folding, source)  # as it was: still counted, from its own file
+        raise
+    if whole:
+        os.remove(folding)
+    else:
+        aside = source + CORRUPT
+        os.replace(folding, aside)
+        log.warning("metrics file %s is damaged: %d readable value(s) kept, the file set aside as %s",
+                    os.path.basename(source), len(entries), os.path.basename(aside))
+    return True
+
+
+def compact(state_dir: str, pid: int, timeout: float | None = None) -> int | None:
     """Fold the files of `pid`, a reaped process, into the merged files; returns how many files
-    were folded. Call it after mark_process_dead(pid). On an I/O error the files stay where
-    they are (still counted; only scrapes are slower) and the error is logged."""
+    were folded, or None if readers held the directory longer than `timeout` seconds (nothing
+    done: call again later). Call it after mark_process_dead(pid). Never raises: on an I/O
+    error the files stay where they are (still counted; only scrapes are slower) and the error
+    is logged."""
     folded = 0
     try:
-        with _flock(state_dir, fcntl.LOCK_EX):
+        with _flock(state_dir, fcntl.LOCK_EX, timeout):
             for prefix, combine in MERGEABLE.items():
                 source = os.path.join(state_dir, f"{prefix}_{pid}.db")
                 if not os.path.exists(source):
                     continue
-                merge_file(source, os.path.join(state_dir, f"{prefix}_{MERGED}.db"), combine)
-                os.remove(source)
-                folded += 1
-    except (OSError, RuntimeError) as exc:  # RuntimeError: prometheus_client's "file is corrupted"
+                if _fold(source, os.path.join(state_dir, f"{prefix}_{MERGED}.db"), combine):
+                    folded += 1
+    except Busy:
+        return None
+    except Exception as exc:  # OSError; RuntimeError from MmapedDict; anything else: never the master's end
         log.warning("cannot merge the metrics files of process %d: %s; they stay as they are", pid, exc)
     return folded
 

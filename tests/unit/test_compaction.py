@@ -249,3 +249,69 @@ def test_relabel_series_brings_dead_workers_series_to_the_current_label_columns(
         ("pgne_last_event_timestamp_seconds", labels(table="two", note="")): 20.0,
     }
     assert relabel_series(str(tmp_path), ("note",)) == 0  # nothing left to change: no file written
+
+
+# -- damaged files of dead workers ---------------------------------------------------------------
+
+def test_a_0_byte_file_of_a_worker_killed_while_creating_it_is_removed_and_changes_nothing(tmp_path):
+    write(tmp_path, "counter", 901, {COUNTED: 4.0})
+    compact(str(tmp_path), 901)
+    before = totals(tmp_path)
+    (tmp_path / "counter_902.db").write_bytes(b"")  # opened, killed before MmapedDict sized it
+    (tmp_path / "gauge_max_902.db").write_bytes(b"\0" * 65536)  # sized, header not yet written
+    assert compact(str(tmp_path), 902) == 2
+    assert db_files(tmp_path) == ["counter_merged.db"]
+    assert totals(tmp_path) == before == {("pgne_notifications_total", (("database", "d"), ("host", "h"),
+                                                                         ("result", "counted"))): 4.0}
+    assert not [f for f in os.listdir(tmp_path) if not f.endswith(".db") and f != LOCK_FILE]
+
+
+def test_a_truncated_file_keeps_its_whole_records_once_and_is_set_aside_with_one_warning(tmp_path, caplog):
+    write(tmp_path, "counter", 911, {COUNTED: 5.0})
+    write(tmp_path, "counter", 912, {COUNTED: 7.0, INVALID: 3.0})
+    path = tmp_path / "counter_912.db"
+    data = path.read_bytes()
+    used = int.from_bytes(data[:4], "little")
+    path.write_bytes(data[:used - 5])  # the second record's value is cut
+    compact(str(tmp_path), 911)
+    with caplog.at_level("WARNING", logger="pgne.master"):
+        assert compact(str(tmp_path), 912) == 1
+        assert compact(str(tmp_path), 912) == 0  # nothing left to fold: never counted twice
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["metrics file counter_912.db is damaged: 1 readable value(s) kept, "
+                        "the file set aside as counter_912.db.corrupt"]
+    assert db_files(tmp_path) == ["counter_merged.db"]
+    assert (tmp_path / "counter_912.db.corrupt").exists()
+    counted = ("pgne_notifications_total", (("database", "d"), ("host", "h"), ("result", "counted")))
+    assert totals(tmp_path) == {counted: 12.0}  # 5 + 7; the cut INVALID record is not read
+
+
+@pytest.mark.parametrize("damage", ["header beyond the end", "garbage key", "short header"])
+def test_a_damaged_file_never_makes_compaction_raise_and_the_directory_stays_readable(tmp_path, damage):
+    write(tmp_path, "counter", 921, {COUNTED: 2.0, INVALID: 1.0})
+    path = tmp_path / "counter_921.db"
+    data = bytearray(path.read_bytes())
+    if damage == "header beyond the end":
+        data[:4] = (1 << 30).to_bytes(4, "little")
+    elif damage == "garbage key":
+        data[12:16] = b"\xff\xfe{["
+    else:
+        data = data[:5]
+    path.write_bytes(bytes(data))
+    assert compact(str(tmp_path), 921) == 1
+    assert db_files(tmp_path) in (["counter_merged.db"], [])
+    totals(tmp_path)  # prometheus_client reads what is left without an error
+    assert (tmp_path / "counter_921.db.corrupt").exists()
+
+
+def test_compaction_gives_up_after_its_timeout_while_a_reader_holds_the_directory(tmp_path):
+    """A reader that never lets go (a SIGSTOPped process) must not hang the master: compact()
+    returns None and leaves the files; it folds them once the reader is gone."""
+    write(tmp_path, "counter", 931, {COUNTED: 1.0})
+    with reading(str(tmp_path)):
+        started = time.monotonic()
+        assert compact(str(tmp_path), 931, timeout=0.3) is None
+        assert 0.3 <= time.monotonic() - started < 2
+        assert db_files(tmp_path) == ["counter_931.db"]
+    assert compact(str(tmp_path), 931, timeout=0.3) == 1
+    assert db_files(tmp_path) == ["counter_merged.db"]
