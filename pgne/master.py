@@ -7,6 +7,13 @@ Workers are started with fork+exec (`python -m pgne.worker`), so no lock held by
 thread or prometheus_client is ever inherited. Signal handlers only set flags and wake the
 main loop through signal.set_wakeup_fd; the loop reaps with waitpid(-1, WNOHANG), calls
 mark_process_dead(pid) for every reaped worker, and restarts workers with backoff.
+
+A worker may die at any moment (an OOM killer, an operator's kill -9, a crash loop): before it
+has read its spec, while it creates a metrics file, while it is being reaped. Nothing about a
+worker's death may end the master: the spec is written without blocking and without a buffer
+(a dead reader is a failed start, not a BrokenPipeError later), compaction never raises and
+never waits long for the state dir's lock, and a worker that could not even be forked is
+retried with the same backoff as one that died.
 """
 from __future__ import annotations
 
@@ -35,6 +42,10 @@ STOP_GRACE = 5.0  # SIGTERM to workers, then SIGKILL: the master exits well with
 RESTART_BACKOFF_FIRST, RESTART_BACKOFF_MAX = 1.0, 30.0
 STABLE_AFTER = 60.0  # a worker that ran this long restarts with the first delay again
 LOOP_TICK = 0.5
+SPEC_WRITE_TIMEOUT = 2.0  # a worker that has not read its spec by then (SIGSTOPped?) is killed
+COMPACTION_LOCK_WAIT = 1.0  # a reader that holds the state dir longer: compact at a later tick
+# How a worker is started; tests replace it with stand-ins that exit as they are told.
+WORKER_COMMAND = [sys.executable, "-m", "pgne.worker"]
 
 
 def prepare_state_dir(requested: str | None) -> tuple[str, bool]:
@@ -91,6 +102,8 @@ class Master:
         # Reloads that switched a database from notify to outbox (see pgne.outbox.OutboxExporter).
         self.outbox_switches: dict[tuple, int] = {}
         self.flags: set[int] = set()
+        # reaped workers whose files are not folded yet, with the label columns they wrote
+        self.uncompacted: list[tuple[int, tuple[str, ...]]] = []
         self.stopping = False
         self.wakeup_r, self.wakeup_w = os.pipe()
         for fd in (self.wakeup_r, self.wakeup_w):
@@ -138,27 +151,44 @@ class Master:
         secrets = {db.password_variable for db in self.config.databases if db.password_variable}
         env = {name: value for name, value in os.environ.items() if name not in secrets}
         env["PROMETHEUS_MULTIPROC_DIR"] = self.state_dir
-        process = subprocess.Popen([sys.executable, "-m", "pgne.worker"], stdin=subprocess.PIPE, env=env,
-                                   close_fds=True)
+        name = slot.database.display_name
         try:
-            process.stdin.write(encode_spec(spec))
-            process.stdin.flush()
-        except BrokenPipeError:
-            pass  # it died at once; the reaper sees it
+            # bufsize=0: nothing is ever left in a buffer for close() to flush into a dead pipe
+            process = subprocess.Popen(WORKER_COMMAND, stdin=subprocess.PIPE, env=env, close_fds=True, bufsize=0)
+        except OSError as exc:  # no fork (EAGAIN, ENOMEM): as if it had died at once
+            slot.started_at = time.monotonic()
+            delay = self._schedule_restart(slot)
+            log.error("%s: cannot start a worker: %s; retrying in %.0f s", name, exc.strerror or exc, delay)
+            return
         # process.stdin stays open: its EOF tells the worker that we are gone.
         slot.process, slot.started_at, slot.restart_at = process, time.monotonic(), None
         self.worker_labels[process.pid] = spec.label_names
-        log.info("%s: %s worker started (pid %d)", slot.database.display_name, slot.mode, process.pid)
+        log.info("%s: %s worker started (pid %d)", name, slot.mode, process.pid)
+        if not _send_spec(process, encode_spec(spec)):
+            # Dead already (the reaper logs it), or not reading (stopped): kill it so that the
+            # reaper restarts it. Blocking here would stop the whole master.
+            if not _exited(process):
+                log.warning("%s: worker (pid %d) did not read its spec within %g s; killing it", name,
+                            process.pid, SPEC_WRITE_TIMEOUT)
+                _kill(process)
+
+    def _schedule_restart(self, slot: WorkerSlot) -> float:
+        """Backoff for the next start of `slot`: 1 s doubling to 30 s; 1 s again after a worker
+        that ran STABLE_AFTER seconds. Returns the delay."""
+        ran = time.monotonic() - slot.started_at
+        slot.failures = 1 if ran >= STABLE_AFTER else slot.failures + 1
+        delay = min(RESTART_BACKOFF_FIRST * 2 ** (slot.failures - 1), RESTART_BACKOFF_MAX)
+        slot.restart_at = time.monotonic() + delay
+        return delay
 
     def _stop_slot(self, slot: WorkerSlot) -> None:
         if slot.process and slot.process.returncode is None:
-            slot.process.terminate()
+            _terminate(slot.process)
             self.retiring[slot.process.pid] = (slot.process, slot.database.key)
 
     def _reap(self) -> None:
         from prometheus_client.multiprocess import mark_process_dead
 
-        from pgne.compaction import compact, relabel_series
         from pgne.worker import EXIT_TEARDOWN_FAILED, TEARDOWN
 
         while True:
@@ -168,23 +198,22 @@ class Master:
                 return
             if pid == 0:
                 return
-            mark_process_dead(pid, self.state_dir)
-            compact(self.state_dir, pid)  # its files into *_merged.db: scrape time stays flat across restarts
-            if self.worker_labels.pop(pid, self.config.label_names) != self.config.label_names:
-                # A worker of an earlier config wrote pgne_events_total with other label columns:
-                # bring its series to the current ones, so that no series is served twice
-                # (to Prometheus, `note=""` is no label: {table="t"} and {table="t",note=""} are one).
-                relabel_series(self.state_dir, self.config.label_names)
+            try:
+                mark_process_dead(pid, self.state_dir)
+            except OSError as exc:  # its live gauges keep their last value until the next start
+                log.warning("cannot remove the live gauges of process %d: %s", pid, exc)
+            # with the label columns it wrote pgne_events_total with (see _compact)
+            self.uncompacted.append((pid, self.worker_labels.pop(pid, self.config.label_names)))
             code = os.waitstatus_to_exitcode(status)
             slot = next((s for s in self.slots.values() if s.pid == pid), None)
             if slot is None:  # a worker of a slot we already replaced (reload)
                 retired, _ = self.retiring.pop(pid, (None, None))
                 if retired is not None:
                     retired.returncode = code
-                    retired.stdin.close()
+                    _close_pipe(retired)
                 continue
             slot.process.returncode = code
-            slot.process.stdin.close()
+            _close_pipe(slot.process)
             name = slot.database.display_name
             if self.stopping:
                 continue
@@ -192,12 +221,28 @@ class Master:
                 log.info("%s: teardown %s", name, "done" if code == 0 else "failed (see above); not retried")
                 slot.restart_at = None
                 continue
-            ran = time.monotonic() - slot.started_at
-            slot.failures = 1 if ran >= STABLE_AFTER else slot.failures + 1
-            delay = min(RESTART_BACKOFF_FIRST * 2 ** (slot.failures - 1), RESTART_BACKOFF_MAX)
-            slot.restart_at = time.monotonic() + delay
+            delay = self._schedule_restart(slot)
             how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
             log.error("%s: worker (pid %d) %s; restarting in %.0f s", name, pid, how, delay)
+
+    def _compact(self) -> None:
+        """Fold reaped workers' files into *_merged.db (scrape time stays flat across restarts);
+        a pid whose turn did not come (readers held the dir) is tried again at the next tick."""
+        from pgne.compaction import compact, relabel_series
+
+        waiting = []
+        relabel = False
+        for pid, label_names in self.uncompacted:
+            if compact(self.state_dir, pid, timeout=COMPACTION_LOCK_WAIT) is None:
+                waiting.append((pid, label_names))
+            else:
+                relabel |= label_names != self.config.label_names
+        self.uncompacted = waiting
+        if relabel:
+            # A worker of an earlier config wrote pgne_events_total with other label columns:
+            # bring its series to the current ones, so that no series is served twice
+            # (to Prometheus, `note=""` is no label: {table="t"} and {table="t",note=""} are one).
+            relabel_series(self.state_dir, self.config.label_names)
 
     def _start_due(self) -> None:
         now = time.monotonic()
@@ -284,6 +329,7 @@ class Master:
                 except BlockingIOError:
                     pass
                 self._reap()
+                self._compact()
                 if self.flags & {signal.SIGTERM, signal.SIGINT}:
                     log.info("stopping")
                     break
@@ -299,7 +345,7 @@ class Master:
         self.stopping = True
         running = [s for s in self.slots.values() if s.process and s.process.returncode is None]
         for slot in running:
-            slot.process.terminate()
+            _terminate(slot.process)
         deadline = time.monotonic() + STOP_GRACE
         while time.monotonic() < deadline and (self.retiring or any(s.process.returncode is None for s in running)):
             self._reap()
@@ -308,15 +354,70 @@ class Master:
             if slot.process.returncode is None:
                 log.warning("%s: worker (pid %d) ignored SIGTERM; killing it",
                             slot.database.display_name, slot.pid)
-                slot.process.kill()
+                _kill(slot.process)
         for slot in running:
             if slot.process.returncode is None:
                 slot.process.wait()
-                slot.process.stdin.close()
+                _close_pipe(slot.process)
         for process, _ in self.retiring.values():  # already sent SIGTERM by a reload
-            process.kill()
+            _kill(process)
             process.wait()
         self.server.stop()
+
+
+def _send_spec(process: subprocess.Popen, data: bytes) -> bool:
+    """Write the spec into the worker's stdin; False if it died or did not read it within
+    SPEC_WRITE_TIMEOUT (a spec larger than the pipe's buffer waits for the worker to read)."""
+    fd = process.stdin.fileno()
+    os.set_blocking(fd, False)
+    view = memoryview(data)
+    deadline = time.monotonic() + SPEC_WRITE_TIMEOUT
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            select.select([], [fd], [], remaining)
+        except OSError:  # BrokenPipeError: it is dead already
+            return False
+    return True
+
+
+def _close_pipe(process: subprocess.Popen) -> None:
+    try:
+        process.stdin.close()  # unbuffered: never flushes into a dead pipe
+    except OSError:
+        pass
+
+
+# Never Popen.poll(), .terminate() or .kill() a worker: each of them may reap it (waitpid on its
+# pid), and then _reap's waitpid(-1) never sees it: no mark_process_dead, no restart. A worker
+# whose returncode is None has not been reaped by us, so its pid cannot have been reused.
+
+def _signal(process: subprocess.Popen, signum: int) -> None:
+    if process.returncode is None:
+        try:
+            os.kill(process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def _terminate(process: subprocess.Popen) -> None:
+    _signal(process, signal.SIGTERM)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    _signal(process, signal.SIGKILL)
+
+
+def _exited(process: subprocess.Popen) -> bool:
+    """True if the worker has exited, without reaping it (WNOWAIT): _reap does that."""
+    try:
+        return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
 
 
 def run(config: Config, renderer: Renderer, args: argparse.Namespace, listen: tuple[str, int]) -> int:

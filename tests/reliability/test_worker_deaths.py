@@ -1,0 +1,222 @@
+"""Workers that die at any moment, again and again: the master survives them all.
+
+A real `pgne run` with two databases (one `delivery: notify`, one `delivery: outbox`) on the
+shared server; its workers are SIGKILLed at random moments (right after they appear, half-way
+through their start, while they count) for a bounded time while /metrics is scraped throughout.
+Then the workers are left alone: every kill that hit is one restart, and counting is exact
+again (outbox: exact across the whole storm, nothing lost, nothing twice).
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import threading
+import time
+
+import pytest
+from helpers import config_text, run_sql
+from outbox_helpers import outbox_entry, wait_drained
+from reliability_helpers import Stopwatch, record, wait_value
+from runner import PgneProcess, children_of, process_gone, wait_until
+
+WHITELIST = ["alpha", "beta", "gamma"]
+ONE = {"table": "one", "enabled": True, "function": "notification_with_payload",
+       "columns_to_label": [{"code": WHITELIST}], "events": ["insert"]}
+TABLES = "CREATE TABLE one (id serial PRIMARY KEY, code text)"
+STORM = 25.0  # seconds of kills
+TAG = "it"
+
+
+def up_labels(db) -> dict[str, str]:
+    return {"host": db.host, "database": db.name, "tag": TAG}
+
+
+def db_labels(db) -> dict[str, str]:
+    return {"host": db.host, "database": db.name}
+
+
+def insert_labels(db, code: str) -> dict[str, str]:
+    return {"operation": "INSERT", "host": db.host, "database": db.name, "tag": TAG, "schema": "public",
+            "table": "one", "code": code}
+
+
+class Killer(threading.Thread):
+    """SIGKILLs the master's workers every 0.2-0.4 s; a new worker is killed after a random
+    delay drawn from [0, 0.4) s, a quarter of them at once (before it has read its spec)."""
+
+    def __init__(self, master_pid: int, seconds: float):
+        super().__init__(daemon=True, name="killer")
+        self.master_pid, self.seconds = master_pid, seconds
+        self.hits: dict[int, int] = {}  # pid -> 1 for every worker our SIGKILL ended
+        self.rng = random.Random(12)
+
+    def children(self) -> list[int]:
+        """The master's children, read the fast way (workers are forked by its main thread):
+        fast enough to see a worker between fork and exec."""
+        try:
+            with open(f"/proc/{self.master_pid}/task/{self.master_pid}/children") as f:
+                return [int(pid) for pid in f.read().split()]
+        except FileNotFoundError:
+            return children_of(self.master_pid)
+
+    def run(self) -> None:
+        clock = Stopwatch()
+        due: dict[int, float] = {}
+        while clock.elapsed() < self.seconds:
+            now = time.monotonic()
+            for pid in self.children():
+                if pid in self.hits:
+                    continue
+                if pid not in due:
+                    due[pid] = now + (0.0 if self.rng.random() < 0.25 else self.rng.uniform(0.0, 0.4))
+                if due[pid] <= now and not process_gone(pid):
+                    os.kill(pid, signal.SIGKILL)
+                    self.hits[pid] = 1
+            time.sleep(0.0005)
+
+
+def test_workers_killed_every_few_hundred_ms_for_25_s_never_stop_the_master_and_counts_stay_exact(
+        pg_database_factory, tmp_path):
+    notify_db, outbox_db = pg_database_factory(), pg_database_factory()
+    for db in (notify_db, outbox_db):
+        run_sql(db, TABLES)
+    path = tmp_path / "events_config.yml"
+    path.write_text(config_text(outbox_entry(notify_db, [ONE], delivery=None, perform_setup=True),
+                                outbox_entry(outbox_db, [ONE], perform_setup=True)))
+    proc = PgneProcess(path, tmp_path / "pgne").start(timeout=60)
+    run_sql(notify_db, "INSERT INTO one (code) SELECT 'alpha' FROM generate_series(1, 7)")
+    run_sql(outbox_db, "INSERT INTO one (code) SELECT 'alpha' FROM generate_series(1, 7)")
+    proc.wait_for_value("pgne_events_total", insert_labels(notify_db, "alpha"), 7)
+    wait_drained(proc, outbox_db, {("INSERT", "one", "alpha"): 7})
+
+    killer = Killer(proc.pid, STORM)
+    killer.start()
+    scrapes = committed = 0
+    while killer.is_alive():  # the application writes and Prometheus scrapes all along
+        try:
+            status, _, body = proc.get("/metrics")
+        except OSError:
+            status, body = None, b""
+        assert proc.process.poll() is None, f"the master exited with {proc.process.returncode}\n{proc.describe()}"
+        assert status == 200, body[:300]
+        scrapes += 1
+        run_sql(outbox_db, "INSERT INTO one (code) VALUES ('beta')")
+        committed += 1
+        time.sleep(0.05)
+    killer.join()
+    hits = len(killer.hits)
+    record(f"worker kill storm ({STORM:g} s): workers killed", hits)
+    assert hits >= 8, f"only {hits} kills hit a worker"
+    assert scrapes >= 100
+
+    # left alone: the last killed workers come back after their backoff (at most 30 s + jitter)
+    calm = Stopwatch()
+    proc.wait_all_up(timeout=60)
+    record("worker kill storm: last kill -> every database up", calm.elapsed())
+    restarts = sum(proc.value("pgne_worker_restarts_total", db_labels(db)) for db in (notify_db, outbox_db))
+    assert restarts == hits, proc.describe()
+    assert proc.process.poll() is None
+    assert "Traceback" not in proc.stderr_text(), proc.describe(80)
+
+    # exact again: outbox lost nothing during the storm; notify counts what is committed now
+    run_sql(notify_db, "INSERT INTO one (code) SELECT 'gamma' FROM generate_series(1, 11)")
+    run_sql(outbox_db, "INSERT INTO one (code) SELECT 'gamma' FROM generate_series(1, 11)")
+    proc.wait_for_value("pgne_events_total", insert_labels(notify_db, "gamma"), 11)
+    assert proc.value("pgne_events_total", insert_labels(notify_db, "alpha")) == 7  # never reset
+    wait_drained(proc, outbox_db, {("INSERT", "one", "alpha"): 7, ("INSERT", "one", "beta"): committed,
+                                   ("INSERT", "one", "gamma"): 11})
+    code = proc.stop()[0]
+    assert code == 0, proc.describe()
+
+
+def test_a_stopped_worker_neither_blocks_the_master_nor_its_shutdown(pg_database, tmp_path):
+    """SIGSTOP: the master keeps serving; SIGCONT: the worker counts what it missed; SIGTERM
+    to the master while a worker is stopped: the master kills it and exits 0 within 10 s."""
+    run_sql(pg_database, TABLES)
+    path = tmp_path / "events_config.yml"
+    path.write_text(config_text(outbox_entry(pg_database, [ONE], delivery=None, perform_setup=True)))
+    proc = PgneProcess(path, tmp_path / "pgne").start(timeout=60)
+    [worker] = proc.child_pids()
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        run_sql(pg_database, "INSERT INTO one (code) SELECT 'beta' FROM generate_series(1, 5)")
+        for _ in range(20):
+            assert proc.get("/metrics")[0] == 200
+        assert proc.process.poll() is None
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    proc.wait_for_value("pgne_events_total", insert_labels(pg_database, "beta"), 5)
+
+    os.kill(worker, signal.SIGSTOP)
+    code, seconds = proc.stop()
+    record("SIGTERM with a SIGSTOPped worker: signal -> master exited", seconds)
+    assert code == 0 and seconds < 10, proc.describe()
+    wait_until(lambda: process_gone(worker), 5, "the stopped worker to be gone")
+
+
+FAKE_WORKER = """
+import os, sys, time
+how = os.environ["PGNE_TEST_WORKER"]
+if how == "hang":  # never reads its spec, never exits: a worker stopped right at its start
+    time.sleep(3600)
+if how.startswith("read:"):
+    sys.stdin.buffer.read(4)
+sys.exit(int(how.rsplit(":", 1)[1]))
+"""
+
+RUN_WITH_FAKE_WORKERS = """
+import sys
+from pgne import master
+master.WORKER_COMMAND = [sys.executable, "-c", {fake!r}]
+from pgne.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def fake_workers_pgne(db, tmp_path, monkeypatch, how: str, big: bool = False) -> PgneProcess:
+    """A real master whose workers are stand-ins that do `how` (see FAKE_WORKER). `big`: a config
+    whose worker spec (about 100 kB) does not fit in a pipe's buffer."""
+    monitors = [ONE]
+    if big:
+        monitors = [{"table": f"t{i}", "enabled": True, "function": "notification_with_payload",
+                     "columns_to_label": [{"code": [f"value_{j}" for j in range(20)]}], "events": ["insert"]}
+                    for i in range(300)]
+    path = tmp_path / "events_config.yml"
+    path.write_text(config_text(outbox_entry(db, monitors, delivery=None)))
+    proc = PgneProcess(path, tmp_path / "pgne")
+    script = RUN_WITH_FAKE_WORKERS.format(fake=FAKE_WORKER)
+    proc.command = lambda: [sys.executable, "-c", script, "run", "-c", proc.config, "--listen-address",
+                            f"127.0.0.1:{proc.port}", "--state-dir", str(proc.state_dir)]
+    monkeypatch.setenv("PGNE_TEST_WORKER", how)  # pgne_env() passes it on
+    return proc.start(expect_up=False)
+
+
+@pytest.mark.parametrize("how", ["read:0", "read:1", "read:2", "read:3", "read:70", "read:255",
+                                 "big:0", "big:1"])
+def test_a_worker_that_exits_with_any_status_is_logged_and_restarted(how, pg_database, tmp_path, monkeypatch):
+    """A real master whose workers exit at once with a status (`big`: before reading a spec
+    larger than the pipe's buffer): each exit is one log line and one restart (with backoff:
+    1 s, then 2 s), never the master's end."""
+    big = how.startswith("big:")
+    proc = fake_workers_pgne(pg_database, tmp_path, monkeypatch, how.replace("big", "noread"), big)
+    code = int(how.rsplit(":", 1)[1])
+    wait_value(proc, "pgne_worker_restarts_total", db_labels(pg_database), lambda v: v == 2, 30, "two restarts")
+    assert proc.process.poll() is None, proc.describe()
+    lines = [line for line in proc.stderr_text().splitlines() if "exited with status" in line]
+    assert len(lines) >= 2 and all(f"exited with status {code}; restarting in" in line for line in lines[:2])
+    assert "Traceback" not in proc.stderr_text()
+    assert proc.stop()[0] == 0
+
+
+def test_a_worker_that_never_reads_its_spec_is_killed_and_the_master_stays_responsive(
+        pg_database, tmp_path, monkeypatch):
+    """A worker stopped right at its start never reads its spec: with a spec larger than the
+    pipe's buffer, writing it would block the master for ever (no reaping, no SIGTERM)."""
+    proc = fake_workers_pgne(pg_database, tmp_path, monkeypatch, "hang", big=True)
+    wait_value(proc, "pgne_worker_restarts_total", db_labels(pg_database), lambda v: v == 1, 30, "one restart")
+    assert "did not read its spec within 2 s; killing it" in proc.stderr_text()
+    assert "killed by signal 9; restarting in 1 s" in proc.stderr_text()
+    code, seconds = proc.stop()
+    assert code == 0 and seconds < 10, proc.describe()
