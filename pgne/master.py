@@ -26,15 +26,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pgne import __version__
 from pgne.config import NOTIFY, OUTBOX, Config, Database, load_config
 from pgne.errors import EXIT_OK, UserError
 from pgne.render import Renderer
+from pgne.statedir import prepare_state_dir
 
 log = logging.getLogger("pgne.master")
 
@@ -46,21 +45,6 @@ SPEC_WRITE_TIMEOUT = 2.0  # a worker that has not read its spec by then (SIGSTOP
 COMPACTION_LOCK_WAIT = 1.0  # a reader that holds the state dir longer: compact at a later tick
 # How a worker is started; tests replace it with stand-ins that exit as they are told.
 WORKER_COMMAND = [sys.executable, "-m", "pgne.worker"]
-
-
-def prepare_state_dir(requested: str | None) -> tuple[str, bool]:
-    """(directory, remove at exit). Wipes old *.db files: stale counts must not be served."""
-    requested = requested or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if requested:
-        path = Path(requested)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            for stale in [*path.glob("*.db"), *path.glob("outbox-offsets-*.json")]:
-                stale.unlink()
-        except OSError as exc:
-            raise UserError(f"--state-dir {requested}: {exc.strerror or exc}", exit_code=1) from None
-        return str(path.resolve()), False
-    return tempfile.mkdtemp(prefix="pgne-metrics-"), True
 
 
 @dataclass
@@ -426,14 +410,15 @@ def run(config: Config, renderer: Renderer, args: argparse.Namespace, listen: tu
     from pgne.webconfig import load_web_config
 
     web = load_web_config(args.web_config_file) if args.web_config_file else None
-    state_dir, remove_at_exit = prepare_state_dir(args.state_dir)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = state_dir  # before anything imports prometheus_client
+    state = prepare_state_dir(args.state_dir)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = state.path  # before anything imports prometheus_client
     try:
         try:
-            master = Master(config, renderer, args, listen, state_dir, web)
+            master = Master(config, renderer, args, listen, state.path, web)
         except OSError as exc:
             raise UserError(f"--listen-address {args.listen_address}: {exc.strerror or exc}", exit_code=1) from None
         return master.run()
     finally:
-        if remove_at_exit:
-            shutil.rmtree(state_dir, ignore_errors=True)
+        if state.remove_at_exit:
+            shutil.rmtree(state.path, ignore_errors=True)
+        state.close()
