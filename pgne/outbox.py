@@ -203,13 +203,16 @@ class OutboxExporter:
             rows.append((f"{schema}.{table}", operation, json.dumps(row_labels, sort_keys=True), missing, last_event))
         return rows
 
-    def drain(self, conn) -> int:
-        """Move every committed event_log row into totals; returns the number of rows moved."""
+    def drain(self, conn, progress: Callable[[], None] = lambda: None) -> int:
+        """Move every committed event_log row into totals; returns the number of rows moved.
+        `progress()` is called after each transaction (the worker renews its deadline)."""
         if self.fold_pending:
             self._fold_notify_counts(conn)  # before the first drain: the totals of the switch moment
+            progress()
         moved = 0
         while True:
             rows = drain_chunk(conn, self._drained_labels)
+            progress()
             moved += rows
             if rows < DRAIN_CHUNK:
                 return moved

@@ -8,6 +8,11 @@ libpq (which retries on EINTR and cannot be interrupted).
 
 SIGTERM keeps its default action: the worker dies at once, even inside a blocking libpq call.
 Counts are written to the multiprocess files at every increment, so nothing is lost.
+
+Nothing the server says ends the worker: a hot standby (or a primary demoted by a failover)
+cannot LISTEN nor take the outbox drain's writes, so the worker says so once, shows the
+database down, and checks again with backoff until the name points at a primary; any other
+SQL error is one logged line and a retry, never a traceback.
 """
 from __future__ import annotations
 
@@ -44,9 +49,12 @@ BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 # keeps the TCP peer alive but forwards nothing (a proxy, pooler or NAT that hangs, a frozen
 # server host) defeats both: QUERY_TIMEOUT drops a connection whose queries get no answer.
 QUERY_TIMEOUT = 15.0
-# Longer work gets a longer deadline, for the same reason: perform_setup's apply (each of its
-# locks waits at most lock_timeout) and an outbox drain of a large backlog.
-SETUP_TIMEOUT = DRAIN_TIMEOUT = 120.0
+# perform_setup's apply gets a longer deadline (each of its locks waits at most lock_timeout).
+# An outbox drain of a large backlog is many statements (pgne.outbox.DRAIN_CHUNK rows each,
+# well under a second apiece): the deadline applies to each, so a partition is noticed within
+# QUERY_TIMEOUT of the drain's next statement however long the backlog.
+SETUP_TIMEOUT = 120.0
+READ_ONLY_SQLSTATE = "25006"  # "cannot execute LISTEN during recovery", "... in a read-only transaction"
 KEEPALIVE_OPTIONS = {
     "keepalives": 1,
     "keepalives_idle": 5,
@@ -106,6 +114,16 @@ def _die_with_parent() -> None:
 
 class MasterGone(Exception):
     """stdin reached EOF: the master exited."""
+
+
+class NotPrimary(Exception):
+    """The server cannot be LISTENed on or written to: a hot standby, or read-only."""
+
+
+def _not_primary(exc: psycopg2.Error) -> NotPrimary | None:
+    if exc.pgcode == READ_ONLY_SQLSTATE:
+        return NotPrimary(f"the server refuses it: {_first_line(exc)}")
+    return None
 
 
 class Backoff:
@@ -221,58 +239,102 @@ class Worker:
             counter.inc(0)
         self.metrics.reconnects.inc(0)
         reconnecting = False
+        not_primary = ""  # what was logged while the server was not a primary (said once)
+        failing = ""  # the SQL error logged last (said once while it repeats)
         while True:
             if reconnecting:
                 self.metrics.reconnects.inc()
             conn = self.connect_with_retry()
+            lost = None
             try:
+                self.check_primary(conn)
+                if not_primary:
+                    log.info("%s: the server is a primary again", self.name)
+                    not_primary = ""
                 if self.db.perform_setup:
                     self.setup(conn)  # a failure is logged; we listen all the same
                 if self.outbox is not None:
                     self.drain_forever(conn)
-                with _Deadline(conn, self.name, "LISTEN"), conn.cursor() as cur:
-                    cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.db.channel)))
+                try:
+                    with _Deadline(conn, self.name, "LISTEN"), conn.cursor() as cur:
+                        cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.db.channel)))
+                except psycopg2.Error as exc:
+                    refused = _not_primary(exc)
+                    if refused is None:
+                        raise
+                    raise refused from None
                 self.check_triggers(conn)
                 self.metrics.up.set(1)
                 self.backoff.reset()
+                failing = ""
                 log.info("%s: listening on channel %s", self.name, self.db.channel)
                 self.listen(conn)
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                lost = _first_line(exc)
+                lost = f"connection lost: {_first_line(exc)}"
+            except NotPrimary as exc:
+                if not not_primary:
+                    log.error("%s: %s; not counting until it is a primary (checking again with backoff)",
+                              self.name, exc)
+                not_primary = str(exc)
+            except psycopg2.Error as exc:  # anything else the server says: logged, retried
+                text = _first_line(exc)
+                if text != failing:
+                    log.error("%s: %s (SQLSTATE %s); retrying with backoff", self.name, text, exc.pgcode)
+                failing = text
             finally:
                 self.metrics.up.set(0)
                 conn.close()
             delay = self.backoff.next()
-            log.warning("%s: connection lost: %s; reconnecting in %.1f s", self.name, lost, delay)
+            if lost:
+                log.warning("%s: %s; reconnecting in %.1f s", self.name, lost, delay)
+            else:
+                log.debug("%s: retrying in %.1f s", self.name, delay)
             self.sleep(delay)
             reconnecting = True
 
+    def check_primary(self, conn) -> None:
+        """Raise NotPrimary on a hot standby: it cannot LISTEN, nor take perform_setup's DDL or
+        the outbox drain's writes (each would fail anyway, less clearly)."""
+        with _Deadline(conn, self.name, "the recovery check"), conn.cursor() as cur:
+            cur.execute("SELECT pg_catalog.pg_is_in_recovery()")
+            in_recovery = cur.fetchone()[0]
+        self.drain(conn)
+        if in_recovery:
+            raise NotPrimary("the server is a hot standby (in recovery): it cannot LISTEN or take writes")
+
     def drain_forever(self, conn) -> None:
-        """delivery: outbox. Drain and export now, then every drain_interval."""
+        """delivery: outbox. Drain and export now, then every drain_interval; the heartbeat runs
+        in between (a long drain_interval must not hide a dead connection)."""
         self.check_triggers(conn)
         self.backoff.reset()
         log.info("%s: draining pgne.event_log every %g s", self.name, self.db.drain_interval)
         self._schedule_checks()
         failing = False
+        next_drain = time.monotonic()
         while True:
-            try:
-                with _Deadline(conn, self.name, "the drain", DRAIN_TIMEOUT):
-                    self.outbox.drain(conn)
-                    self.outbox.export(conn)
-            except (psycopg2.OperationalError, psycopg2.InterfaceError):
-                raise
-            except psycopg2.Error as exc:  # e.g. pgne.event_log missing: retry, loudly
-                self.metrics.up.set(0)
-                if not failing:
-                    log.error("%s: cannot drain pgne.event_log: %s (run pgne apply?)", self.name, _first_line(exc))
-                failing = True
-            else:
-                if failing:
-                    log.info("%s: draining again", self.name)
-                failing = False
-                self.metrics.up.set(1)
+            if time.monotonic() >= next_drain:
+                next_drain = time.monotonic() + self.db.drain_interval
+                try:
+                    with _Deadline(conn, self.name, "the drain") as deadline:
+                        self.outbox.drain(conn, progress=deadline.renew)
+                        self.outbox.export(conn)
+                except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                    raise
+                except psycopg2.Error as exc:  # e.g. pgne.event_log missing: retry, loudly
+                    self.metrics.up.set(0)
+                    refused = _not_primary(exc)
+                    if refused is not None:
+                        raise refused from None
+                    if not failing:
+                        log.error("%s: cannot drain pgne.event_log: %s (run pgne apply?)", self.name, _first_line(exc))
+                    failing = True
+                else:
+                    if failing:
+                        log.info("%s: draining again", self.name)
+                    failing = False
+                    self.metrics.up.set(1)
             self._run_due_checks(conn)
-            self.sleep(self.db.drain_interval)
+            self.sleep(max(0.0, min(next_drain, self._next_heartbeat, self._next_trigger_check) - time.monotonic()))
 
     def listen(self, conn) -> None:
         master_fd = self.master_fd
@@ -407,8 +469,13 @@ class _Deadline:
         self.seconds = QUERY_TIMEOUT if seconds is None else seconds
         self.lock = threading.Lock()
         self.finished = False
-        self.timer = threading.Timer(self.seconds, self._expire)
-        self.timer.daemon = True
+        self.timer = self._timer()
+
+    def _timer(self) -> threading.Timer:
+        timer = threading.Timer(self.seconds, self._expire, args=(object(),))
+        timer.daemon = True
+        self.generation = timer.args[0]
+        return timer
 
     def __enter__(self) -> "_Deadline":
         self.timer.start()
@@ -419,9 +486,18 @@ class _Deadline:
             self.finished = True
         self.timer.cancel()
 
-    def _expire(self) -> None:
+    def renew(self) -> None:
+        """An answer came: the next statement gets the whole deadline again."""
         with self.lock:
             if self.finished:
+                return
+            self.timer.cancel()
+            self.timer = self._timer()  # a timer that fires anyway sees a newer generation: no-op
+            self.timer.start()
+
+    def _expire(self, generation: object) -> None:
+        with self.lock:
+            if self.finished or generation is not self.generation:
                 return
             log.warning("%s: no answer to %s within %g s; dropping the connection", self.name, self.what,
                         self.seconds)
