@@ -9,8 +9,10 @@ else the embedded server's.
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
-from pgne.cluster import ClusterError, ThrowawayCluster, find_binaries
+from pgne.cluster import ClusterError, ThrowawayCluster, find_binaries, free_port
 
 __all__ = ["ClusterError", "TempCluster", "test_binaries"]
 
@@ -34,3 +36,27 @@ class TempCluster(ThrowawayCluster):
     def bin(self, program: str) -> str:
         """The path of one of this cluster's programs (pg_basebackup, pgbench, ...)."""
         return self.binaries.path(program)
+
+    @classmethod
+    def standby_of(cls, primary: "TempCluster") -> "TempCluster":
+        """A hot standby of `primary` (pg_basebackup -R: streaming replication), not started yet.
+        Promote it with promote()."""
+        self = cls.__new__(cls)
+        self.binaries, self.user = primary.binaries, primary.user
+        self.port = free_port()
+        self.base = Path(tempfile.mkdtemp(prefix="pgne-standby-"))
+        self.data = self.base / "data"
+        self.socket_dir = self.base / "sock"
+        self.log = self.base / "server.log"
+        self.socket_dir.mkdir()
+        if self.user is not None:
+            for path in (self.base, self.socket_dir):
+                os.chown(path, self.user.pw_uid, self.user.pw_gid)
+        self.run("pg_basebackup", "-D", str(self.data), "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+                 "-R", "-X", "stream", "--no-sync")
+        with open(self.data / "postgresql.conf", "a", encoding="utf-8") as conf:  # the primary's, copied
+            conf.write(f"\nport = {self.port}\nunix_socket_directories = '{self.socket_dir}'\nhot_standby = on\n")
+        return self
+
+    def promote(self) -> None:
+        self.pg_ctl("promote")
