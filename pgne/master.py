@@ -182,6 +182,8 @@ class Master:
                 return
             if pid == 0:
                 return
+            if os.WIFSTOPPED(status) or os.WIFCONTINUED(status):  # only reported under a tracer
+                continue
             try:
                 mark_process_dead(pid, self.state_dir)
             except OSError as exc:  # its live gauges keep their last value until the next start
