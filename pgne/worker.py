@@ -294,13 +294,18 @@ class Worker:
 
     def check_primary(self, conn) -> None:
         """Raise NotPrimary on a hot standby: it cannot LISTEN, nor take perform_setup's DDL or
-        the outbox drain's writes (each would fail anyway, less clearly)."""
+        the outbox drain's writes (each would fail anyway, less clearly). In outbox mode also on
+        a read-only database (default_transaction_read_only): the drain must write."""
         with _Deadline(conn, self.name, "the recovery check"), conn.cursor() as cur:
-            cur.execute("SELECT pg_catalog.pg_is_in_recovery()")
-            in_recovery = cur.fetchone()[0]
+            cur.execute("SELECT pg_catalog.pg_is_in_recovery(), "
+                        "pg_catalog.current_setting('transaction_read_only')::boolean")
+            in_recovery, read_only = cur.fetchone()
         self.drain(conn)
         if in_recovery:
             raise NotPrimary("the server is a hot standby (in recovery): it cannot LISTEN or take writes")
+        if read_only and self.outbox is not None:
+            raise NotPrimary("the database is read-only (transaction_read_only is on): pgne cannot drain "
+                             "pgne.event_log")
 
     def drain_forever(self, conn) -> None:
         """delivery: outbox. Drain and export now, then every drain_interval; the heartbeat runs

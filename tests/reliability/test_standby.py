@@ -87,3 +87,45 @@ def test_a_hot_standby_is_one_clear_line_and_database_down_until_promoted_then_c
         for cluster in (standby, primary):
             if cluster is not None:
                 cluster.destroy()
+
+
+def test_outbox_on_a_read_only_database_is_one_clear_line_and_database_down_until_it_takes_writes(
+        pg_database, tmp_path):
+    """default_transaction_read_only on the database: the drain cannot write. One line, up 0,
+    retried; once writes are allowed again, the rows are drained and counted exactly."""
+    import psycopg2
+    from psycopg2 import sql
+
+    run_sql(pg_database, "CREATE TABLE one (id serial PRIMARY KEY, code text)")
+    db = DatabaseRef(name=pg_database.name, host=pg_database.host, port=pg_database.port, user=pg_database.user,
+                     password=pg_database.password or "")
+    entry = database_entry(db, [ONE], perform_setup=True, delivery="outbox")
+    path = tmp_path / "events_config.yml"
+    path.write_text(config_text(db.host, entry))
+    proc = PgneProcess(path, tmp_path / "pgne").start(timeout=60)
+    run_sql(db, "INSERT INTO one (code) SELECT 'alpha' FROM generate_series(1, 4)")
+    wait_drained(proc, db, {("INSERT", "one", "alpha"): 4})
+
+    admin = psycopg2.connect(db.dsn, options="-c default_transaction_read_only=off")
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
+                sql.Identifier(db.name)))
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                        "AND application_name = 'pgne'", (db.name,))
+        wait_value(proc, "pgne_reconnects_total", db_labels(db), lambda v: v >= 3, 30, "three checks")
+        assert proc.value("pgne_database_up", up_labels(db)) == 0
+        text = proc.stderr_text()
+        assert text.count("the database is read-only (transaction_read_only is on)") == 1, proc.describe()
+        assert "Traceback" not in text
+        with admin.cursor() as cur:
+            cur.execute("INSERT INTO one (code) SELECT 'beta' FROM generate_series(1, 6)")
+            cur.execute(sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(
+                sql.Identifier(db.name)))
+    finally:
+        admin.close()
+    wait_value(proc, "pgne_database_up", up_labels(db), lambda v: v == 1, 30 * 1.2 + 10, "up again")
+    wait_drained(proc, db, {("INSERT", "one", "alpha"): 4, ("INSERT", "one", "beta"): 6})
+    assert proc.value("pgne_worker_restarts_total", db_labels(db)) == 0
+    assert "Traceback" not in proc.stderr_text()
