@@ -74,7 +74,8 @@ def test_a_hot_standby_is_one_clear_line_and_database_down_until_promoted_then_c
             wait_drained(proc, on_standby, {("INSERT", "one", "alpha"): 9, ("INSERT", "one", "beta"): 1,
                                            ("INSERT", "one", "other"): 1})
         else:
-            proc.wait_for_value("pgne_events_total", {"operation": "INSERT", "host": db.host, "database": db.name,
+            proc.wait_for_value("pgne_events_total", {"operation": "INSERT", "host": on_standby.host_label,
+                                                      "database": db.name,
                                                       "tag": "rel", "schema": "public", "table": "one",
                                                       "code": "alpha"}, 9)
             settle(proc, on_standby)

@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from helpers import config_text, run_sql
+from helpers import config_text, host_label, run_sql
 from outbox_helpers import outbox_entry, wait_drained
 from reliability_helpers import Stopwatch, record, wait_value
 from runner import PgneProcess, children_of, process_gone, wait_until
@@ -29,17 +29,13 @@ STORM = 25.0  # seconds of kills
 TAG = "it"
 
 
-def up_labels(db) -> dict[str, str]:
-    return {"host": db.host, "database": db.name, "tag": TAG}
-
-
 def db_labels(db) -> dict[str, str]:
-    return {"host": db.host, "database": db.name}
+    return {"host": host_label(db.host, db.port), "database": db.name}
 
 
 def insert_labels(db, code: str) -> dict[str, str]:
-    return {"operation": "INSERT", "host": db.host, "database": db.name, "tag": TAG, "schema": "public",
-            "table": "one", "code": code}
+    return {"operation": "INSERT", "host": host_label(db.host, db.port), "database": db.name, "tag": TAG,
+            "schema": "public", "table": "one", "code": code}
 
 
 class Killer(threading.Thread):
