@@ -149,12 +149,11 @@ class Master:
         self.worker_labels[process.pid] = spec.label_names
         log.info("%s: %s worker started (pid %d)", name, slot.mode, process.pid)
         if not _send_spec(process, encode_spec(spec)):
-            # Dead already (the reaper logs it), or not reading (stopped): kill it so that the
-            # reaper restarts it. Blocking here would stop the whole master.
-            if not _exited(process):
-                log.warning("%s: worker (pid %d) did not read its spec within %g s; killing it", name,
-                            process.pid, SPEC_WRITE_TIMEOUT)
-                _kill(process)
+            # Not reading (stopped?): kill it so that the reaper restarts it. Blocking here
+            # would stop the whole master. (A reader already gone is dying: the reaper sees it.)
+            log.warning("%s: worker (pid %d) did not read its spec within %g s; killing it", name,
+                        process.pid, SPEC_WRITE_TIMEOUT)
+            _kill(process)
 
     def _schedule_restart(self, slot: WorkerSlot) -> float:
         """Backoff for the next start of `slot`: 1 s doubling to 30 s; 1 s again after a worker
@@ -352,8 +351,9 @@ class Master:
 
 
 def _send_spec(process: subprocess.Popen, data: bytes) -> bool:
-    """Write the spec into the worker's stdin; False if it died or did not read it within
-    SPEC_WRITE_TIMEOUT (a spec larger than the pipe's buffer waits for the worker to read)."""
+    """Write the spec into the worker's stdin; False if it did not read it within
+    SPEC_WRITE_TIMEOUT (a spec larger than the pipe's buffer waits for the worker to read).
+    True also when the worker is gone (EPIPE): it is exiting, and the reaper will see it."""
     fd = process.stdin.fileno()
     os.set_blocking(fd, False)
     view = memoryview(data)
@@ -367,7 +367,7 @@ def _send_spec(process: subprocess.Popen, data: bytes) -> bool:
                 return False
             select.select([], [fd], [], remaining)
         except OSError:  # BrokenPipeError: it is dead already
-            return False
+            return True
     return True
 
 
@@ -396,14 +396,6 @@ def _terminate(process: subprocess.Popen) -> None:
 
 def _kill(process: subprocess.Popen) -> None:
     _signal(process, signal.SIGKILL)
-
-
-def _exited(process: subprocess.Popen) -> bool:
-    """True if the worker has exited, without reaping it (WNOWAIT): _reap does that."""
-    try:
-        return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
 
 
 def run(config: Config, renderer: Renderer, args: argparse.Namespace, listen: tuple[str, int]) -> int:
