@@ -50,7 +50,7 @@ BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 # server host) defeats both: QUERY_TIMEOUT drops a connection whose queries get no answer.
 QUERY_TIMEOUT = 15.0
 # perform_setup's apply gets a longer deadline (each of its locks waits at most lock_timeout).
-# An outbox drain of a large backlog is many statements (pgne.outbox.DRAIN_CHUNK rows each,
+# An outbox drain of a large backlog is many transactions (pgne.outbox.DRAIN_CHUNK rows each,
 # well under a second apiece): the deadline applies to each, so a partition is noticed within
 # QUERY_TIMEOUT of the drain's next statement however long the backlog.
 SETUP_TIMEOUT = 120.0
