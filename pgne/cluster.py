@@ -201,15 +201,7 @@ class ThrowawayCluster:
         self.user = _server_user()
         if self.user is not None and not _reachable_by(self.user, self.binaries.bin_dir):
             self.binaries = _copy_for(self.user, self.binaries)
-        self.port = port or free_port()
-        self.base = Path(tempfile.mkdtemp(prefix=prefix))
-        self.data = self.base / "data"
-        self.socket_dir = self.base / "sock"
-        self.log = self.base / "server.log"
-        self.socket_dir.mkdir()
-        if self.user is not None:
-            for path in (self.base, self.socket_dir):
-                os.chown(path, self.user.pw_uid, self.user.pw_gid)
+        self.make_directory(prefix, port)
         try:
             self.run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                      "--locale=C", "--no-sync")
@@ -227,6 +219,19 @@ class ThrowawayCluster:
         with open(self.data / "postgresql.conf", "a", encoding="utf-8") as conf:
             conf.write("\n# pgne throwaway cluster\n")
             conf.writelines(f"{name} = {value}\n" for name, value in lines.items())
+
+    def make_directory(self, prefix: str, port: int | None = None) -> None:
+        """A new temporary directory for the cluster (data/ to come, sock/, server.log), owned by
+        the server's OS user, and the port it will listen on."""
+        self.port = port or free_port()
+        self.base = Path(tempfile.mkdtemp(prefix=prefix))
+        self.data = self.base / "data"
+        self.socket_dir = self.base / "sock"
+        self.log = self.base / "server.log"
+        self.socket_dir.mkdir()
+        if self.user is not None:
+            for path in (self.base, self.socket_dir):
+                os.chown(path, self.user.pw_uid, self.user.pw_gid)
 
     # -- commands -----------------------------------------------------------------------------
 

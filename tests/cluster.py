@@ -9,10 +9,8 @@ else the embedded server's.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
-from pgne.cluster import ClusterError, ThrowawayCluster, find_binaries, free_port
+from pgne.cluster import ClusterError, ThrowawayCluster, find_binaries
 
 __all__ = ["ClusterError", "TempCluster", "test_binaries"]
 
@@ -43,15 +41,8 @@ class TempCluster(ThrowawayCluster):
         Promote it with promote()."""
         self = cls.__new__(cls)
         self.binaries, self.user = primary.binaries, primary.user
-        self.port = free_port()
-        self.base = Path(tempfile.mkdtemp(prefix="pgne-standby-"))
-        self.data = self.base / "data"
-        self.socket_dir = self.base / "sock"
-        self.log = self.base / "server.log"
-        self.socket_dir.mkdir()
-        if self.user is not None:
-            for path in (self.base, self.socket_dir):
-                os.chown(path, self.user.pw_uid, self.user.pw_gid)
+        self.make_directory("pgne-standby-")
+        self.remove_when_this_process_exits()
         self.run("pg_basebackup", "-D", str(self.data), "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
                  "-R", "-X", "stream", "--no-sync")
         with open(self.data / "postgresql.conf", "a", encoding="utf-8") as conf:  # the primary's, copied
