@@ -35,7 +35,10 @@ setup(
     include_package_data=False,
     install_requires=[
         "psycopg2-binary>=2.9",
-        "prometheus_client>=0.20",
+        # pgne/exposition.py prints /metrics from prometheus_client's file layout and encoder
+        # constants (0.23 added the escaping names it uses): bounded to the versions that
+        # `tox -e prometheus-oldest,prometheus-newest` checks byte for byte.
+        "prometheus_client>=0.23.1,<0.27",
         "Jinja2>=3.0",
         "jsonschema>=4.0",
         "PyYAML>=5.4",
