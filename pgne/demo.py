@@ -375,14 +375,16 @@ def demo(dsn: str | None, listen_address: str, rate: float = DEFAULT_RATE, log_l
         cluster = ThrowawayCluster(binaries, prefix="pgne-demo-postgres-")
         cluster.remove_when_this_process_exits()  # a demo killed with SIGKILL leaves no server
     except ClusterError as exc:
-        raise UserError(f"pgne demo: cannot make the embedded PostgreSQL server: {exc}", EXIT_RUNTIME) from None
+        raise UserError(f"pgne demo: cannot make the embedded PostgreSQL server: {exc}".split("\n"),
+                        EXIT_RUNTIME) from None
     try:
         cluster.start()
         print(f"pgne demo: the embedded server listens on 127.0.0.1:{cluster.port} "
               f"(psql \"{cluster.dsn}\")", flush=True)
         return Demo(cluster.dsn, listen_address, rate, log_level).run()
     except ClusterError as exc:
-        raise UserError(f"pgne demo: cannot start the embedded PostgreSQL server: {exc}", EXIT_RUNTIME) from None
+        raise UserError(f"pgne demo: cannot start the embedded PostgreSQL server: {exc}".split("\n"),
+                        EXIT_RUNTIME) from None
     finally:
         cluster.destroy()
         print("pgne demo: the embedded PostgreSQL server is stopped and removed.", flush=True)

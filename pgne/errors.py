@@ -8,10 +8,21 @@ EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 
 
+def printable(text: str) -> str:
+    """`text` with every character that is not printable escaped (`\\r`, `\\x1b`, `\\ud800`).
+
+    Messages quote names and values from the config, which may hold any character: a carriage
+    return would split a message into lines that do not name their file, an escape sequence
+    would rewrite the operator's terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class UserError(Exception):
     """A problem the user can fix. Carries one or more message lines and an exit code."""
 
     def __init__(self, lines: str | Iterable[str], exit_code: int = EXIT_CONFIG):
-        self.lines = [lines] if isinstance(lines, str) else list(lines)
+        self.lines = [printable(line) for line in ([lines] if isinstance(lines, str) else lines)]
         self.exit_code = exit_code
         super().__init__("\n".join(self.lines))

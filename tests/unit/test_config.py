@@ -972,3 +972,16 @@ def test_shared_defaults_by_merge_keys_are_well_within_the_alias_limit():
     databases = parse("- localhost:\n" + first + others).databases
     assert [d.name for d in databases] == [f"test{n}" for n in range(500)]
     assert {(d.tag, d.enabled, d.password) for d in databases} == {("t", True, "x")}
+
+
+def test_control_characters_from_the_config_are_escaped_so_every_message_line_names_the_file():
+    """A host key holding a carriage return (found by fuzzing) split a message into a line that
+    did not name its file; an escape sequence would rewrite the operator's terminal."""
+    text = ('- localhost:\n  - database: "te\\x1bst"\n    tag: x\n    perform_setup: true\n'
+            '    username: p\n    password: s\n    enabled: true\n    monitors: []\n  "\\r": null\n')
+    assert errors(text) == [
+        f"{NAME}: [0]: expected a mapping with exactly one key, got 2",
+        f"{NAME}: [0] > \\r: None is not of type 'array'",
+        f"{NAME}: [0] > localhost > te\\x1bst > monitors: [] should be non-empty",
+    ]
+    assert errors(text.replace('"\\r"', '"\\n"'))[1] == f"{NAME}: [0] > \\n: None is not of type 'array'"
