@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import psycopg2
 from psycopg2 import sql
 
-from pgne.config import Database
 from pgne.drift import LEGACY_TRIGGER, Difference, find_differences, read_inventory
+from pgne.model import Database
 from pgne.render import ADVISORY_LOCK_KEY, SCHEMA, Renderer
 
 log = logging.getLogger(__name__)

@@ -7,9 +7,9 @@ from typing import TextIO
 import psycopg2
 
 from pgne.apply import apply_database, pg_error_text
-from pgne.config import Config
 from pgne.drift import find_differences, read_inventory
 from pgne.errors import EXIT_OK, EXIT_RUNTIME
+from pgne.model import Config
 from pgne.render import Renderer
 
 

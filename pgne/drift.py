@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-from pgne.config import EVENTS, NOTIFY, OUTBOX, Database, Monitor
+from pgne.model import EVENTS, NOTIFY, OUTBOX, Database, Monitor
 from pgne.render import SCHEMA, TRIGGER_SPECS, Renderer, function_name, trigger_name
 
 OUTBOX_TABLES = ("event_log", "totals")

@@ -17,8 +17,8 @@ import jinja2
 import jinja2.meta
 
 from pgne import __version__
-from pgne.config import EVENTS, NOTIFY, OTHER, OUTBOX, Config, Database, Monitor, TemplateCatalog
 from pgne.errors import UserError
+from pgne.model import EVENTS, NOTIFY, OTHER, OUTBOX, Config, Database, Monitor
 from pgne.resources import builtin_templates_dir
 
 TEMPLATE_SUFFIX = ".sql.j2"
@@ -127,8 +127,9 @@ class RenderedMonitor:
     comment: str  # what COMMENT ON FUNCTION stores
 
 
-class Renderer(TemplateCatalog):
-    """Jinja environment over the user's template folders, then the built-in ones."""
+class Renderer:
+    """Jinja environment over the user's template folders, then the built-in ones (and the
+    pgne.validation.TemplateCatalog that config validation asks)."""
 
     def __init__(self, template_dirs: Sequence[str | Path] = (), lock_timeout: float = DEFAULT_LOCK_TIMEOUT):
         for directory in template_dirs:

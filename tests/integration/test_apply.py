@@ -19,7 +19,7 @@ from helpers import (
     status_in_process,
 )
 
-from pgne.config import Monitor
+from pgne.model import Monitor
 from pgne.render import function_name
 
 TABLES = """

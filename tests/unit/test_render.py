@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from pgne import __version__
-from pgne.config import Monitor, load_config
+from pgne.config import load_config
 from pgne.errors import UserError
+from pgne.model import Monitor
 from pgne.render import (
     Renderer,
     dollar_quote,
