@@ -7,6 +7,7 @@ change to the templates (or the version), regenerate them and read the diff befo
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -36,6 +37,22 @@ def render_file(path: Path, renderer: Renderer | None = None) -> str:
     return renderer.render_config(load_config(str(path), renderer).databases)
 
 
+def as_outbox(text: str) -> str:
+    """A config text with `delivery: outbox` on every database entry."""
+    return re.sub(r"^(  - database: .*)$", r"\1\n    delivery: outbox", text, flags=re.M)
+
+
+def render_outbox_file(path: Path) -> str:
+    renderer = Renderer()
+    return renderer.render_config(parse(as_outbox(path.read_text(encoding="utf-8")), renderer).databases)
+
+
+def render_prune_file(path: Path) -> str:
+    """The --prune scripts of every database of the config at `path`."""
+    renderer = Renderer()
+    return "\n".join(renderer.render_prune(d) for d in load_config(str(path), renderer).databases)
+
+
 def render_text(text: str, renderer: Renderer | None = None) -> str:
     renderer = renderer or Renderer()
     return renderer.render_config(parse(text, renderer).databases)
@@ -49,12 +66,14 @@ def monitor(schema: str, table: str) -> Monitor:
 # --------------------------------------------------------------------------- golden files
 
 
-@pytest.mark.parametrize("fixture, golden", [
-    (README_FIXTURE, "pg_notify_exporter_readme.sql"),
-    (RICH_FIXTURE, "rich.sql"),
+@pytest.mark.parametrize("fixture, render, golden", [
+    (README_FIXTURE, render_file, "pg_notify_exporter_readme.sql"),
+    (RICH_FIXTURE, render_file, "rich.sql"),
+    (RICH_FIXTURE, render_outbox_file, "rich_outbox.sql"),  # the same config with delivery: outbox
+    (RICH_FIXTURE, render_prune_file, "rich_prune.sql"),  # the scripts of `apply --prune`
 ])
-def test_golden(fixture, golden):
-    sql = render_file(fixture)
+def test_golden(fixture, render, golden):
+    sql = render(fixture)
     path = GOLDEN / golden
     if UPDATE_GOLDEN:
         path.write_bytes(sql.encode("utf-8"))
@@ -128,6 +147,43 @@ def test_custom_channel_and_whitelists_in_the_trigger_function():
     assert """|| '", "data" : {"status" : ' || to_json("pgne-g"."pgne-1")::text\n""" in sql
     assert """|| ', "priority" : ' || to_json("pgne-g"."pgne-2")::text\n""" in sql
     assert "GROUP BY 1, 2\n" in sql
+
+
+def test_prune_script_is_one_transaction_that_drops_what_the_extra_objects_query_finds():
+    renderer = Renderer()
+    shop = load_config(str(RICH_FIXTURE), renderer).databases[0]
+    script = renderer.render_prune(shop)
+    assert script.startswith(f'-- pgne {__version__} --prune: host "db1.example.com", port 6543, database "shop", '
+                             f'tag "production"\nBEGIN;\n')
+    assert script.endswith("$pgne$;\nCOMMIT;\n") and script.count("BEGIN;\n") == 1
+    assert "SET LOCAL lock_timeout = '5000ms';" in script
+    query = renderer.render_extra_query(shop)
+    assert "    " + query.rstrip("\n").replace("\n", "\n    ") + "\n  LOOP\n" in script
+    # every monitor of the database is named, enabled or not; nothing else
+    names = [function_name(monitor(s, t)) for s, t in
+             [("sales", "orders"), ("public", "customers"), ("audit", "Log"), ("public", "legacy")]]
+    assert f"AND p.proname NOT IN ({', '.join(quote_literal(n) for n in names)})\n" in query
+    assert ("AND (n.nspname, c.relname) NOT IN (('sales', 'orders'), ('public', 'customers'), ('audit', 'Log'), "
+            "('public', 'legacy'))\n") in query
+    assert "AND t.tgname IN ('pgne_insert', 'pgne_update', 'pgne_delete', 'pgne_truncate')\n" in query
+
+
+def test_prune_script_of_a_database_without_monitors_names_nothing():
+    renderer = Renderer()
+    [database] = parse(config(), renderer).databases
+    database = dataclasses.replace(database, monitors=())  # a config always has one; the SQL is valid without
+    query = renderer.render_extra_query(database)
+    assert "NOT IN" not in query  # every pgne trigger and function is extra
+    assert "EXECUTE pg_catalog.format('DROP FUNCTION %I.%I()', 'pgne', extra.name);" in renderer.render_prune(database)
+
+
+def test_render_config_with_prune_puts_each_databases_prune_script_after_its_own():
+    renderer = Renderer()
+    databases = load_config(str(RICH_FIXTURE), renderer).databases
+    assert renderer.render_config(databases, prune=True) == "\n".join(
+        part for d in databases for part in (renderer.render_database(d), renderer.render_prune(d)))
+    assert renderer.render_config(databases, replace_legacy=True, prune=True).startswith(
+        renderer.render_database(databases[0], replace_legacy=True) + "\n" + renderer.render_prune(databases[0]))
 
 
 def test_lock_timeout():
