@@ -139,13 +139,13 @@ def test_disabled_monitor_and_database_drop_their_objects():
 
 def test_custom_channel_and_whitelists_in_the_trigger_function():
     sql = render_file(RICH_FIXTURE)
-    assert "PERFORM pg_notify('shop_events',\n" in sql
+    assert "PERFORM pg_catalog.pg_notify('shop_events',\n" in sql
     # whitelists compared byte for byte, whatever the column's collation
-    assert "pgne_new.\"status\"::text COLLATE pg_catalog.\"C\" IN ('new', 'paid', 'shipped')" in sql
-    assert "pgne_old.\"status\"::text COLLATE pg_catalog.\"C\" IN ('new', 'paid', 'shipped')" in sql
-    assert "pgne_new.\"priority\"::text COLLATE pg_catalog.\"C\" IN ('1', '2', 'true', '1.5')" in sql
-    assert """|| '", "data" : {"status" : ' || to_json("pgne-g"."pgne-1")::text\n""" in sql
-    assert """|| ', "priority" : ' || to_json("pgne-g"."pgne-2")::text\n""" in sql
+    assert "pgne_new.\"status\"::pg_catalog.text COLLATE pg_catalog.\"C\" IN ('new', 'paid', 'shipped')" in sql
+    assert "pgne_old.\"status\"::pg_catalog.text COLLATE pg_catalog.\"C\" IN ('new', 'paid', 'shipped')" in sql
+    assert "pgne_new.\"priority\"::pg_catalog.text COLLATE pg_catalog.\"C\" IN ('1', '2', 'true', '1.5')" in sql
+    assert """|| '", "data" : {"status" : ' || pg_catalog.to_json("pgne-g"."pgne-1")::pg_catalog.text\n""" in sql
+    assert """|| ', "priority" : ' || pg_catalog.to_json("pgne-g"."pgne-2")::pg_catalog.text\n""" in sql
     assert "GROUP BY 1, 2\n" in sql
 
 
@@ -210,11 +210,11 @@ def test_hostile_config_values_are_quoted():
     table = '"public"."we""ird; name"'
     assert f"AFTER INSERT ON {table}\n" in sql
     assert f"DROP TRIGGER pgne_update ON {table};" in sql
-    assert """tgrelid = '"public"."we""ird; name"'::regclass""" in sql
+    assert """tgrelid = '"public"."we""ird; name"'::pg_catalog.regclass""" in sql
     # the payload's table name is JSON-encoded, then quoted as a literal (E'' for the backslash)
     assert """E'{"table" : "public.we\\\\"ird; name", "action" : "' || TG_OP""" in sql
     assert """-- "public.we\\"ird; name": "notification_with_payload" on INSERT, DELETE""" in sql
-    assert "PERFORM pg_notify('it''s',\n" in sql
+    assert "PERFORM pg_catalog.pg_notify('it''s',\n" in sql
     assert ("""IN ('o''neil', 'x''); DROP TABLE victim; --', E'back\\\\slash', '$$')""") in sql
     # no value appears unquoted anywhere
     assert "'o'neil" not in sql
@@ -377,7 +377,7 @@ def test_user_template_overrides_a_builtin_one(user_templates):
     assert "pg_notify" not in sql
     # the other built-in templates are still there
     text = config({"function: notification_with_payload": "function: simple_event_notification"})
-    assert "PERFORM pg_notify('pg_notify_exporter'" in render_text(text, Renderer([user_templates]))
+    assert "PERFORM pg_catalog.pg_notify('pg_notify_exporter'" in render_text(text, Renderer([user_templates]))
 
 
 def test_user_template_with_a_new_name(user_templates):

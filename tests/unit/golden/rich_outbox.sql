@@ -1,7 +1,7 @@
 -- pgne 0.1.0: host "db1.example.com", port 6543, database "shop", tag "production"
 BEGIN;
 -- One apply at a time per database (pgne apply, and pgne run's perform_setup).
-SELECT pg_advisory_xact_lock(1885826661);
+SELECT pg_catalog.pg_advisory_xact_lock(1885826661);
 -- Fail rather than queue behind application traffic for a table lock.
 SET LOCAL lock_timeout = '5000ms';
 CREATE SCHEMA IF NOT EXISTS "pgne";
@@ -129,9 +129,9 @@ COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:d5e299311
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
-                 WHERE tgrelid = '"sales"."orders"'::regclass
+                 WHERE tgrelid = '"sales"."orders"'::pg_catalog.regclass
                    AND tgname = 'pgne_insert' AND tgparentid = 0
-                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::regprocedure
+                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::pg_catalog.regprocedure
                    AND tgtype = 4 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
                    AND tgnewtable = 'pgne_new'
                    AND tgoldtable IS NULL) THEN
@@ -141,9 +141,9 @@ BEGIN
       FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."sales_orders_74609b9789"();
   END IF;
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
-                 WHERE tgrelid = '"sales"."orders"'::regclass
+                 WHERE tgrelid = '"sales"."orders"'::pg_catalog.regclass
                    AND tgname = 'pgne_update' AND tgparentid = 0
-                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::regprocedure
+                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::pg_catalog.regprocedure
                    AND tgtype = 16 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
                    AND tgnewtable = 'pgne_new'
                    AND tgoldtable IS NULL) THEN
@@ -153,9 +153,9 @@ BEGIN
       FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."sales_orders_74609b9789"();
   END IF;
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
-                 WHERE tgrelid = '"sales"."orders"'::regclass
+                 WHERE tgrelid = '"sales"."orders"'::pg_catalog.regclass
                    AND tgname = 'pgne_delete' AND tgparentid = 0
-                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::regprocedure
+                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::pg_catalog.regprocedure
                    AND tgtype = 8 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
                    AND tgnewtable IS NULL
                    AND tgoldtable = 'pgne_old') THEN
@@ -165,9 +165,9 @@ BEGIN
       FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."sales_orders_74609b9789"();
   END IF;
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
-                 WHERE tgrelid = '"sales"."orders"'::regclass
+                 WHERE tgrelid = '"sales"."orders"'::pg_catalog.regclass
                    AND tgname = 'pgne_truncate' AND tgparentid = 0
-                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::regprocedure
+                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::pg_catalog.regprocedure
                    AND tgtype = 32 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
                    AND tgnewtable IS NULL
                    AND tgoldtable IS NULL) THEN
@@ -191,8 +191,8 @@ DECLARE
 BEGIN
   BEGIN
     "pgne-trigger".n := 1;
-    -- What the INSERT after this block needs (it raises if the table is missing).
-    IF NOT pg_catalog.has_table_privilege('pgne.event_log', 'INSERT') THEN
+    -- What the INSERT after this block needs ('...'::regclass fails here if the table is missing).
+    IF NOT pg_catalog.has_table_privilege('pgne.event_log'::pg_catalog.regclass, 'INSERT') THEN
       RAISE EXCEPTION 'permission denied for table pgne.event_log' USING ERRCODE = 'insufficient_privilege';
     END IF;
   EXCEPTION WHEN OTHERS THEN
@@ -209,28 +209,28 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:fcf5e4771f4deb6963a31dc6ca82af31d43abfa0dfb1f0ec755d024f71e9a99a';
+COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:285da21f1fcc2ceed8ce2d2756e50fb5f7f49167d7fa464a41ca5f1697cb9601';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = '"public"."customers"'::regclass
+             WHERE tgrelid = '"public"."customers"'::pg_catalog.regclass
                AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_insert ON "public"."customers";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = '"public"."customers"'::regclass
+             WHERE tgrelid = '"public"."customers"'::pg_catalog.regclass
                AND tgname = 'pgne_update' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_update ON "public"."customers";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = '"public"."customers"'::regclass
+             WHERE tgrelid = '"public"."customers"'::pg_catalog.regclass
                AND tgname = 'pgne_delete' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_delete ON "public"."customers";
   END IF;
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
-                 WHERE tgrelid = '"public"."customers"'::regclass
+                 WHERE tgrelid = '"public"."customers"'::pg_catalog.regclass
                    AND tgname = 'pgne_truncate' AND tgparentid = 0
-                   AND tgfoid = '"pgne"."public_customers_746dedf2f4"()'::regprocedure
+                   AND tgfoid = '"pgne"."public_customers_746dedf2f4"()'::pg_catalog.regprocedure
                    AND tgtype = 32 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
                    AND tgnewtable IS NULL
                    AND tgoldtable IS NULL) THEN
@@ -318,14 +318,14 @@ COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:f907b2504971
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = '"audit"."Log"'::regclass
+             WHERE tgrelid = '"audit"."Log"'::pg_catalog.regclass
                AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_insert ON "audit"."Log";
   END IF;
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
-                 WHERE tgrelid = '"audit"."Log"'::regclass
+                 WHERE tgrelid = '"audit"."Log"'::pg_catalog.regclass
                    AND tgname = 'pgne_update' AND tgparentid = 0
-                   AND tgfoid = '"pgne"."audit_log_dd556fb87f"()'::regprocedure
+                   AND tgfoid = '"pgne"."audit_log_dd556fb87f"()'::pg_catalog.regprocedure
                    AND tgtype = 16 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
                    AND tgnewtable = 'pgne_new'
                    AND tgoldtable IS NULL) THEN
@@ -335,9 +335,9 @@ BEGIN
       FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."audit_log_dd556fb87f"();
   END IF;
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
-                 WHERE tgrelid = '"audit"."Log"'::regclass
+                 WHERE tgrelid = '"audit"."Log"'::pg_catalog.regclass
                    AND tgname = 'pgne_delete' AND tgparentid = 0
-                   AND tgfoid = '"pgne"."audit_log_dd556fb87f"()'::regprocedure
+                   AND tgfoid = '"pgne"."audit_log_dd556fb87f"()'::pg_catalog.regprocedure
                    AND tgtype = 8 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
                    AND tgnewtable IS NULL
                    AND tgoldtable = 'pgne_old') THEN
@@ -347,7 +347,7 @@ BEGIN
       FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."audit_log_dd556fb87f"();
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = '"audit"."Log"'::regclass
+             WHERE tgrelid = '"audit"."Log"'::pg_catalog.regclass
                AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_truncate ON "audit"."Log";
   END IF;
@@ -358,22 +358,22 @@ $pgne$;
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."legacy"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."legacy"')
                AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_insert ON "public"."legacy";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."legacy"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."legacy"')
                AND tgname = 'pgne_update' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_update ON "public"."legacy";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."legacy"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."legacy"')
                AND tgname = 'pgne_delete' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_delete ON "public"."legacy";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."legacy"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."legacy"')
                AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_truncate ON "public"."legacy";
   END IF;
@@ -385,7 +385,7 @@ COMMIT;
 -- pgne 0.1.0: host "db1.example.com", port 5432, database "reports", tag ""
 BEGIN;
 -- One apply at a time per database (pgne apply, and pgne run's perform_setup).
-SELECT pg_advisory_xact_lock(1885826661);
+SELECT pg_catalog.pg_advisory_xact_lock(1885826661);
 -- Fail rather than queue behind application traffic for a table lock.
 SET LOCAL lock_timeout = '5000ms';
 CREATE SCHEMA IF NOT EXISTS "pgne";
@@ -476,19 +476,19 @@ COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:62c4a11
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = '"public"."refunds"'::regclass
+             WHERE tgrelid = '"public"."refunds"'::pg_catalog.regclass
                AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_insert ON "public"."refunds";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = '"public"."refunds"'::regclass
+             WHERE tgrelid = '"public"."refunds"'::pg_catalog.regclass
                AND tgname = 'pgne_update' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_update ON "public"."refunds";
   END IF;
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
-                 WHERE tgrelid = '"public"."refunds"'::regclass
+                 WHERE tgrelid = '"public"."refunds"'::pg_catalog.regclass
                    AND tgname = 'pgne_delete' AND tgparentid = 0
-                   AND tgfoid = '"pgne"."public_refunds_520c957fdd"()'::regprocedure
+                   AND tgfoid = '"pgne"."public_refunds_520c957fdd"()'::pg_catalog.regprocedure
                    AND tgtype = 8 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
                    AND tgnewtable IS NULL
                    AND tgoldtable = 'pgne_old') THEN
@@ -498,7 +498,7 @@ BEGIN
       FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."public_refunds_520c957fdd"();
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = '"public"."refunds"'::regclass
+             WHERE tgrelid = '"public"."refunds"'::pg_catalog.regclass
                AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_truncate ON "public"."refunds";
   END IF;
@@ -510,7 +510,7 @@ COMMIT;
 -- This database is disabled in the config: every pgne object is removed from it.
 BEGIN;
 -- One apply at a time per database (pgne apply, and pgne run's perform_setup).
-SELECT pg_advisory_xact_lock(1885826661);
+SELECT pg_catalog.pg_advisory_xact_lock(1885826661);
 -- Fail rather than queue behind application traffic for a table lock.
 SET LOCAL lock_timeout = '5000ms';
 
@@ -518,22 +518,22 @@ SET LOCAL lock_timeout = '5000ms';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."one"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."one"')
                AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_insert ON "public"."one";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."one"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."one"')
                AND tgname = 'pgne_update' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_update ON "public"."one";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."one"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."one"')
                AND tgname = 'pgne_delete' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_delete ON "public"."one";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."one"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."one"')
                AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_truncate ON "public"."one";
   END IF;
@@ -545,22 +545,22 @@ DROP FUNCTION IF EXISTS "pgne"."public_one_6415285b3b"();
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."two"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."two"')
                AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_insert ON "public"."two";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."two"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."two"')
                AND tgname = 'pgne_update' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_update ON "public"."two";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."two"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."two"')
                AND tgname = 'pgne_delete' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_delete ON "public"."two";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."two"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."two"')
                AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_truncate ON "public"."two";
   END IF;

@@ -1,7 +1,7 @@
 -- pgne 0.1.0 --prune: host "db1.example.com", port 6543, database "shop", tag "production"
 BEGIN;
 -- One apply at a time per database (pgne apply, and pgne run's perform_setup).
-SELECT pg_advisory_xact_lock(1885826661);
+SELECT pg_catalog.pg_advisory_xact_lock(1885826661);
 -- Fail rather than queue behind application traffic for a table lock.
 SET LOCAL lock_timeout = '5000ms';
 -- pgne's triggers and functions that the config does not name (`pgne status`: extra).
@@ -10,8 +10,8 @@ DECLARE
   extra record;
 BEGIN
   FOR extra IN
-    SELECT 'trigger'::text AS kind, n.nspname::text AS table_schema, c.relname::text AS table_name,
-           t.tgname::text AS name
+    SELECT 'trigger'::pg_catalog.text AS kind, n.nspname::pg_catalog.text AS table_schema, c.relname::pg_catalog.text AS table_name,
+           t.tgname::pg_catalog.text AS name
     FROM pg_catalog.pg_trigger t
     JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -22,7 +22,7 @@ BEGIN
       AND pn.nspname = 'pgne'
       AND (n.nspname, c.relname) NOT IN (('sales', 'orders'), ('public', 'customers'), ('audit', 'Log'), ('public', 'legacy'))
     UNION ALL
-    SELECT 'function'::text, NULL, NULL, p.proname::text
+    SELECT 'function'::pg_catalog.text, NULL, NULL, p.proname::pg_catalog.text
     FROM pg_catalog.pg_proc p
     JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
     WHERE n.nspname = 'pgne' AND p.pronargs = 0
@@ -45,7 +45,7 @@ COMMIT;
 -- pgne 0.1.0 --prune: host "db1.example.com", port 5432, database "reports", tag ""
 BEGIN;
 -- One apply at a time per database (pgne apply, and pgne run's perform_setup).
-SELECT pg_advisory_xact_lock(1885826661);
+SELECT pg_catalog.pg_advisory_xact_lock(1885826661);
 -- Fail rather than queue behind application traffic for a table lock.
 SET LOCAL lock_timeout = '5000ms';
 -- pgne's triggers and functions that the config does not name (`pgne status`: extra).
@@ -54,8 +54,8 @@ DECLARE
   extra record;
 BEGIN
   FOR extra IN
-    SELECT 'trigger'::text AS kind, n.nspname::text AS table_schema, c.relname::text AS table_name,
-           t.tgname::text AS name
+    SELECT 'trigger'::pg_catalog.text AS kind, n.nspname::pg_catalog.text AS table_schema, c.relname::pg_catalog.text AS table_name,
+           t.tgname::pg_catalog.text AS name
     FROM pg_catalog.pg_trigger t
     JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -66,7 +66,7 @@ BEGIN
       AND pn.nspname = 'pgne'
       AND (n.nspname, c.relname) NOT IN (('public', 'refunds'))
     UNION ALL
-    SELECT 'function'::text, NULL, NULL, p.proname::text
+    SELECT 'function'::pg_catalog.text, NULL, NULL, p.proname::pg_catalog.text
     FROM pg_catalog.pg_proc p
     JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
     WHERE n.nspname = 'pgne' AND p.pronargs = 0
@@ -89,7 +89,7 @@ COMMIT;
 -- pgne 0.1.0 --prune: host "localhost", port 5432, database "archive", tag "old"
 BEGIN;
 -- One apply at a time per database (pgne apply, and pgne run's perform_setup).
-SELECT pg_advisory_xact_lock(1885826661);
+SELECT pg_catalog.pg_advisory_xact_lock(1885826661);
 -- Fail rather than queue behind application traffic for a table lock.
 SET LOCAL lock_timeout = '5000ms';
 -- pgne's triggers and functions that the config does not name (`pgne status`: extra).
@@ -98,8 +98,8 @@ DECLARE
   extra record;
 BEGIN
   FOR extra IN
-    SELECT 'trigger'::text AS kind, n.nspname::text AS table_schema, c.relname::text AS table_name,
-           t.tgname::text AS name
+    SELECT 'trigger'::pg_catalog.text AS kind, n.nspname::pg_catalog.text AS table_schema, c.relname::pg_catalog.text AS table_name,
+           t.tgname::pg_catalog.text AS name
     FROM pg_catalog.pg_trigger t
     JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -110,7 +110,7 @@ BEGIN
       AND pn.nspname = 'pgne'
       AND (n.nspname, c.relname) NOT IN (('public', 'one'), ('public', 'two'))
     UNION ALL
-    SELECT 'function'::text, NULL, NULL, p.proname::text
+    SELECT 'function'::pg_catalog.text, NULL, NULL, p.proname::pg_catalog.text
     FROM pg_catalog.pg_proc p
     JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
     WHERE n.nspname = 'pgne' AND p.pronargs = 0
