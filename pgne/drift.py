@@ -2,7 +2,9 @@
 
 Used by `pgne apply` (compare first: an up-to-date database is left alone), by perform_setup
 at every (re)connect, by `pgne status`, and by the worker's `pgne_trigger_installed` and
-`pgne_setup_problem` gauges. Every query takes parameters; nothing is formatted into SQL.
+`pgne_setup_problem` gauges. Every query takes parameters, or is rendered from a template with
+quoted literals (the queries that `apply` also runs: legacy triggers, objects the config does not
+name, sql_templates/_extra_objects.sql.j2); nothing is formatted into SQL.
 
 Setup problems are differences that `apply` cannot fix, so it applies nothing to that database:
 a monitored table that does not exist, a label column that the table does not have, and notify
