@@ -7,9 +7,9 @@ from typing import TextIO
 import psycopg2
 
 from pgne.apply import apply_database, pg_error_text
-from pgne.config import Config
 from pgne.drift import find_differences, read_inventory
 from pgne.errors import EXIT_OK, EXIT_RUNTIME
+from pgne.model import Config
 from pgne.render import Renderer
 
 
@@ -28,9 +28,9 @@ def check(config: Config, renderer: Renderer, out: TextIO | None = None) -> int:
 
 
 def render_sql(config: Config, renderer: Renderer, host: str | None = None, database: str | None = None,
-               out: TextIO | None = None, replace_legacy: bool = False) -> int:
+               out: TextIO | None = None, replace_legacy: bool = False, prune: bool = False) -> int:
     out = out or sys.stdout
-    out.write(renderer.render_config(config.select(host, database), replace_legacy=replace_legacy))
+    out.write(renderer.render_config(config.select(host, database), replace_legacy=replace_legacy, prune=prune))
     return EXIT_OK
 
 

@@ -33,8 +33,9 @@ from psycopg2 import sql
 
 from pgne.apply import apply_database, pg_error_text
 from pgne.cluster import ClusterError, ThrowawayCluster, require_embedded
-from pgne.config import Config, load_config
+from pgne.config import load_config
 from pgne.errors import EXIT_OK, EXIT_RUNTIME, UserError
+from pgne.model import Config
 from pgne.render import SCHEMA, Renderer, function_name
 
 DEMO_SCHEMA = "pgne_demo"

@@ -30,8 +30,9 @@ import time
 from dataclasses import dataclass, field
 
 from pgne import __version__
-from pgne.config import NOTIFY, OUTBOX, Config, Database, load_config
+from pgne.config import load_config
 from pgne.errors import EXIT_OK, UserError
+from pgne.model import NOTIFY, OUTBOX, Config, Database
 from pgne.render import Renderer
 from pgne.statedir import prepare_state_dir
 

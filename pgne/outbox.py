@@ -32,8 +32,8 @@ from datetime import datetime, timezone
 from typing import Callable, Iterator
 
 from pgne.compaction import LOCK_FILE, SERIES_BUILTINS
-from pgne.config import LABEL_NAME_RE, value_as_text
 from pgne.http import collect
+from pgne.model import LABEL_NAME_RE, value_as_text
 from pgne.payload import Router
 
 log = logging.getLogger("pgne.worker")

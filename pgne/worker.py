@@ -34,7 +34,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from pgne.config import OUTBOX, Database
+from pgne.model import OUTBOX, Database
 
 log = logging.getLogger("pgne.worker")
 
