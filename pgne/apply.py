@@ -15,6 +15,7 @@ from psycopg2 import sql
 
 from pgne.config import Database
 from pgne.drift import LEGACY_TRIGGER, Difference, find_differences, read_inventory
+from pgne.errors import first_line
 from pgne.render import ADVISORY_LOCK_KEY, SCHEMA, Renderer
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,6 @@ class ApplyResult:
     def line(self) -> str:
         text = f"{self.database.display_name}: {self.outcome}"
         return f"{text}: {self.detail}" if self.detail else text
-
-
-def pg_error_text(exc: psycopg2.Error) -> str:
-    """The server's message without its `ERROR:` prefix, first line only (libpq's connection
-    errors never contain the password)."""
-    diag = getattr(exc, "diag", None)
-    text = ((diag.message_primary if diag is not None else None) or str(exc)).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def prune_statements(extras: list[Difference], renderer: Renderer) -> sql.Composed:
@@ -101,7 +94,7 @@ def apply_on_connection(conn, database: Database, renderer: Renderer, dry_run: b
             if not conn.closed:
                 with conn.cursor() as cur:  # the script's BEGIN left an aborted transaction
                     cur.execute("ROLLBACK")
-            return ApplyResult(database, FAILED, pg_error_text(exc) + " (nothing applied)", tuple(changes))
+            return ApplyResult(database, FAILED, first_line(exc) + " (nothing applied)", tuple(changes))
         return ApplyResult(database, APPLIED, summary, tuple(changes))
     finally:
         if not conn.closed:
@@ -114,10 +107,10 @@ def apply_database(database: Database, renderer: Renderer, dry_run: bool = False
     try:
         conn = psycopg2.connect(**database.connect_kwargs())
     except psycopg2.Error as exc:
-        return ApplyResult(database, FAILED, f"cannot connect: {pg_error_text(exc)}")
+        return ApplyResult(database, FAILED, f"cannot connect: {first_line(exc)}")
     try:
         return apply_on_connection(conn, database, renderer, dry_run, prune, replace_legacy)
     except psycopg2.Error as exc:
-        return ApplyResult(database, FAILED, pg_error_text(exc))
+        return ApplyResult(database, FAILED, first_line(exc))
     finally:
         conn.close()
