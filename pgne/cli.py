@@ -14,9 +14,8 @@ from typing import Callable
 from pgne import __version__, commands
 from pgne.config import config_path, load_config
 from pgne.errors import EXIT_RUNTIME, UserError
+from pgne.protocol import LOG_FORMAT
 from pgne.render import DEFAULT_LOCK_TIMEOUT, Renderer
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 
 def _number_up_to(maximum: float, unit: str = "") -> Callable[[str], float]:

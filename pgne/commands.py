@@ -19,7 +19,7 @@ from pgne.demo import DEFAULT_RATE, Demo
 from pgne.drift import find_differences, read_inventory
 from pgne.errors import EXIT_OK, EXIT_RUNTIME, UserError, first_line
 from pgne.render import Renderer
-from pgne.statedir import prepare_state_dir
+from pgne.statedir import ENV_VARIABLE, prepare_state_dir
 from pgne.webconfig import load_web_config
 
 
@@ -96,11 +96,11 @@ def run(config: Config, renderer: Renderer, listen_address: str = "0.0.0.0:9292"
     `state_dir` None: $PROMETHEUS_MULTIPROC_DIR, else a private temporary directory."""
     renderer.check(config)
     listen = parse_listen_address(listen_address)
-    if "prometheus_client" in sys.modules and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if "prometheus_client" in sys.modules and not os.environ.get(ENV_VARIABLE):
         raise RuntimeError("prometheus_client was imported before the multiprocess directory was set")
     web = load_web_config(web_config_file) if web_config_file else None
     state = prepare_state_dir(state_dir)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = state.path  # before anything imports prometheus_client
+    os.environ[ENV_VARIABLE] = state.path  # before anything imports prometheus_client
     try:
         from pgne.master import Master  # imports prometheus_client: only now that its directory is set
 

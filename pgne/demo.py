@@ -36,6 +36,7 @@ from pgne.config import Config, load_config
 from pgne.errors import EXIT_OK, EXIT_RUNTIME, UserError, first_line
 from pgne.protocol import die_with_parent
 from pgne.render import SCHEMA, Renderer, function_name
+from pgne.statedir import ENV_VARIABLE
 
 DEMO_SCHEMA = "pgne_demo"
 DEMO_TABLE = "orders"
@@ -196,7 +197,7 @@ class Demo:
 
         command = [sys.executable, "-m", "pgne", "run", "-c", str(config_path), "--listen-address",
                    self.listen_address, "--state-dir", str(Path(self.workdir, "state")), "--log-level", self.log_level]
-        env = {k: v for k, v in os.environ.items() if k not in ("PGNE_CONFIG", "PROMETHEUS_MULTIPROC_DIR")}
+        env = {k: v for k, v in os.environ.items() if k not in ("PGNE_CONFIG", ENV_VARIABLE)}
         # Ctrl-C reaches the exporter too (same process group): it stops by itself, as it should.
         self.exporter = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
                                          preexec_fn=die_with_us if sys.platform.startswith("linux") else None)

@@ -40,6 +40,7 @@ from pgne.http import MetricsServer
 from pgne.metrics import MasterMetrics
 from pgne.protocol import EXIT_TEARDOWN_FAILED, LISTEN, TEARDOWN, WorkerSpec, encode_spec
 from pgne.render import Renderer
+from pgne.statedir import ENV_VARIABLE
 from pgne.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ class Master:
         # The worker gets its password on stdin: variables that hold one stay with the master.
         secrets = {db.password_variable for db in self.config.databases if db.password_variable}
         env = {name: value for name, value in os.environ.items() if name not in secrets}
-        env["PROMETHEUS_MULTIPROC_DIR"] = self.state_dir
+        env[ENV_VARIABLE] = self.state_dir
         name = slot.database.display_name
         try:
             pid, stdin = _start_worker(env)

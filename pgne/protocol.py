@@ -30,6 +30,9 @@ WORKER_COMMAND = [sys.executable, "-m", "pgne.worker"]
 LISTEN, TEARDOWN = "listen", "teardown"  # WorkerSpec.mode
 EXIT_TEARDOWN_FAILED = 3  # the master does not restart a teardown that failed on SQL
 
+# The master and its workers write to one stderr: one format, the process named in each line.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+
 _LENGTH = struct.Struct("!I")
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 

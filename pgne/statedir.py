@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ENV_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's: where every process writes
 MARKER = ".pgne-state-dir"
 READERS_LOCK = ".pgne-compaction.lock"  # not *.db: prometheus_client ignores it
 MERGED = "merged"  # stands where the pid is in a file name: counter_merged.db
@@ -92,8 +93,8 @@ def prepare_state_dir(requested: str | None) -> StateDir:
     """Take (create, check, lock, clean) the state directory; UserError (exit 2) if it is not
     pgne's to take. Without one: a private temporary directory, removed at exit."""
     source = "--state-dir"
-    if not requested and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        requested, source = os.environ["PROMETHEUS_MULTIPROC_DIR"], "PROMETHEUS_MULTIPROC_DIR"
+    if not requested and os.environ.get(ENV_VARIABLE):
+        requested, source = os.environ[ENV_VARIABLE], ENV_VARIABLE
     if not requested:
         path = tempfile.mkdtemp(prefix="pgne-metrics-")
         return StateDir(path, True, _lock(path, f"state dir {path}", new=True))

@@ -31,7 +31,8 @@ from psycopg2 import sql
 
 from pgne.config import OUTBOX
 from pgne.errors import first_line
-from pgne.protocol import EXIT_TEARDOWN_FAILED, TEARDOWN, WorkerSpec, die_with_parent, read_spec
+from pgne.protocol import EXIT_TEARDOWN_FAILED, LOG_FORMAT, TEARDOWN, WorkerSpec, die_with_parent, read_spec
+from pgne.statedir import ENV_VARIABLE
 
 # Run as `python -m pgne.worker`, this module's __name__ is "__main__": its spec names it.
 log = logging.getLogger(__spec__.name)
@@ -108,7 +109,7 @@ class Worker:
             from pgne.outbox import OutboxExporter
 
             # Reads what earlier workers exported *before* this one writes anything.
-            self.outbox = OutboxExporter(self.router, None, os.environ["PROMETHEUS_MULTIPROC_DIR"],
+            self.outbox = OutboxExporter(self.router, None, os.environ[ENV_VARIABLE],
                                          self.db.host_label, self.db.name, spec.outbox_switch_generation)
         self.metrics = WorkerMetrics(self.db.host_label, self.db.name, self.db.tag, spec.label_names,
                                      outbox=self.outbox is not None, compat=spec.compat_metric)
@@ -475,8 +476,7 @@ def main() -> int:
     if os.getppid() != spec.master_pid:  # the master died before PR_SET_PDEATHSIG was armed
         return 0
     os.set_blocking(master_fd, False)
-    logging.basicConfig(level=spec.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.basicConfig(level=spec.log_level, stream=sys.stderr, format=LOG_FORMAT)
     worker = Worker(spec, master_fd)
     try:
         return worker.teardown() if spec.mode == TEARDOWN else worker.listen_forever()
