@@ -236,9 +236,12 @@ class Master:
                 self._spawn(slot)
 
     def _sleep_time(self) -> float:
-        """Until the next due restart, at most LOOP_TICK (signals wake the loop at once)."""
+        """Until the next due restart, at most LOOP_TICK. Signals wake the loop at once: SIGCHLD
+        when a worker dies, also the predecessor that a replacement waits for (not counted here)."""
         now = time.monotonic()
-        due = [slot.restart_at - now for slot in self.slots.values() if slot.restart_at is not None]
+        running = {slot.database.key for slot in self.workers.values()}
+        due = [slot.restart_at - now for key, slot in self.slots.items()
+               if slot.restart_at is not None and key not in running]
         return max(0.0, min(due + [LOOP_TICK]))
 
     def _init_series(self) -> None:
