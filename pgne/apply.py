@@ -3,7 +3,8 @@
 Compare first: a database that already matches the config is not touched (no DDL, no lock
 on application tables), nor is one with a setup problem (pgne.drift). Otherwise the script
 that `pgne render-sql` prints for that database runs as it is, in its own BEGIN ... COMMIT,
-under an advisory lock and a lock_timeout.
+under an advisory lock and a lock_timeout; with --prune, when there are objects the config does
+not name, then the --prune script that `pgne render-sql --prune` prints after it.
 """
 from __future__ import annotations
 
@@ -11,12 +12,11 @@ import logging
 from dataclasses import dataclass, field
 
 import psycopg2
-from psycopg2 import sql
 
-from pgne.config import Database
 from pgne.drift import LEGACY_TRIGGER, Difference, find_differences, read_inventory
 from pgne.errors import first_line
-from pgne.render import ADVISORY_LOCK_KEY, SCHEMA, Renderer
+from pgne.model import Database
+from pgne.render import Renderer
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +39,6 @@ class ApplyResult:
         return f"{text}: {self.detail}" if self.detail else text
 
 
-def prune_statements(extras: list[Difference], renderer: Renderer) -> sql.Composed:
-    """DROP statements for pgne objects that the config no longer names, in one transaction.
-
-    Names come from the catalog and are quoted as identifiers; triggers go before functions.
-    """
-    drops = [sql.SQL("DROP TRIGGER {} ON {}.{};").format(sql.Identifier(name), sql.Identifier(schema),
-                                                          sql.Identifier(table))
-             for kind, *rest in (d.object_id for d in extras) if kind == "trigger"
-             for schema, table, name in [rest]]
-    drops += [sql.SQL("DROP FUNCTION {}.{}();").format(sql.Identifier(SCHEMA), sql.Identifier(name))
-              for kind, *rest in (d.object_id for d in extras) if kind == "function"
-              for (name,) in [rest]]
-    return sql.SQL("\n").join([
-        sql.SQL("BEGIN;"),
-        sql.SQL("SELECT pg_advisory_xact_lock({});").format(sql.Literal(ADVISORY_LOCK_KEY)),
-        sql.SQL("SET LOCAL lock_timeout = {};").format(sql.Literal(renderer.lock_timeout_setting)),
-        *drops,
-        sql.SQL("COMMIT;"),
-    ])
 
 
 def apply_on_connection(conn, database: Database, renderer: Renderer, dry_run: bool = False,
@@ -88,8 +69,8 @@ def apply_on_connection(conn, database: Database, renderer: Renderer, dry_run: b
                 if any(d.kind != "extra" for d in changes):
                     # no parameters: sent as it is
                     cur.execute(renderer.render_database(database, replace_legacy=replace_legacy))
-                if extras:
-                    cur.execute(prune_statements(extras, renderer))
+                if extras:  # the script that `render-sql --prune` prints after the database's
+                    cur.execute(renderer.render_prune(database))
         except psycopg2.Error as exc:
             if not conn.closed:
                 with conn.cursor() as cur:  # the script's BEGIN left an aborted transaction

@@ -65,8 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     legacy.add_argument("--replace-legacy", action="store_true",
                         help="drop pg_notify_exporter's triggers on the monitored tables in the transaction "
                              "that installs pgne's (without it, apply refuses to install beside them)")
-    sub.add_parser("render-sql", parents=[common, select, lock, legacy],
-                   help="print the SQL that apply would run, without connecting")
+    p_render = sub.add_parser("render-sql", parents=[common, select, lock, legacy],
+                              help="print the SQL that apply would run, without connecting")
+    p_render.add_argument("--prune", action="store_true",
+                          help="also print the script that apply --prune runs after each database's: it drops "
+                               "the pgne triggers and functions that the config does not name, found when it runs")
     p_apply = sub.add_parser("apply", parents=[common, select, lock, legacy],
                              help="install/update/remove pgne's triggers and functions")
     p_apply.add_argument("--dry-run", action="store_true", help="change nothing; say what would run")
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             return commands.check(config, renderer)
         if args.command == "render-sql":
             return commands.render_sql(config, renderer, args.host, args.database,
-                                       replace_legacy=args.replace_legacy)
+                                       replace_legacy=args.replace_legacy, prune=args.prune)
         if args.command == "apply":
             return commands.apply(config, renderer, args.host, args.database, dry_run=args.dry_run, prune=args.prune,
                                   replace_legacy=args.replace_legacy)

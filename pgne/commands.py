@@ -14,10 +14,10 @@ import psycopg2
 from pgne.address import parse_listen_address
 from pgne.apply import apply_database
 from pgne.cluster import ClusterError, ThrowawayCluster, require_embedded
-from pgne.config import Config
 from pgne.demo import DEFAULT_RATE, Demo
 from pgne.drift import find_differences, read_inventory
 from pgne.errors import EXIT_OK, EXIT_RUNTIME, UserError, first_line
+from pgne.model import Config
 from pgne.render import Renderer
 from pgne.statedir import ENV_VARIABLE, prepare_state_dir
 from pgne.webconfig import load_web_config
@@ -38,9 +38,9 @@ def check(config: Config, renderer: Renderer, out: TextIO | None = None) -> int:
 
 
 def render_sql(config: Config, renderer: Renderer, host: str | None = None, database: str | None = None,
-               out: TextIO | None = None, replace_legacy: bool = False) -> int:
+               out: TextIO | None = None, replace_legacy: bool = False, prune: bool = False) -> int:
     out = out or sys.stdout
-    out.write(renderer.render_config(config.select(host, database), replace_legacy=replace_legacy))
+    out.write(renderer.render_config(config.select(host, database), replace_legacy=replace_legacy, prune=prune))
     return EXIT_OK
 
 

@@ -32,8 +32,9 @@ from psycopg2 import sql
 
 from pgne.address import parse_listen_address, url_host
 from pgne.apply import apply_database
-from pgne.config import Config, load_config
+from pgne.config import load_config
 from pgne.errors import EXIT_OK, EXIT_RUNTIME, UserError, first_line
+from pgne.model import Config
 from pgne.protocol import die_with_parent
 from pgne.render import SCHEMA, Renderer, function_name
 from pgne.statedir import ENV_VARIABLE

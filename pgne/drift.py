@@ -2,7 +2,9 @@
 
 Used by `pgne apply` (compare first: an up-to-date database is left alone), by perform_setup
 at every (re)connect, by `pgne status`, and by the worker's `pgne_trigger_installed` and
-`pgne_setup_problem` gauges. Every query takes parameters; nothing is formatted into SQL.
+`pgne_setup_problem` gauges. Every query takes parameters, or is rendered from a template with
+quoted literals (the queries that `apply` also runs: legacy triggers, objects the config does not
+name, sql_templates/_extra_objects.sql.j2); nothing is formatted into SQL.
 
 Setup problems are differences that `apply` cannot fix, so it applies nothing to that database:
 a monitored table that does not exist, a label column that the table does not have, and notify
@@ -17,7 +19,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-from pgne.config import EVENTS, NOTIFY, OUTBOX, Database, Monitor
+from pgne.model import EVENTS, NOTIFY, OUTBOX, Database, Monitor
 from pgne.render import SCHEMA, TRIGGER_SPECS, Renderer, function_name, trigger_name
 
 OUTBOX_TABLES = ("event_log", "totals")
@@ -65,9 +67,7 @@ ProblemKey = tuple[str, str, str, str]  # (problem, schema, table, column); "" w
 class Difference:
     kind: str  # missing, outdated, unwanted, extra, or one of PROBLEMS
     what: str  # e.g. 'trigger pgne_insert on public.one'
-    # for `extra` objects, what `apply --prune` drops: ("trigger", schema, table, name) or ("function", name);
-    # for a setup problem, its ProblemKey
-    object_id: tuple = ()
+    object_id: tuple = ()  # for a setup problem, its ProblemKey
 
     @property
     def is_problem(self) -> bool:
@@ -130,6 +130,16 @@ class LegacyTrigger:
 
 
 @dataclass(frozen=True)
+class ExtraObject:
+    """A pgne trigger or function that the config does not name (a row of the extra objects query)."""
+
+    kind: str  # "trigger" or "function"
+    table_schema: str | None  # of a trigger
+    table_name: str | None
+    name: str
+
+
+@dataclass(frozen=True)
 class Inventory:
     """pgne's objects as found in one database."""
 
@@ -141,6 +151,7 @@ class Inventory:
     columns: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)  # of each existing monitored table
     max_prepared_transactions: int = 0
     legacy: tuple[LegacyTrigger, ...] = ()  # pg_notify_exporter's triggers on the monitored tables
+    extras: tuple[ExtraObject, ...] = ()  # what `apply --prune` drops
 
 
 @functools.lru_cache(maxsize=1)
@@ -157,6 +168,14 @@ def read_legacy_triggers(conn, database: Database, renderer: Renderer | None = N
     with conn.cursor() as cur:
         cur.execute(query)  # rendered from a template: literals quoted, no parameters
         return tuple(LegacyTrigger(*row) for row in cur.fetchall())
+
+
+def read_extra_objects(conn, database: Database, renderer: Renderer | None = None) -> tuple[ExtraObject, ...]:
+    """pgne's triggers and functions in `database` that its config does not name, by the query
+    that the script of `apply --prune` drops them with."""
+    with conn.cursor() as cur:
+        cur.execute((renderer or _builtin_renderer()).render_extra_query(database))  # literals quoted
+        return tuple(ExtraObject(*row) for row in cur.fetchall())
 
 
 def read_inventory(conn, database: Database, renderer: Renderer | None = None) -> Inventory:
@@ -185,7 +204,7 @@ def read_inventory(conn, database: Database, renderer: Renderer | None = None) -
         max_prepared = cur.fetchone()[0]
     legacy = read_legacy_triggers(conn, database, renderer) if database.enabled else ()
     return Inventory(schema_exists, functions, triggers, frozenset(existing), schema_tables, columns, max_prepared,
-                     legacy)
+                     legacy, read_extra_objects(conn, database, renderer))
 
 
 def setup_problems(inventory: Inventory, database: Database) -> list[Difference]:
@@ -248,12 +267,8 @@ def find_differences(inventory: Inventory, database: Database, renderer: Rendere
     if database.enabled and database.delivery == OUTBOX:
         diffs += [Difference("missing", f"table {SCHEMA}.{table}") for table in OUTBOX_TABLES
                   if table not in inventory.schema_tables]
-    named_functions: set[str] = set()
-    named_tables: set[tuple[str, str]] = set()
     for monitor in database.monitors:
         fn = function_name(monitor)
-        named_functions.add(fn)
-        named_tables.add((monitor.schema, monitor.table))
         table = monitor.qualified_name
         if monitor in enabled:
             if (monitor.schema, monitor.table) not in inventory.existing_tables:
@@ -276,12 +291,11 @@ def find_differences(inventory: Inventory, database: Database, renderer: Rendere
                 diffs.append(Difference("unwanted", where))
     if not database.enabled and inventory.schema_exists:
         diffs.append(Difference("unwanted", f"schema {SCHEMA} in a disabled database"))
-    for fn in sorted(set(inventory.functions) - named_functions):
-        diffs.append(Difference("extra", f"function {SCHEMA}.{fn} (not named by the config)", ("function", fn)))
-    for (schema, table, trigger), facts in sorted(inventory.triggers.items()):
-        if (schema, table) not in named_tables and facts[0] == SCHEMA:
-            diffs.append(Difference("extra", f"trigger {trigger} on {schema}.{table} (not named by the config)",
-                                    ("trigger", schema, table, trigger)))
+    for fn in sorted(x.name for x in inventory.extras if x.kind == "function"):
+        diffs.append(Difference("extra", f"function {SCHEMA}.{fn} (not named by the config)"))
+    for schema, table, trigger in sorted((x.table_schema, x.table_name, x.name)
+                                         for x in inventory.extras if x.kind == "trigger"):
+        diffs.append(Difference("extra", f"trigger {trigger} on {schema}.{table} (not named by the config)"))
     return diffs
 
 

@@ -34,10 +34,11 @@ from prometheus_client.multiprocess import mark_process_dead
 from pgne import __version__, protocol
 from pgne.address import url_host
 from pgne.compaction import compact, relabel_series
-from pgne.config import NOTIFY, OUTBOX, Config, Database, load_config
+from pgne.config import load_config
 from pgne.errors import EXIT_OK, UserError
 from pgne.http import MetricsServer
 from pgne.metrics import MasterMetrics
+from pgne.model import NOTIFY, OUTBOX, Config, Database
 from pgne.protocol import EXIT_TEARDOWN_FAILED, LISTEN, TEARDOWN, WorkerSpec, encode_spec
 from pgne.render import Renderer
 from pgne.statedir import ENV_VARIABLE

@@ -33,7 +33,7 @@ if not os.environ.get(ENV_VARIABLE):  # pragma: no cover - a programming error
 
 from prometheus_client import Counter, Gauge  # noqa: E402
 
-from pgne.config import BUILTIN_LABELS  # noqa: E402
+from pgne.model import BUILTIN_LABELS  # noqa: E402
 from pgne.payload import RESULTS  # noqa: E402
 
 DATABASE_LABELS = ("host", "database")

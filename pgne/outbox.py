@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from pgne.compaction import SERIES_BUILTINS
-from pgne.config import LABEL_NAME_RE, value_as_text
+from pgne.model import LABEL_NAME_RE, value_as_text
 from pgne.payload import Router
 from pgne.statedir import collect, exclusive
 

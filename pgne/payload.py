@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Callable, Iterator
 
-from pgne.config import EVENTS, OTHER, Database, value_as_text
+from pgne.model import EVENTS, OTHER, Database, value_as_text
 
 COUNTED, INVALID, UNKNOWN_TABLE, UNMONITORED_EVENT = "counted", "invalid", "unknown_table", "unmonitored_event"
 RESULTS = (COUNTED, INVALID, UNKNOWN_TABLE, UNMONITORED_EVENT)

@@ -22,7 +22,7 @@ import struct
 import sys
 from dataclasses import dataclass
 
-from pgne.config import Database
+from pgne.model import Database
 
 # How a worker is started; tests replace it with stand-ins that exit as they are told.
 WORKER_COMMAND = [sys.executable, "-m", "pgne.worker"]

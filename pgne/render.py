@@ -17,13 +17,15 @@ import jinja2
 import jinja2.meta
 
 from pgne import __version__
-from pgne.config import EVENTS, NOTIFY, OTHER, OUTBOX, Config, Database, Monitor, TemplateCatalog
 from pgne.errors import UserError
+from pgne.model import EVENTS, NOTIFY, OTHER, OUTBOX, Config, Database, Monitor
 from pgne.resources import builtin_templates_dir
 
 TEMPLATE_SUFFIX = ".sql.j2"
 DATABASE_TEMPLATE = "_database.sql.j2"  # the per-database skeleton; `_` names are internal
 LEGACY_TEMPLATE = "_legacy_triggers.sql.j2"  # finds pg_notify_exporter's triggers (status, --replace-legacy)
+PRUNE_TEMPLATE = "_prune.sql.j2"  # what `apply --prune` runs after the database's script
+EXTRA_TEMPLATE = "_extra_objects.sql.j2"  # finds what the config does not name (status, --prune)
 SCHEMA = "pgne"
 NEW_TABLE = "pgne_new"  # transition table names the triggers declare (REFERENCING ... AS)
 OLD_TABLE = "pgne_old"
@@ -127,8 +129,9 @@ class RenderedMonitor:
     comment: str  # what COMMENT ON FUNCTION stores
 
 
-class Renderer(TemplateCatalog):
-    """Jinja environment over the user's template folders, then the built-in ones."""
+class Renderer:
+    """Jinja environment over the user's template folders, then the built-in ones (and the
+    pgne.validation.TemplateCatalog that config validation asks)."""
 
     def __init__(self, template_dirs: Sequence[str | Path] = (), lock_timeout: float = DEFAULT_LOCK_TIMEOUT):
         for directory in template_dirs:
@@ -225,6 +228,32 @@ class Renderer(TemplateCatalog):
         macro = self.env.get_template(LEGACY_TEMPLATE).module.legacy_triggers
         return str(macro(tables, database.channel, SCHEMA)).strip() + "\n"
 
+    def _named_objects(self, database: Database) -> dict[str, list]:
+        """What the config names in `database`, for the query that finds pgne's other objects."""
+        return {
+            "functions": list(dict.fromkeys(function_name(m) for m in database.monitors)),
+            "tables": list(dict.fromkeys((m.schema, m.table) for m in database.monitors)),
+            "trigger_names": [trigger_name(e) for e in EVENTS],
+        }
+
+    def render_extra_query(self, database: Database) -> str:
+        """The SELECT that lists pgne's triggers and functions in `database` that its config does
+        not name: what `status` reports as extra and the --prune script drops."""
+        macro = self.env.get_template(EXTRA_TEMPLATE).module.extra_objects
+        return str(macro(SCHEMA, **self._named_objects(database))).strip() + "\n"
+
+    def render_prune(self, database: Database) -> str:
+        """The script that `apply --prune` runs after the database's own (when `status` finds extra
+        objects): one transaction that drops what render_extra_query finds when it runs."""
+        return self.env.get_template(PRUNE_TEMPLATE).render(
+            version=__version__,
+            database=database,
+            schema=SCHEMA,
+            lock_key=ADVISORY_LOCK_KEY,
+            lock_timeout=self.lock_timeout_setting,
+            **self._named_objects(database),
+        )
+
     def render_database(self, database: Database, replace_legacy: bool = False) -> str:
         """The whole script for one database: header comment, then BEGIN ... COMMIT. With
         `replace_legacy`, pg_notify_exporter's triggers on the monitored tables are dropped in the
@@ -251,8 +280,15 @@ class Renderer(TemplateCatalog):
             legacy_tables=self.legacy_tables(database),
         )
 
-    def render_config(self, databases: Iterable[Database], replace_legacy: bool = False) -> str:
-        return "\n".join(self.render_database(d, replace_legacy) for d in databases)
+    def render_config(self, databases: Iterable[Database], replace_legacy: bool = False, prune: bool = False) -> str:
+        """What `render-sql` prints: each database's script, with `prune` followed by its --prune
+        script; `apply` runs these same texts."""
+        scripts = []
+        for database in databases:
+            scripts.append(self.render_database(database, replace_legacy))
+            if prune:
+                scripts.append(self.render_prune(database))
+        return "\n".join(scripts)
 
     def check(self, config: Config) -> None:
         """Render everything once, so that `check` catches template errors too."""

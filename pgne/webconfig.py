@@ -20,8 +20,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgne.config import read_bounded, read_yaml, shown_path
 from pgne.errors import UserError
+from pgne.yamlfile import read_bounded, read_yaml, shown_path
 
 # Python's ssl verifies every client certificate it asks for, so the toolkit's two modes that
 # accept unverified certificates (RequestClientCert, RequireAnyClientCert) are not offered.

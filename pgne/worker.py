@@ -29,8 +29,8 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from pgne.config import OUTBOX
 from pgne.errors import first_line
+from pgne.model import OUTBOX
 from pgne.protocol import EXIT_TEARDOWN_FAILED, LOG_FORMAT, TEARDOWN, WorkerSpec, die_with_parent, read_spec
 from pgne.statedir import ENV_VARIABLE
 

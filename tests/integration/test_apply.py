@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import psycopg2.extensions
 import pytest
 from helpers import (
     apply_in_process,
@@ -19,8 +20,11 @@ from helpers import (
     status_in_process,
 )
 
-from pgne.config import Monitor
-from pgne.render import function_name
+from pgne import __version__
+from pgne.apply import APPLIED, apply_on_connection
+from pgne.config import load_config
+from pgne.model import Monitor
+from pgne.render import Renderer, function_name
 
 TABLES = """
 CREATE TABLE t (id serial PRIMARY KEY, code text);
@@ -417,3 +421,39 @@ def test_objects_the_config_no_longer_names_are_reported_and_dropped_only_with_p
     assert pruned.lines[0].startswith(f"{name(db)}: applied: 3 changes: extra: ")
     assert state(db) == (True, {x for x in ALL_TRIGGERS if x[1] == "t"}, {FN_T})
     assert status_in_process(path).code == 0
+
+
+def test_apply_prune_runs_exactly_what_render_sql_prune_prints(db, write_config):
+    applied(apply_in_process(write_config(db, monitors())), db)
+    # u leaves the config and t loses an event: the database's script and its --prune script both run
+    path = write_config(db, monitors(t_events=["insert"])[:1])
+    printed = run_pgne("render-sql", "--prune", "-c", path)
+    assert printed.returncode == 0, printed.stderr
+
+    sent: list = []
+
+    class RecordingCursor(psycopg2.extensions.cursor):
+        def execute(self, query, vars=None):
+            sent.append(query)
+            return super().execute(query, vars)
+
+    renderer = Renderer()
+    [database] = load_config(str(path), renderer).databases
+    result = apply_on_connection(db.connect(cursor_factory=RecordingCursor), database, renderer, prune=True)
+    assert result.outcome == APPLIED, result.line()
+    scripts = [query for query in sent if query.startswith("-- pgne ")]  # not the catalog queries
+    assert [script.split(":", 1)[0] for script in scripts] == [f"-- pgne {__version__}",
+                                                               f"-- pgne {__version__} --prune"]
+    assert "\n".join(scripts) == printed.stdout
+    assert state(db) == (True, {("public", "t", "pgne_insert")}, {FN_T})
+    assert status_in_process(path).code == 0
+
+
+def test_prune_in_a_disabled_database_after_the_schema_is_dropped(db, write_config):
+    applied(apply_in_process(write_config(db, monitors())), db)
+    path = write_config(db, monitors()[:1], enabled=False)  # u deleted from the config, the database disabled
+    pruned = apply_in_process(path, prune=True)
+    assert pruned.code == 0, pruned.stdout
+    assert pruned.lines[0].startswith(f"{name(db)}: applied: ")
+    assert f"extra: function pgne.{FN_U} (not named by the config)" in pruned.lines[0]
+    assert state(db) == NOTHING

@@ -21,7 +21,7 @@ import yaml
 from helpers import run_pgne, status_in_process
 from runner import PgneProcess, labels_key, wait_until
 
-from pgne.config import Monitor
+from pgne.model import Monitor
 from pgne.render import function_name
 
 # pg_notify_exporter's config/trigger_functions.yml, as it behaves (not its text).

@@ -41,7 +41,7 @@ from outbox_helpers import (
 from psycopg2 import sql
 from runner import PgneProcess, free_port, throwaway_database, wait_until
 
-from pgne.config import Monitor
+from pgne.model import Monitor
 from pgne.render import function_name
 
 ONE = {"table": "one", "enabled": True, "function": "notification_with_payload",

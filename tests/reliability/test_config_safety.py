@@ -25,7 +25,8 @@ from reliability_helpers import Stopwatch, record
 from runner import PgneProcess, wait_until
 
 from pgne.cli import main as pgne_main
-from pgne.config import MAX_ALIAS_NODES, MAX_CONFIG_BYTES
+from pgne.config import MAX_CONFIG_BYTES
+from pgne.yamlfile import MAX_ALIAS_NODES
 
 LIMIT_AS = 512 * 1024 * 1024  # address space of a `check` subprocess: an expanded bomb cannot fit
 

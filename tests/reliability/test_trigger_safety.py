@@ -34,7 +34,8 @@ from reliability_helpers import (
 )
 from runner import PgneProcess
 
-from pgne.config import BUILTIN_LABELS, EVENTS, LABEL_NAME_RE, parse_config
+from pgne.config import parse_config
+from pgne.model import BUILTIN_LABELS, EVENTS, LABEL_NAME_RE
 from pgne.render import Renderer
 
 MODES = ("notify", "outbox")

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
-from pgne.config import Config, parse_config
+from pgne.config import parse_config
 from pgne.errors import UserError
+from pgne.model import Config
 from pgne.render import Renderer
 
 HERE = Path(__file__).resolve().parent

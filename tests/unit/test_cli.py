@@ -154,6 +154,15 @@ def test_render_sql_host_and_database_filters(workdir):
     assert "db1.example.com" not in only_localhost
 
 
+def test_render_sql_prune_prints_each_databases_prune_script_after_its_own(workdir):
+    result = pgne_cli("render-sql", "--prune", "-c", "rich.yml", "--database", "reports", cwd=workdir)
+    assert (result.returncode, result.stderr) == (0, "")
+    renderer = Renderer()
+    [reports] = load_config(str(workdir / "rich.yml"), renderer).select(database="reports")
+    assert result.stdout == renderer.render_database(reports) + "\n" + renderer.render_prune(reports)
+    assert "--prune" not in pgne_cli("render-sql", "-c", "rich.yml", cwd=workdir).stdout
+
+
 def test_render_sql_filter_matching_nothing(workdir):
     result = pgne_cli("render-sql", "-c", "rich.yml", "--host", "nohost", cwd=workdir)
     assert (result.returncode, result.stdout) == (2, "")

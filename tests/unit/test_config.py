@@ -8,17 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pgne.config import (
-    DEFAULT_CONFIG_PATH,
-    Config,
-    Database,
-    LabelColumn,
-    Monitor,
-    config_path,
-    load_config,
-    value_as_text,
-)
+from pgne.config import DEFAULT_CONFIG_PATH, config_path, load_config
 from pgne.errors import UserError
+from pgne.model import Config, Database, LabelColumn, Monitor, value_as_text
 from pgne.render import Renderer
 from pgne.resources import builtin_templates_dir, config_schema_path
 

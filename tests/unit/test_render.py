@@ -7,6 +7,7 @@ change to the templates (or the version), regenerate them and read the diff befo
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from pgne import __version__
-from pgne.config import Monitor, load_config
+from pgne.config import load_config
 from pgne.errors import UserError
+from pgne.model import Monitor
 from pgne.render import (
     Renderer,
     dollar_quote,
@@ -35,6 +37,22 @@ def render_file(path: Path, renderer: Renderer | None = None) -> str:
     return renderer.render_config(load_config(str(path), renderer).databases)
 
 
+def as_outbox(text: str) -> str:
+    """A config text with `delivery: outbox` on every database entry."""
+    return re.sub(r"^(  - database: .*)$", r"\1\n    delivery: outbox", text, flags=re.M)
+
+
+def render_outbox_file(path: Path) -> str:
+    renderer = Renderer()
+    return renderer.render_config(parse(as_outbox(path.read_text(encoding="utf-8")), renderer).databases)
+
+
+def render_prune_file(path: Path) -> str:
+    """The --prune scripts of every database of the config at `path`."""
+    renderer = Renderer()
+    return "\n".join(renderer.render_prune(d) for d in load_config(str(path), renderer).databases)
+
+
 def render_text(text: str, renderer: Renderer | None = None) -> str:
     renderer = renderer or Renderer()
     return renderer.render_config(parse(text, renderer).databases)
@@ -48,12 +66,14 @@ def monitor(schema: str, table: str) -> Monitor:
 # --------------------------------------------------------------------------- golden files
 
 
-@pytest.mark.parametrize("fixture, golden", [
-    (README_FIXTURE, "pg_notify_exporter_readme.sql"),
-    (RICH_FIXTURE, "rich.sql"),
+@pytest.mark.parametrize("fixture, render, golden", [
+    (README_FIXTURE, render_file, "pg_notify_exporter_readme.sql"),
+    (RICH_FIXTURE, render_file, "rich.sql"),
+    (RICH_FIXTURE, render_outbox_file, "rich_outbox.sql"),  # the same config with delivery: outbox
+    (RICH_FIXTURE, render_prune_file, "rich_prune.sql"),  # the scripts of `apply --prune`
 ])
-def test_golden(fixture, golden):
-    sql = render_file(fixture)
+def test_golden(fixture, render, golden):
+    sql = render(fixture)
     path = GOLDEN / golden
     if UPDATE_GOLDEN:
         path.write_bytes(sql.encode("utf-8"))
@@ -119,14 +139,51 @@ def test_disabled_monitor_and_database_drop_their_objects():
 
 def test_custom_channel_and_whitelists_in_the_trigger_function():
     sql = render_file(RICH_FIXTURE)
-    assert "PERFORM pg_notify('shop_events',\n" in sql
+    assert "PERFORM pg_catalog.pg_notify('shop_events',\n" in sql
     # whitelists compared byte for byte, whatever the column's collation
-    assert "pgne_new.\"status\"::text COLLATE pg_catalog.\"C\" IN ('new', 'paid', 'shipped')" in sql
-    assert "pgne_old.\"status\"::text COLLATE pg_catalog.\"C\" IN ('new', 'paid', 'shipped')" in sql
-    assert "pgne_new.\"priority\"::text COLLATE pg_catalog.\"C\" IN ('1', '2', 'true', '1.5')" in sql
-    assert """|| '", "data" : {"status" : ' || to_json("pgne-g"."pgne-1")::text\n""" in sql
-    assert """|| ', "priority" : ' || to_json("pgne-g"."pgne-2")::text\n""" in sql
+    assert "pgne_new.\"status\"::pg_catalog.text COLLATE pg_catalog.\"C\" IN ('new', 'paid', 'shipped')" in sql
+    assert "pgne_old.\"status\"::pg_catalog.text COLLATE pg_catalog.\"C\" IN ('new', 'paid', 'shipped')" in sql
+    assert "pgne_new.\"priority\"::pg_catalog.text COLLATE pg_catalog.\"C\" IN ('1', '2', 'true', '1.5')" in sql
+    assert """|| '", "data" : {"status" : ' || pg_catalog.to_json("pgne-g"."pgne-1")::pg_catalog.text\n""" in sql
+    assert """|| ', "priority" : ' || pg_catalog.to_json("pgne-g"."pgne-2")::pg_catalog.text\n""" in sql
     assert "GROUP BY 1, 2\n" in sql
+
+
+def test_prune_script_is_one_transaction_that_drops_what_the_extra_objects_query_finds():
+    renderer = Renderer()
+    shop = load_config(str(RICH_FIXTURE), renderer).databases[0]
+    script = renderer.render_prune(shop)
+    assert script.startswith(f'-- pgne {__version__} --prune: host "db1.example.com", port 6543, database "shop", '
+                             f'tag "production"\nBEGIN;\n')
+    assert script.endswith("$pgne$;\nCOMMIT;\n") and script.count("BEGIN;\n") == 1
+    assert "SET LOCAL lock_timeout = '5000ms';" in script
+    query = renderer.render_extra_query(shop)
+    assert "    " + query.rstrip("\n").replace("\n", "\n    ") + "\n  LOOP\n" in script
+    # every monitor of the database is named, enabled or not; nothing else
+    names = [function_name(monitor(s, t)) for s, t in
+             [("sales", "orders"), ("public", "customers"), ("audit", "Log"), ("public", "legacy")]]
+    assert f"AND p.proname NOT IN ({', '.join(quote_literal(n) for n in names)})\n" in query
+    assert ("AND (n.nspname, c.relname) NOT IN (('sales', 'orders'), ('public', 'customers'), ('audit', 'Log'), "
+            "('public', 'legacy'))\n") in query
+    assert "AND t.tgname IN ('pgne_insert', 'pgne_update', 'pgne_delete', 'pgne_truncate')\n" in query
+
+
+def test_prune_script_of_a_database_without_monitors_names_nothing():
+    renderer = Renderer()
+    [database] = parse(config(), renderer).databases
+    database = dataclasses.replace(database, monitors=())  # a config always has one; the SQL is valid without
+    query = renderer.render_extra_query(database)
+    assert "NOT IN" not in query  # every pgne trigger and function is extra
+    assert "EXECUTE pg_catalog.format('DROP FUNCTION %I.%I()', 'pgne', extra.name);" in renderer.render_prune(database)
+
+
+def test_render_config_with_prune_puts_each_databases_prune_script_after_its_own():
+    renderer = Renderer()
+    databases = load_config(str(RICH_FIXTURE), renderer).databases
+    assert renderer.render_config(databases, prune=True) == "\n".join(
+        part for d in databases for part in (renderer.render_database(d), renderer.render_prune(d)))
+    assert renderer.render_config(databases, replace_legacy=True, prune=True).startswith(
+        renderer.render_database(databases[0], replace_legacy=True) + "\n" + renderer.render_prune(databases[0]))
 
 
 def test_lock_timeout():
@@ -153,11 +210,11 @@ def test_hostile_config_values_are_quoted():
     table = '"public"."we""ird; name"'
     assert f"AFTER INSERT ON {table}\n" in sql
     assert f"DROP TRIGGER pgne_update ON {table};" in sql
-    assert """tgrelid = '"public"."we""ird; name"'::regclass""" in sql
+    assert """tgrelid = '"public"."we""ird; name"'::pg_catalog.regclass""" in sql
     # the payload's table name is JSON-encoded, then quoted as a literal (E'' for the backslash)
     assert """E'{"table" : "public.we\\\\"ird; name", "action" : "' || TG_OP""" in sql
     assert """-- "public.we\\"ird; name": "notification_with_payload" on INSERT, DELETE""" in sql
-    assert "PERFORM pg_notify('it''s',\n" in sql
+    assert "PERFORM pg_catalog.pg_notify('it''s',\n" in sql
     assert ("""IN ('o''neil', 'x''); DROP TABLE victim; --', E'back\\\\slash', '$$')""") in sql
     # no value appears unquoted anywhere
     assert "'o'neil" not in sql
@@ -320,7 +377,7 @@ def test_user_template_overrides_a_builtin_one(user_templates):
     assert "pg_notify" not in sql
     # the other built-in templates are still there
     text = config({"function: notification_with_payload": "function: simple_event_notification"})
-    assert "PERFORM pg_notify('pg_notify_exporter'" in render_text(text, Renderer([user_templates]))
+    assert "PERFORM pg_catalog.pg_notify('pg_notify_exporter'" in render_text(text, Renderer([user_templates]))
 
 
 def test_user_template_with_a_new_name(user_templates):

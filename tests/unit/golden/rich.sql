@@ -1,7 +1,7 @@
 -- pgne 0.1.0: host "db1.example.com", port 6543, database "shop", tag "production"
 BEGIN;
 -- One apply at a time per database (pgne apply, and pgne run's perform_setup).
-SELECT pg_advisory_xact_lock(1885826661);
+SELECT pg_catalog.pg_advisory_xact_lock(1885826661);
 -- Fail rather than queue behind application traffic for a table lock.
 SET LOCAL lock_timeout = '5000ms';
 CREATE SCHEMA IF NOT EXISTS "pgne";
@@ -15,47 +15,48 @@ CREATE OR REPLACE FUNCTION "pgne"."sales_orders_74609b9789"()
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
-  seq text;
+  seq pg_catalog.text;
 BEGIN
   BEGIN
     -- The last number + 1, or the clock in microseconds if that is more: the application can
     -- RESET or SET the setting, and the numbers still never repeat within its transaction.
-    "pgne-trigger".seq := set_config('pgne.seq', GREATEST(nullif(current_setting('pgne.seq', true), '')::bigint + 1,
-      (date_part('epoch', clock_timestamp()) * 1000000)::bigint)::text, true);
+    "pgne-trigger".seq := pg_catalog.set_config('pgne.seq', GREATEST(
+      nullif(pg_catalog.current_setting('pgne.seq', true), '')::pg_catalog.int8 + 1,
+      (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000000)::pg_catalog.int8)::pg_catalog.text, true);
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
-      PERFORM pg_notify('shop_events',
+      PERFORM pg_catalog.pg_notify('shop_events',
         '{"table" : "sales.orders", "action" : "' || TG_OP
-        || '", "data" : {"status" : ' || to_json("pgne-g"."pgne-1")::text
-        || ', "priority" : ' || to_json("pgne-g"."pgne-2")::text
-        || '}, "count" : ' || "pgne-g"."pgne-n"::text || ', "seq" : ' || "pgne-trigger".seq || '}')
+        || '", "data" : {"status" : ' || pg_catalog.to_json("pgne-g"."pgne-1")::pg_catalog.text
+        || ', "priority" : ' || pg_catalog.to_json("pgne-g"."pgne-2")::pg_catalog.text
+        || '}, "count" : ' || "pgne-g"."pgne-n"::pg_catalog.text || ', "seq" : ' || "pgne-trigger".seq || '}')
       FROM (
         SELECT
-          CASE WHEN pgne_new."status"::text COLLATE pg_catalog."C" IN ('new', 'paid', 'shipped')
-               THEN pgne_new."status"::text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-1",
-          CASE WHEN pgne_new."priority"::text COLLATE pg_catalog."C" IN ('1', '2', 'true', '1.5')
-               THEN pgne_new."priority"::text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-2",
-          count(*) AS "pgne-n"
+          CASE WHEN pgne_new."status"::pg_catalog.text COLLATE pg_catalog."C" IN ('new', 'paid', 'shipped')
+               THEN pgne_new."status"::pg_catalog.text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-1",
+          CASE WHEN pgne_new."priority"::pg_catalog.text COLLATE pg_catalog."C" IN ('1', '2', 'true', '1.5')
+               THEN pgne_new."priority"::pg_catalog.text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-2",
+          pg_catalog.count(*) AS "pgne-n"
         FROM pgne_new
         GROUP BY 1, 2
       ) AS "pgne-g";
     ELSIF TG_OP = 'DELETE' THEN
-      PERFORM pg_notify('shop_events',
+      PERFORM pg_catalog.pg_notify('shop_events',
         '{"table" : "sales.orders", "action" : "' || TG_OP
-        || '", "data" : {"status" : ' || to_json("pgne-g"."pgne-1")::text
-        || ', "priority" : ' || to_json("pgne-g"."pgne-2")::text
-        || '}, "count" : ' || "pgne-g"."pgne-n"::text || ', "seq" : ' || "pgne-trigger".seq || '}')
+        || '", "data" : {"status" : ' || pg_catalog.to_json("pgne-g"."pgne-1")::pg_catalog.text
+        || ', "priority" : ' || pg_catalog.to_json("pgne-g"."pgne-2")::pg_catalog.text
+        || '}, "count" : ' || "pgne-g"."pgne-n"::pg_catalog.text || ', "seq" : ' || "pgne-trigger".seq || '}')
       FROM (
         SELECT
-          CASE WHEN pgne_old."status"::text COLLATE pg_catalog."C" IN ('new', 'paid', 'shipped')
-               THEN pgne_old."status"::text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-1",
-          CASE WHEN pgne_old."priority"::text COLLATE pg_catalog."C" IN ('1', '2', 'true', '1.5')
-               THEN pgne_old."priority"::text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-2",
-          count(*) AS "pgne-n"
+          CASE WHEN pgne_old."status"::pg_catalog.text COLLATE pg_catalog."C" IN ('new', 'paid', 'shipped')
+               THEN pgne_old."status"::pg_catalog.text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-1",
+          CASE WHEN pgne_old."priority"::pg_catalog.text COLLATE pg_catalog."C" IN ('1', '2', 'true', '1.5')
+               THEN pgne_old."priority"::pg_catalog.text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-2",
+          pg_catalog.count(*) AS "pgne-n"
         FROM pgne_old
         GROUP BY 1, 2
       ) AS "pgne-g";
     ELSE
-      PERFORM pg_notify('shop_events',
+      PERFORM pg_catalog.pg_notify('shop_events',
         '{"table" : "sales.orders", "action" : "' || TG_OP || '", "count" : 1, "seq" : ' || "pgne-trigger".seq || '}');
     END IF;
   EXCEPTION WHEN OTHERS THEN
@@ -67,13 +68,13 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:d29795b6a14b2db010f9b40f18b021ca4367972054ee32f45a4c4fa9e92f5113';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:05ea3d0937d2fc29ef509dea9dfa2afebd4472b03c5cac6031216ac514ef26e1';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
-                 WHERE tgrelid = '"sales"."orders"'::regclass
+                 WHERE tgrelid = '"sales"."orders"'::pg_catalog.regclass
                    AND tgname = 'pgne_insert' AND tgparentid = 0
-                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::regprocedure
+                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::pg_catalog.regprocedure
                    AND tgtype = 4 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
                    AND tgnewtable = 'pgne_new'
                    AND tgoldtable IS NULL) THEN
@@ -83,9 +84,9 @@ BEGIN
       FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."sales_orders_74609b9789"();
   END IF;
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
-                 WHERE tgrelid = '"sales"."orders"'::regclass
+                 WHERE tgrelid = '"sales"."orders"'::pg_catalog.regclass
                    AND tgname = 'pgne_update' AND tgparentid = 0
-                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::regprocedure
+                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::pg_catalog.regprocedure
                    AND tgtype = 16 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
                    AND tgnewtable = 'pgne_new'
                    AND tgoldtable IS NULL) THEN
@@ -95,9 +96,9 @@ BEGIN
       FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."sales_orders_74609b9789"();
   END IF;
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
-                 WHERE tgrelid = '"sales"."orders"'::regclass
+                 WHERE tgrelid = '"sales"."orders"'::pg_catalog.regclass
                    AND tgname = 'pgne_delete' AND tgparentid = 0
-                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::regprocedure
+                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::pg_catalog.regprocedure
                    AND tgtype = 8 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
                    AND tgnewtable IS NULL
                    AND tgoldtable = 'pgne_old') THEN
@@ -107,9 +108,9 @@ BEGIN
       FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."sales_orders_74609b9789"();
   END IF;
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
-                 WHERE tgrelid = '"sales"."orders"'::regclass
+                 WHERE tgrelid = '"sales"."orders"'::pg_catalog.regclass
                    AND tgname = 'pgne_truncate' AND tgparentid = 0
-                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::regprocedure
+                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::pg_catalog.regprocedure
                    AND tgtype = 32 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
                    AND tgnewtable IS NULL
                    AND tgoldtable IS NULL) THEN
@@ -128,14 +129,15 @@ CREATE OR REPLACE FUNCTION "pgne"."public_customers_746dedf2f4"()
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
-  seq text;
+  seq pg_catalog.text;
 BEGIN
   BEGIN
     -- The last number + 1, or the clock in microseconds if that is more: the application can
     -- RESET or SET the setting, and the numbers still never repeat within its transaction.
-    "pgne-trigger".seq := set_config('pgne.seq', GREATEST(nullif(current_setting('pgne.seq', true), '')::bigint + 1,
-      (date_part('epoch', clock_timestamp()) * 1000000)::bigint)::text, true);
-    PERFORM pg_notify('shop_events',
+    "pgne-trigger".seq := pg_catalog.set_config('pgne.seq', GREATEST(
+      nullif(pg_catalog.current_setting('pgne.seq', true), '')::pg_catalog.int8 + 1,
+      (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000000)::pg_catalog.int8)::pg_catalog.text, true);
+    PERFORM pg_catalog.pg_notify('shop_events',
       '{"table" : "public.customers", "action" : "' || TG_OP || '", "count" : 1, "seq" : ' || "pgne-trigger".seq || '}');
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
@@ -146,28 +148,28 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:ff8f58f9d149c6d7038202309a75a6ab113623c5a078629a8229fb9238109b78';
+COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:537162c5d7cb16e1f328eb4d9ba3f8a7d9298ec6f80830a1c420f4622e89fc0a';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = '"public"."customers"'::regclass
+             WHERE tgrelid = '"public"."customers"'::pg_catalog.regclass
                AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_insert ON "public"."customers";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = '"public"."customers"'::regclass
+             WHERE tgrelid = '"public"."customers"'::pg_catalog.regclass
                AND tgname = 'pgne_update' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_update ON "public"."customers";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = '"public"."customers"'::regclass
+             WHERE tgrelid = '"public"."customers"'::pg_catalog.regclass
                AND tgname = 'pgne_delete' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_delete ON "public"."customers";
   END IF;
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
-                 WHERE tgrelid = '"public"."customers"'::regclass
+                 WHERE tgrelid = '"public"."customers"'::pg_catalog.regclass
                    AND tgname = 'pgne_truncate' AND tgparentid = 0
-                   AND tgfoid = '"pgne"."public_customers_746dedf2f4"()'::regprocedure
+                   AND tgfoid = '"pgne"."public_customers_746dedf2f4"()'::pg_catalog.regprocedure
                    AND tgtype = 32 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
                    AND tgnewtable IS NULL
                    AND tgoldtable IS NULL) THEN
@@ -186,32 +188,33 @@ CREATE OR REPLACE FUNCTION "pgne"."audit_log_dd556fb87f"()
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
-  seq text;
+  seq pg_catalog.text;
 BEGIN
   BEGIN
     -- The last number + 1, or the clock in microseconds if that is more: the application can
     -- RESET or SET the setting, and the numbers still never repeat within its transaction.
-    "pgne-trigger".seq := set_config('pgne.seq', GREATEST(nullif(current_setting('pgne.seq', true), '')::bigint + 1,
-      (date_part('epoch', clock_timestamp()) * 1000000)::bigint)::text, true);
+    "pgne-trigger".seq := pg_catalog.set_config('pgne.seq', GREATEST(
+      nullif(pg_catalog.current_setting('pgne.seq', true), '')::pg_catalog.int8 + 1,
+      (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000000)::pg_catalog.int8)::pg_catalog.text, true);
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
-      PERFORM pg_notify('shop_events',
+      PERFORM pg_catalog.pg_notify('shop_events',
         '{"table" : "audit.Log", "action" : "' || TG_OP
-        || '", "count" : ' || "pgne-g"."pgne-n"::text || ', "seq" : ' || "pgne-trigger".seq || '}')
+        || '", "count" : ' || "pgne-g"."pgne-n"::pg_catalog.text || ', "seq" : ' || "pgne-trigger".seq || '}')
       FROM (
         SELECT
-          count(*) AS "pgne-n"
+          pg_catalog.count(*) AS "pgne-n"
         FROM pgne_new
-        HAVING count(*) > 0
+        HAVING pg_catalog.count(*) > 0
       ) AS "pgne-g";
     ELSE
-      PERFORM pg_notify('shop_events',
+      PERFORM pg_catalog.pg_notify('shop_events',
         '{"table" : "audit.Log", "action" : "' || TG_OP
-        || '", "count" : ' || "pgne-g"."pgne-n"::text || ', "seq" : ' || "pgne-trigger".seq || '}')
+        || '", "count" : ' || "pgne-g"."pgne-n"::pg_catalog.text || ', "seq" : ' || "pgne-trigger".seq || '}')
       FROM (
         SELECT
-          count(*) AS "pgne-n"
+          pg_catalog.count(*) AS "pgne-n"
         FROM pgne_old
-        HAVING count(*) > 0
+        HAVING pg_catalog.count(*) > 0
       ) AS "pgne-g";
     END IF;
   EXCEPTION WHEN OTHERS THEN
@@ -223,18 +226,18 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:289a0d3b74e4dfe2132228e8791182ed73ee776d6ee3f6f85739f0c263ddd697';
+COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:a3b2e36d34af23ed93882733ae62c8c5a6b9614e49a11ea2784bf120957dc941';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = '"audit"."Log"'::regclass
+             WHERE tgrelid = '"audit"."Log"'::pg_catalog.regclass
                AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_insert ON "audit"."Log";
   END IF;
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
-                 WHERE tgrelid = '"audit"."Log"'::regclass
+                 WHERE tgrelid = '"audit"."Log"'::pg_catalog.regclass
                    AND tgname = 'pgne_update' AND tgparentid = 0
-                   AND tgfoid = '"pgne"."audit_log_dd556fb87f"()'::regprocedure
+                   AND tgfoid = '"pgne"."audit_log_dd556fb87f"()'::pg_catalog.regprocedure
                    AND tgtype = 16 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
                    AND tgnewtable = 'pgne_new'
                    AND tgoldtable IS NULL) THEN
@@ -244,9 +247,9 @@ BEGIN
       FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."audit_log_dd556fb87f"();
   END IF;
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
-                 WHERE tgrelid = '"audit"."Log"'::regclass
+                 WHERE tgrelid = '"audit"."Log"'::pg_catalog.regclass
                    AND tgname = 'pgne_delete' AND tgparentid = 0
-                   AND tgfoid = '"pgne"."audit_log_dd556fb87f"()'::regprocedure
+                   AND tgfoid = '"pgne"."audit_log_dd556fb87f"()'::pg_catalog.regprocedure
                    AND tgtype = 8 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
                    AND tgnewtable IS NULL
                    AND tgoldtable = 'pgne_old') THEN
@@ -256,7 +259,7 @@ BEGIN
       FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."audit_log_dd556fb87f"();
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = '"audit"."Log"'::regclass
+             WHERE tgrelid = '"audit"."Log"'::pg_catalog.regclass
                AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_truncate ON "audit"."Log";
   END IF;
@@ -267,22 +270,22 @@ $pgne$;
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."legacy"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."legacy"')
                AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_insert ON "public"."legacy";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."legacy"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."legacy"')
                AND tgname = 'pgne_update' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_update ON "public"."legacy";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."legacy"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."legacy"')
                AND tgname = 'pgne_delete' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_delete ON "public"."legacy";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."legacy"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."legacy"')
                AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_truncate ON "public"."legacy";
   END IF;
@@ -294,7 +297,7 @@ COMMIT;
 -- pgne 0.1.0: host "db1.example.com", port 5432, database "reports", tag ""
 BEGIN;
 -- One apply at a time per database (pgne apply, and pgne run's perform_setup).
-SELECT pg_advisory_xact_lock(1885826661);
+SELECT pg_catalog.pg_advisory_xact_lock(1885826661);
 -- Fail rather than queue behind application traffic for a table lock.
 SET LOCAL lock_timeout = '5000ms';
 CREATE SCHEMA IF NOT EXISTS "pgne";
@@ -308,22 +311,23 @@ CREATE OR REPLACE FUNCTION "pgne"."public_refunds_520c957fdd"()
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
-  seq text;
+  seq pg_catalog.text;
 BEGIN
   BEGIN
     -- The last number + 1, or the clock in microseconds if that is more: the application can
     -- RESET or SET the setting, and the numbers still never repeat within its transaction.
-    "pgne-trigger".seq := set_config('pgne.seq', GREATEST(nullif(current_setting('pgne.seq', true), '')::bigint + 1,
-      (date_part('epoch', clock_timestamp()) * 1000000)::bigint)::text, true);
-    PERFORM pg_notify('pg_notify_exporter',
+    "pgne-trigger".seq := pg_catalog.set_config('pgne.seq', GREATEST(
+      nullif(pg_catalog.current_setting('pgne.seq', true), '')::pg_catalog.int8 + 1,
+      (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000000)::pg_catalog.int8)::pg_catalog.text, true);
+    PERFORM pg_catalog.pg_notify('pg_notify_exporter',
       '{"table" : "public.refunds", "action" : "' || TG_OP
-      || '", "data" : {"reason" : ' || to_json("pgne-g"."pgne-1")::text
-      || '}, "count" : ' || "pgne-g"."pgne-n"::text || ', "seq" : ' || "pgne-trigger".seq || '}')
+      || '", "data" : {"reason" : ' || pg_catalog.to_json("pgne-g"."pgne-1")::pg_catalog.text
+      || '}, "count" : ' || "pgne-g"."pgne-n"::pg_catalog.text || ', "seq" : ' || "pgne-trigger".seq || '}')
     FROM (
       SELECT
-        CASE WHEN pgne_old."reason"::text COLLATE pg_catalog."C" IN ('fraud', 'damaged')
-             THEN pgne_old."reason"::text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-1",
-        count(*) AS "pgne-n"
+        CASE WHEN pgne_old."reason"::pg_catalog.text COLLATE pg_catalog."C" IN ('fraud', 'damaged')
+             THEN pgne_old."reason"::pg_catalog.text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-1",
+        pg_catalog.count(*) AS "pgne-n"
       FROM pgne_old
       GROUP BY 1
     ) AS "pgne-g";
@@ -336,23 +340,23 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:3dd1faaf68bf48e556d9a112de8fe93ddf3b87e226936b02aab5a07be2b4878e';
+COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:136c60d468644f3191aa3dd0efd93235c39a7b0d6457243947a70d8ccce5cdaf';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = '"public"."refunds"'::regclass
+             WHERE tgrelid = '"public"."refunds"'::pg_catalog.regclass
                AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_insert ON "public"."refunds";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = '"public"."refunds"'::regclass
+             WHERE tgrelid = '"public"."refunds"'::pg_catalog.regclass
                AND tgname = 'pgne_update' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_update ON "public"."refunds";
   END IF;
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
-                 WHERE tgrelid = '"public"."refunds"'::regclass
+                 WHERE tgrelid = '"public"."refunds"'::pg_catalog.regclass
                    AND tgname = 'pgne_delete' AND tgparentid = 0
-                   AND tgfoid = '"pgne"."public_refunds_520c957fdd"()'::regprocedure
+                   AND tgfoid = '"pgne"."public_refunds_520c957fdd"()'::pg_catalog.regprocedure
                    AND tgtype = 8 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
                    AND tgnewtable IS NULL
                    AND tgoldtable = 'pgne_old') THEN
@@ -362,7 +366,7 @@ BEGIN
       FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."public_refunds_520c957fdd"();
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = '"public"."refunds"'::regclass
+             WHERE tgrelid = '"public"."refunds"'::pg_catalog.regclass
                AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_truncate ON "public"."refunds";
   END IF;
@@ -374,7 +378,7 @@ COMMIT;
 -- This database is disabled in the config: every pgne object is removed from it.
 BEGIN;
 -- One apply at a time per database (pgne apply, and pgne run's perform_setup).
-SELECT pg_advisory_xact_lock(1885826661);
+SELECT pg_catalog.pg_advisory_xact_lock(1885826661);
 -- Fail rather than queue behind application traffic for a table lock.
 SET LOCAL lock_timeout = '5000ms';
 
@@ -382,22 +386,22 @@ SET LOCAL lock_timeout = '5000ms';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."one"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."one"')
                AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_insert ON "public"."one";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."one"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."one"')
                AND tgname = 'pgne_update' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_update ON "public"."one";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."one"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."one"')
                AND tgname = 'pgne_delete' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_delete ON "public"."one";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."one"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."one"')
                AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_truncate ON "public"."one";
   END IF;
@@ -409,22 +413,22 @@ DROP FUNCTION IF EXISTS "pgne"."public_one_6415285b3b"();
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."two"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."two"')
                AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_insert ON "public"."two";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."two"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."two"')
                AND tgname = 'pgne_update' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_update ON "public"."two";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."two"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."two"')
                AND tgname = 'pgne_delete' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_delete ON "public"."two";
   END IF;
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('"public"."two"')
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."two"')
                AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
     DROP TRIGGER pgne_truncate ON "public"."two";
   END IF;

@@ -1,0 +1,574 @@
+-- pgne 0.1.0: host "db1.example.com", port 6543, database "shop", tag "production"
+BEGIN;
+-- One apply at a time per database (pgne apply, and pgne run's perform_setup).
+SELECT pg_catalog.pg_advisory_xact_lock(1885826661);
+-- Fail rather than queue behind application traffic for a table lock.
+SET LOCAL lock_timeout = '5000ms';
+CREATE SCHEMA IF NOT EXISTS "pgne";
+REVOKE ALL ON SCHEMA "pgne" FROM PUBLIC;
+
+-- delivery: outbox. The triggers append one row per statement and label group to
+-- pgne.event_log in the application's transaction; pgne moves them into pgne.totals.
+-- A queue: no index, and autovacuum that keeps up with constant inserts and deletes.
+CREATE TABLE IF NOT EXISTS "pgne".event_log (
+  table_name text NOT NULL,
+  operation text NOT NULL,
+  labels jsonb NOT NULL,
+  n bigint NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now()
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
+        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 10000);
+-- The durable counts that pgne exports.
+CREATE TABLE IF NOT EXISTS "pgne".totals (
+  table_name text NOT NULL,
+  operation text NOT NULL,
+  labels jsonb NOT NULL,
+  total bigint NOT NULL,
+  last_event timestamptz NOT NULL,
+  PRIMARY KEY (table_name, operation, labels)
+);
+REVOKE ALL ON "pgne".event_log, "pgne".totals FROM PUBLIC;
+
+-- "sales.orders": "notification_with_payload" on INSERT, UPDATE, DELETE, TRUNCATE
+CREATE OR REPLACE FUNCTION "pgne"."sales_orders_74609b9789"()
+  RETURNS trigger
+  LANGUAGE plpgsql
+  SECURITY DEFINER
+  SET search_path = pg_catalog, pg_temp
+AS $pgne$
+<<"pgne-trigger">>
+DECLARE
+  n pg_catalog.int8;  -- rows of the statement, counted up to 2
+  label1 pg_catalog.text;  -- of a single-row statement
+  label2 pg_catalog.text;  -- of a single-row statement
+  labels pg_catalog.jsonb[];  -- the label groups of a statement of several rows
+  counts pg_catalog.int8[];
+BEGIN
+  BEGIN
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+      SELECT pg_catalog.count(*), pg_catalog.min("pgne-r"."pgne-1"), pg_catalog.min("pgne-r"."pgne-2")
+        INTO "pgne-trigger".n, "pgne-trigger".label1, "pgne-trigger".label2
+      FROM (
+        SELECT
+          CASE WHEN pgne_new."status"::pg_catalog.text COLLATE pg_catalog."C" IN ('new', 'paid', 'shipped')
+               THEN pgne_new."status"::pg_catalog.text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-1",
+          CASE WHEN pgne_new."priority"::pg_catalog.text COLLATE pg_catalog."C" IN ('1', '2', 'true', '1.5')
+               THEN pgne_new."priority"::pg_catalog.text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-2"
+        FROM pgne_new
+        LIMIT 2
+      ) AS "pgne-r";
+      IF "pgne-trigger".n > 1 THEN  -- several rows: group them
+        SELECT pg_catalog.array_agg(pg_catalog.jsonb_build_object('status', "pgne-g"."pgne-1", 'priority', "pgne-g"."pgne-2")),
+               pg_catalog.array_agg("pgne-g"."pgne-n")
+          INTO "pgne-trigger".labels, "pgne-trigger".counts
+        FROM (
+          SELECT
+            CASE WHEN pgne_new."status"::pg_catalog.text COLLATE pg_catalog."C" IN ('new', 'paid', 'shipped')
+                 THEN pgne_new."status"::pg_catalog.text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-1",
+            CASE WHEN pgne_new."priority"::pg_catalog.text COLLATE pg_catalog."C" IN ('1', '2', 'true', '1.5')
+                 THEN pgne_new."priority"::pg_catalog.text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-2",
+            pg_catalog.count(*) AS "pgne-n"
+          FROM pgne_new
+          GROUP BY 1, 2
+        ) AS "pgne-g";
+      END IF;
+    ELSIF TG_OP = 'DELETE' THEN
+      SELECT pg_catalog.count(*), pg_catalog.min("pgne-r"."pgne-1"), pg_catalog.min("pgne-r"."pgne-2")
+        INTO "pgne-trigger".n, "pgne-trigger".label1, "pgne-trigger".label2
+      FROM (
+        SELECT
+          CASE WHEN pgne_old."status"::pg_catalog.text COLLATE pg_catalog."C" IN ('new', 'paid', 'shipped')
+               THEN pgne_old."status"::pg_catalog.text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-1",
+          CASE WHEN pgne_old."priority"::pg_catalog.text COLLATE pg_catalog."C" IN ('1', '2', 'true', '1.5')
+               THEN pgne_old."priority"::pg_catalog.text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-2"
+        FROM pgne_old
+        LIMIT 2
+      ) AS "pgne-r";
+      IF "pgne-trigger".n > 1 THEN  -- several rows: group them
+        SELECT pg_catalog.array_agg(pg_catalog.jsonb_build_object('status', "pgne-g"."pgne-1", 'priority', "pgne-g"."pgne-2")),
+               pg_catalog.array_agg("pgne-g"."pgne-n")
+          INTO "pgne-trigger".labels, "pgne-trigger".counts
+        FROM (
+          SELECT
+            CASE WHEN pgne_old."status"::pg_catalog.text COLLATE pg_catalog."C" IN ('new', 'paid', 'shipped')
+                 THEN pgne_old."status"::pg_catalog.text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-1",
+            CASE WHEN pgne_old."priority"::pg_catalog.text COLLATE pg_catalog."C" IN ('1', '2', 'true', '1.5')
+                 THEN pgne_old."priority"::pg_catalog.text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-2",
+            pg_catalog.count(*) AS "pgne-n"
+          FROM pgne_old
+          GROUP BY 1, 2
+        ) AS "pgne-g";
+      END IF;
+    ELSE
+      "pgne-trigger".labels := '{"{}"}';
+      "pgne-trigger".counts := '{1}';
+    END IF;
+    -- What the INSERT after this block needs ('...'::regclass fails here if the table is missing).
+    IF NOT pg_catalog.has_table_privilege('pgne.event_log'::pg_catalog.regclass, 'INSERT') THEN
+      RAISE EXCEPTION 'permission denied for table pgne.event_log' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+  EXCEPTION WHEN OTHERS THEN
+    -- Never fail the application's statement: this statement's events are not counted.
+    RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
+      TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, SQLERRM, SQLSTATE;
+    RETURN NULL;
+  END;
+  IF "pgne-trigger".counts IS NOT NULL THEN
+    INSERT INTO pgne.event_log (table_name, operation, labels, n)
+    SELECT 'sales.orders', TG_OP, "pgne-u"."pgne-labels", "pgne-u"."pgne-n"
+    FROM unnest("pgne-trigger".labels, "pgne-trigger".counts) AS "pgne-u" ("pgne-labels", "pgne-n");  -- ROWS FROM syntax, no schema
+  ELSIF "pgne-trigger".n = 1 THEN  -- 0: the statement touched no row
+    INSERT INTO pgne.event_log (table_name, operation, labels, n)
+    VALUES ('sales.orders', TG_OP, pg_catalog.jsonb_build_object('status', "pgne-trigger".label1, 'priority', "pgne-trigger".label2), 1);
+  END IF;
+  RETURN NULL;
+END
+$pgne$;
+
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:d5e2993113ec1955b2360dfb77637af689711dc69940c26a65cffd52d03e2125';
+DO $pgne$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = '"sales"."orders"'::pg_catalog.regclass
+                   AND tgname = 'pgne_insert' AND tgparentid = 0
+                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::pg_catalog.regprocedure
+                   AND tgtype = 4 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
+                   AND tgnewtable = 'pgne_new'
+                   AND tgoldtable IS NULL) THEN
+    CREATE OR REPLACE TRIGGER pgne_insert
+      AFTER INSERT ON "sales"."orders"
+      REFERENCING NEW TABLE AS pgne_new
+      FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."sales_orders_74609b9789"();
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = '"sales"."orders"'::pg_catalog.regclass
+                   AND tgname = 'pgne_update' AND tgparentid = 0
+                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::pg_catalog.regprocedure
+                   AND tgtype = 16 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
+                   AND tgnewtable = 'pgne_new'
+                   AND tgoldtable IS NULL) THEN
+    CREATE OR REPLACE TRIGGER pgne_update
+      AFTER UPDATE ON "sales"."orders"
+      REFERENCING NEW TABLE AS pgne_new
+      FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."sales_orders_74609b9789"();
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = '"sales"."orders"'::pg_catalog.regclass
+                   AND tgname = 'pgne_delete' AND tgparentid = 0
+                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::pg_catalog.regprocedure
+                   AND tgtype = 8 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
+                   AND tgnewtable IS NULL
+                   AND tgoldtable = 'pgne_old') THEN
+    CREATE OR REPLACE TRIGGER pgne_delete
+      AFTER DELETE ON "sales"."orders"
+      REFERENCING OLD TABLE AS pgne_old
+      FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."sales_orders_74609b9789"();
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = '"sales"."orders"'::pg_catalog.regclass
+                   AND tgname = 'pgne_truncate' AND tgparentid = 0
+                   AND tgfoid = '"pgne"."sales_orders_74609b9789"()'::pg_catalog.regprocedure
+                   AND tgtype = 32 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
+                   AND tgnewtable IS NULL
+                   AND tgoldtable IS NULL) THEN
+    CREATE OR REPLACE TRIGGER pgne_truncate
+      AFTER TRUNCATE ON "sales"."orders"
+      FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."sales_orders_74609b9789"();
+  END IF;
+END
+$pgne$;
+
+-- "public.customers": "simple_event_notification" on TRUNCATE
+CREATE OR REPLACE FUNCTION "pgne"."public_customers_746dedf2f4"()
+  RETURNS trigger
+  LANGUAGE plpgsql
+  SECURITY DEFINER
+  SET search_path = pg_catalog, pg_temp
+AS $pgne$
+<<"pgne-trigger">>
+DECLARE
+  n pg_catalog.int8;
+BEGIN
+  BEGIN
+    "pgne-trigger".n := 1;
+    -- What the INSERT after this block needs ('...'::regclass fails here if the table is missing).
+    IF NOT pg_catalog.has_table_privilege('pgne.event_log'::pg_catalog.regclass, 'INSERT') THEN
+      RAISE EXCEPTION 'permission denied for table pgne.event_log' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+  EXCEPTION WHEN OTHERS THEN
+    -- Never fail the application's statement: this statement's events are not counted.
+    RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
+      TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, SQLERRM, SQLSTATE;
+    RETURN NULL;
+  END;
+  IF "pgne-trigger".n > 0 THEN  -- 0: the statement touched no row
+    INSERT INTO pgne.event_log (table_name, operation, labels, n)
+    VALUES ('public.customers', TG_OP, '{}'::pg_catalog.jsonb, "pgne-trigger".n);
+  END IF;
+  RETURN NULL;
+END
+$pgne$;
+
+COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:285da21f1fcc2ceed8ce2d2756e50fb5f7f49167d7fa464a41ca5f1697cb9601';
+DO $pgne$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"public"."customers"'::pg_catalog.regclass
+               AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_insert ON "public"."customers";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"public"."customers"'::pg_catalog.regclass
+               AND tgname = 'pgne_update' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_update ON "public"."customers";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"public"."customers"'::pg_catalog.regclass
+               AND tgname = 'pgne_delete' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_delete ON "public"."customers";
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = '"public"."customers"'::pg_catalog.regclass
+                   AND tgname = 'pgne_truncate' AND tgparentid = 0
+                   AND tgfoid = '"pgne"."public_customers_746dedf2f4"()'::pg_catalog.regprocedure
+                   AND tgtype = 32 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
+                   AND tgnewtable IS NULL
+                   AND tgoldtable IS NULL) THEN
+    CREATE OR REPLACE TRIGGER pgne_truncate
+      AFTER TRUNCATE ON "public"."customers"
+      FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."public_customers_746dedf2f4"();
+  END IF;
+END
+$pgne$;
+
+-- "audit.Log": "notification_with_payload" on DELETE, UPDATE
+CREATE OR REPLACE FUNCTION "pgne"."audit_log_dd556fb87f"()
+  RETURNS trigger
+  LANGUAGE plpgsql
+  SECURITY DEFINER
+  SET search_path = pg_catalog, pg_temp
+AS $pgne$
+<<"pgne-trigger">>
+DECLARE
+  n pg_catalog.int8;  -- rows of the statement, counted up to 2
+  labels pg_catalog.jsonb[];  -- the label groups of a statement of several rows
+  counts pg_catalog.int8[];
+BEGIN
+  BEGIN
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+      SELECT pg_catalog.count(*)
+        INTO "pgne-trigger".n
+      FROM (
+        SELECT 1
+        FROM pgne_new
+        LIMIT 2
+      ) AS "pgne-r";
+      IF "pgne-trigger".n > 1 THEN  -- several rows: group them
+        SELECT pg_catalog.array_agg(pg_catalog.jsonb_build_object()),
+               pg_catalog.array_agg("pgne-g"."pgne-n")
+          INTO "pgne-trigger".labels, "pgne-trigger".counts
+        FROM (
+          SELECT
+            pg_catalog.count(*) AS "pgne-n"
+          FROM pgne_new
+        ) AS "pgne-g";
+      END IF;
+    ELSE
+      SELECT pg_catalog.count(*)
+        INTO "pgne-trigger".n
+      FROM (
+        SELECT 1
+        FROM pgne_old
+        LIMIT 2
+      ) AS "pgne-r";
+      IF "pgne-trigger".n > 1 THEN  -- several rows: group them
+        SELECT pg_catalog.array_agg(pg_catalog.jsonb_build_object()),
+               pg_catalog.array_agg("pgne-g"."pgne-n")
+          INTO "pgne-trigger".labels, "pgne-trigger".counts
+        FROM (
+          SELECT
+            pg_catalog.count(*) AS "pgne-n"
+          FROM pgne_old
+        ) AS "pgne-g";
+      END IF;
+    END IF;
+    -- What the INSERT after this block needs ('...'::regclass fails here if the table is missing).
+    IF NOT pg_catalog.has_table_privilege('pgne.event_log'::pg_catalog.regclass, 'INSERT') THEN
+      RAISE EXCEPTION 'permission denied for table pgne.event_log' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+  EXCEPTION WHEN OTHERS THEN
+    -- Never fail the application's statement: this statement's events are not counted.
+    RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
+      TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, SQLERRM, SQLSTATE;
+    RETURN NULL;
+  END;
+  IF "pgne-trigger".counts IS NOT NULL THEN
+    INSERT INTO pgne.event_log (table_name, operation, labels, n)
+    SELECT 'audit.Log', TG_OP, "pgne-u"."pgne-labels", "pgne-u"."pgne-n"
+    FROM unnest("pgne-trigger".labels, "pgne-trigger".counts) AS "pgne-u" ("pgne-labels", "pgne-n");  -- ROWS FROM syntax, no schema
+  ELSIF "pgne-trigger".n = 1 THEN  -- 0: the statement touched no row
+    INSERT INTO pgne.event_log (table_name, operation, labels, n)
+    VALUES ('audit.Log', TG_OP, pg_catalog.jsonb_build_object(), 1);
+  END IF;
+  RETURN NULL;
+END
+$pgne$;
+
+COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:f907b25049715adb8704a50c18cc7ec26d34f7117ba40bdb36c2d877e9f6b1ce';
+DO $pgne$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"audit"."Log"'::pg_catalog.regclass
+               AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_insert ON "audit"."Log";
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = '"audit"."Log"'::pg_catalog.regclass
+                   AND tgname = 'pgne_update' AND tgparentid = 0
+                   AND tgfoid = '"pgne"."audit_log_dd556fb87f"()'::pg_catalog.regprocedure
+                   AND tgtype = 16 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
+                   AND tgnewtable = 'pgne_new'
+                   AND tgoldtable IS NULL) THEN
+    CREATE OR REPLACE TRIGGER pgne_update
+      AFTER UPDATE ON "audit"."Log"
+      REFERENCING NEW TABLE AS pgne_new
+      FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."audit_log_dd556fb87f"();
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = '"audit"."Log"'::pg_catalog.regclass
+                   AND tgname = 'pgne_delete' AND tgparentid = 0
+                   AND tgfoid = '"pgne"."audit_log_dd556fb87f"()'::pg_catalog.regprocedure
+                   AND tgtype = 8 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
+                   AND tgnewtable IS NULL
+                   AND tgoldtable = 'pgne_old') THEN
+    CREATE OR REPLACE TRIGGER pgne_delete
+      AFTER DELETE ON "audit"."Log"
+      REFERENCING OLD TABLE AS pgne_old
+      FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."audit_log_dd556fb87f"();
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"audit"."Log"'::pg_catalog.regclass
+               AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_truncate ON "audit"."Log";
+  END IF;
+END
+$pgne$;
+
+-- "public.legacy": disabled; its triggers and function are removed
+DO $pgne$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."legacy"')
+               AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_insert ON "public"."legacy";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."legacy"')
+               AND tgname = 'pgne_update' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_update ON "public"."legacy";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."legacy"')
+               AND tgname = 'pgne_delete' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_delete ON "public"."legacy";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."legacy"')
+               AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_truncate ON "public"."legacy";
+  END IF;
+END
+$pgne$;
+DROP FUNCTION IF EXISTS "pgne"."public_legacy_3f1e6d0630"();
+COMMIT;
+
+-- pgne 0.1.0: host "db1.example.com", port 5432, database "reports", tag ""
+BEGIN;
+-- One apply at a time per database (pgne apply, and pgne run's perform_setup).
+SELECT pg_catalog.pg_advisory_xact_lock(1885826661);
+-- Fail rather than queue behind application traffic for a table lock.
+SET LOCAL lock_timeout = '5000ms';
+CREATE SCHEMA IF NOT EXISTS "pgne";
+REVOKE ALL ON SCHEMA "pgne" FROM PUBLIC;
+
+-- delivery: outbox. The triggers append one row per statement and label group to
+-- pgne.event_log in the application's transaction; pgne moves them into pgne.totals.
+-- A queue: no index, and autovacuum that keeps up with constant inserts and deletes.
+CREATE TABLE IF NOT EXISTS "pgne".event_log (
+  table_name text NOT NULL,
+  operation text NOT NULL,
+  labels jsonb NOT NULL,
+  n bigint NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now()
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
+        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 10000);
+-- The durable counts that pgne exports.
+CREATE TABLE IF NOT EXISTS "pgne".totals (
+  table_name text NOT NULL,
+  operation text NOT NULL,
+  labels jsonb NOT NULL,
+  total bigint NOT NULL,
+  last_event timestamptz NOT NULL,
+  PRIMARY KEY (table_name, operation, labels)
+);
+REVOKE ALL ON "pgne".event_log, "pgne".totals FROM PUBLIC;
+
+-- "public.refunds": "notification_with_payload" on DELETE
+CREATE OR REPLACE FUNCTION "pgne"."public_refunds_520c957fdd"()
+  RETURNS trigger
+  LANGUAGE plpgsql
+  SECURITY DEFINER
+  SET search_path = pg_catalog, pg_temp
+AS $pgne$
+<<"pgne-trigger">>
+DECLARE
+  n pg_catalog.int8;  -- rows of the statement, counted up to 2
+  label1 pg_catalog.text;  -- of a single-row statement
+  labels pg_catalog.jsonb[];  -- the label groups of a statement of several rows
+  counts pg_catalog.int8[];
+BEGIN
+  BEGIN
+    SELECT pg_catalog.count(*), pg_catalog.min("pgne-r"."pgne-1")
+      INTO "pgne-trigger".n, "pgne-trigger".label1
+    FROM (
+      SELECT
+        CASE WHEN pgne_old."reason"::pg_catalog.text COLLATE pg_catalog."C" IN ('fraud', 'damaged')
+             THEN pgne_old."reason"::pg_catalog.text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-1"
+      FROM pgne_old
+      LIMIT 2
+    ) AS "pgne-r";
+    IF "pgne-trigger".n > 1 THEN  -- several rows: group them
+      SELECT pg_catalog.array_agg(pg_catalog.jsonb_build_object('reason', "pgne-g"."pgne-1")),
+             pg_catalog.array_agg("pgne-g"."pgne-n")
+        INTO "pgne-trigger".labels, "pgne-trigger".counts
+      FROM (
+        SELECT
+          CASE WHEN pgne_old."reason"::pg_catalog.text COLLATE pg_catalog."C" IN ('fraud', 'damaged')
+               THEN pgne_old."reason"::pg_catalog.text COLLATE pg_catalog."C" ELSE 'other' END AS "pgne-1",
+          pg_catalog.count(*) AS "pgne-n"
+        FROM pgne_old
+        GROUP BY 1
+      ) AS "pgne-g";
+    END IF;
+    -- What the INSERT after this block needs ('...'::regclass fails here if the table is missing).
+    IF NOT pg_catalog.has_table_privilege('pgne.event_log'::pg_catalog.regclass, 'INSERT') THEN
+      RAISE EXCEPTION 'permission denied for table pgne.event_log' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+  EXCEPTION WHEN OTHERS THEN
+    -- Never fail the application's statement: this statement's events are not counted.
+    RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
+      TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, SQLERRM, SQLSTATE;
+    RETURN NULL;
+  END;
+  IF "pgne-trigger".counts IS NOT NULL THEN
+    INSERT INTO pgne.event_log (table_name, operation, labels, n)
+    SELECT 'public.refunds', TG_OP, "pgne-u"."pgne-labels", "pgne-u"."pgne-n"
+    FROM unnest("pgne-trigger".labels, "pgne-trigger".counts) AS "pgne-u" ("pgne-labels", "pgne-n");  -- ROWS FROM syntax, no schema
+  ELSIF "pgne-trigger".n = 1 THEN  -- 0: the statement touched no row
+    INSERT INTO pgne.event_log (table_name, operation, labels, n)
+    VALUES ('public.refunds', TG_OP, pg_catalog.jsonb_build_object('reason', "pgne-trigger".label1), 1);
+  END IF;
+  RETURN NULL;
+END
+$pgne$;
+
+COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:62c4a11f720e3fdd7a89fc11782e172e1dc1d2fd4d4a4e7b5e5fe2683d6c6ddf';
+DO $pgne$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"public"."refunds"'::pg_catalog.regclass
+               AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_insert ON "public"."refunds";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"public"."refunds"'::pg_catalog.regclass
+               AND tgname = 'pgne_update' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_update ON "public"."refunds";
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = '"public"."refunds"'::pg_catalog.regclass
+                   AND tgname = 'pgne_delete' AND tgparentid = 0
+                   AND tgfoid = '"pgne"."public_refunds_520c957fdd"()'::pg_catalog.regprocedure
+                   AND tgtype = 8 AND tgenabled = 'O' AND tgqual IS NULL AND tgnargs = 0
+                   AND tgnewtable IS NULL
+                   AND tgoldtable = 'pgne_old') THEN
+    CREATE OR REPLACE TRIGGER pgne_delete
+      AFTER DELETE ON "public"."refunds"
+      REFERENCING OLD TABLE AS pgne_old
+      FOR EACH STATEMENT EXECUTE FUNCTION "pgne"."public_refunds_520c957fdd"();
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = '"public"."refunds"'::pg_catalog.regclass
+               AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_truncate ON "public"."refunds";
+  END IF;
+END
+$pgne$;
+COMMIT;
+
+-- pgne 0.1.0: host "localhost", port 5432, database "archive", tag "old"
+-- This database is disabled in the config: every pgne object is removed from it.
+BEGIN;
+-- One apply at a time per database (pgne apply, and pgne run's perform_setup).
+SELECT pg_catalog.pg_advisory_xact_lock(1885826661);
+-- Fail rather than queue behind application traffic for a table lock.
+SET LOCAL lock_timeout = '5000ms';
+
+-- "public.one": disabled; its triggers and function are removed
+DO $pgne$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."one"')
+               AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_insert ON "public"."one";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."one"')
+               AND tgname = 'pgne_update' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_update ON "public"."one";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."one"')
+               AND tgname = 'pgne_delete' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_delete ON "public"."one";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."one"')
+               AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_truncate ON "public"."one";
+  END IF;
+END
+$pgne$;
+DROP FUNCTION IF EXISTS "pgne"."public_one_6415285b3b"();
+
+-- "public.two": disabled; its triggers and function are removed
+DO $pgne$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."two"')
+               AND tgname = 'pgne_insert' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_insert ON "public"."two";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."two"')
+               AND tgname = 'pgne_update' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_update ON "public"."two";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."two"')
+               AND tgname = 'pgne_delete' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_delete ON "public"."two";
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_trigger
+             WHERE tgrelid = pg_catalog.to_regclass('"public"."two"')
+               AND tgname = 'pgne_truncate' AND tgparentid = 0) THEN
+    DROP TRIGGER pgne_truncate ON "public"."two";
+  END IF;
+END
+$pgne$;
+DROP FUNCTION IF EXISTS "pgne"."public_two_93be4d32ed"();
+
+-- Schema pgne holds only pgne's objects; CASCADE also removes functions (and their
+-- triggers) of monitors that were deleted from the config instead of disabled.
+DROP SCHEMA IF EXISTS "pgne" CASCADE;
+COMMIT;
