@@ -191,8 +191,10 @@ def apply_config(config_path: str) -> list[str]:
 
 # pgne run with faster restarts: the master's restart backoff (1 s doubling to 30 s) would make
 # 500 restarts take an hour; the restart path itself (reap, mark dead, respawn) is unchanged.
+# pgne.master imports prometheus_client, which needs its multiprocess dir set first.
 FAST_RESTART_BOOT = (
-    "import sys, pgne.master as m; m.RESTART_BACKOFF_FIRST = m.RESTART_BACKOFF_MAX = 0.05; "
+    "import os, sys; os.environ['PROMETHEUS_MULTIPROC_DIR'] = sys.argv[sys.argv.index('--state-dir') + 1]; "
+    "import pgne.master as m; m.RESTART_BACKOFF_FIRST = m.RESTART_BACKOFF_MAX = 0.05; "
     "m.LOOP_TICK = 0.05; from pgne.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 

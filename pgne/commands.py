@@ -1,16 +1,26 @@
-"""One plain function per subcommand; pgne/cli.py is the thin argparse layer on top."""
+"""One plain function per subcommand; pgne/cli.py is the thin argparse layer on top.
+
+This module must not import prometheus_client (directly or through another module): `run`
+sets PROMETHEUS_MULTIPROC_DIR first (see pgne.statedir).
+"""
 from __future__ import annotations
 
+import os
 import sys
 from typing import TextIO
 
 import psycopg2
 
-from pgne.apply import apply_database, pg_error_text
+from pgne.address import parse_listen_address
+from pgne.apply import apply_database
+from pgne.cluster import ClusterError, ThrowawayCluster, require_embedded
+from pgne.demo import DEFAULT_RATE, Demo
 from pgne.drift import find_differences, read_inventory
-from pgne.errors import EXIT_OK, EXIT_RUNTIME
+from pgne.errors import EXIT_OK, EXIT_RUNTIME, UserError, first_line
 from pgne.model import Config
 from pgne.render import Renderer
+from pgne.statedir import ENV_VARIABLE, prepare_state_dir
+from pgne.webconfig import load_web_config
 
 
 def check(config: Config, renderer: Renderer, out: TextIO | None = None) -> int:
@@ -58,7 +68,7 @@ def status(config: Config, renderer: Renderer, host: str | None = None, database
         try:
             conn = psycopg2.connect(**db.connect_kwargs())
         except psycopg2.Error as exc:
-            rows.append((db.display_name, "unreachable", pg_error_text(exc)))
+            rows.append((db.display_name, "unreachable", first_line(exc)))
             drift = True
             continue
         try:
@@ -76,3 +86,65 @@ def status(config: Config, renderer: Renderer, host: str | None = None, database
     for name, state, what in rows:
         print(f"{name:<{widths[0]}}  {state:<{widths[1]}}  {what}".rstrip(), file=out)
     return EXIT_RUNTIME if drift else EXIT_OK
+
+
+def run(config: Config, renderer: Renderer, listen_address: str = "0.0.0.0:9292", state_dir: str | None = None,
+        web_config_file: str | None = None, log_level: str = "INFO", trigger_check_interval: float = 60.0,
+        compat_metric: bool = False) -> int:
+    """`pgne run`: the master (pgne.master) until SIGTERM/SIGINT; 0 when stopped.
+
+    `state_dir` None: $PROMETHEUS_MULTIPROC_DIR, else a private temporary directory."""
+    renderer.check(config)
+    listen = parse_listen_address(listen_address)
+    if "prometheus_client" in sys.modules and not os.environ.get(ENV_VARIABLE):
+        raise RuntimeError("prometheus_client was imported before the multiprocess directory was set")
+    web = load_web_config(web_config_file) if web_config_file else None
+    state = prepare_state_dir(state_dir)
+    os.environ[ENV_VARIABLE] = state.path  # before anything imports prometheus_client
+    try:
+        from pgne.master import Master  # imports prometheus_client: only now that its directory is set
+
+        try:
+            master = Master(config, renderer, listen, state.path, web, log_level=log_level,
+                            trigger_check_interval=trigger_check_interval, compat_metric=compat_metric)
+        except OSError as exc:
+            raise UserError(f"--listen-address {listen_address}: {exc.strerror or exc}", EXIT_RUNTIME) from None
+        return master.run()
+    finally:
+        state.close()
+
+
+def demo(dsn: str | None, listen_address: str = "127.0.0.1:9292", rate: float = DEFAULT_RATE,
+         log_level: str = "INFO") -> int:
+    """`pgne demo`: 0 when stopped by Ctrl-C/SIGTERM and cleaned up, 1 when something failed.
+
+    Without a DSN it plays in an embedded PostgreSQL server of its own (pgne.cluster), started
+    before the demo and removed after it."""
+    parse_listen_address(listen_address)
+    if dsn is not None:
+        return Demo(dsn, listen_address, rate, log_level).run()
+    try:
+        binaries = require_embedded()
+    except ClusterError as exc:
+        raise UserError([f"pgne demo: no --dsn given, so the demo needs its embedded PostgreSQL server: {exc}",
+                         "or give the demo a database to play in: pgne demo --dsn 'host=... dbname=... user=...'"],
+                        EXIT_RUNTIME) from None
+    print(f"pgne demo: no --dsn given: starting an embedded {binaries.describe().split(' (')[0]} server of its own "
+          "(removed when the demo stops) ...", flush=True)
+    try:
+        cluster = ThrowawayCluster(binaries, prefix="pgne-demo-postgres-")
+        cluster.remove_when_this_process_exits()  # a demo killed with SIGKILL leaves no server
+    except ClusterError as exc:
+        raise UserError(f"pgne demo: cannot make the embedded PostgreSQL server: {exc}".split("\n"),
+                        EXIT_RUNTIME) from None
+    try:
+        cluster.start()
+        print(f"pgne demo: the embedded server listens on 127.0.0.1:{cluster.port} "
+              f"(psql \"{cluster.dsn}\")", flush=True)
+        return Demo(cluster.dsn, listen_address, rate, log_level).run()
+    except ClusterError as exc:
+        raise UserError(f"pgne demo: cannot start the embedded PostgreSQL server: {exc}".split("\n"),
+                        EXIT_RUNTIME) from None
+    finally:
+        cluster.destroy()
+        print("pgne demo: the embedded PostgreSQL server is stopped and removed.", flush=True)

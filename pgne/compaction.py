@@ -22,33 +22,29 @@ read whole are folded, the file is set aside as `<name>.corrupt` (not *.db: no r
 again, so nothing is counted twice) and a warning names it. Compaction never raises.
 
 A reader must never see a value twice (merged file written, dead file not yet deleted) nor a
-file vanish between listing the directory and reading it: `compact()` holds an exclusive flock
-on `<state dir>/.pgne-compaction.lock` and everything that reads the directory wraps its read
-in `reading()`, which holds a shared one. Workers never take it: they write only their own files.
+file vanish between listing the directory and reading it: `compact()` holds the state dir's
+readers' lock exclusively (pgne.statedir.exclusive) and everything that reads the directory
+wraps its read in pgne.statedir.reading(), which holds it shared. Workers never take it for
+writing their own files.
 """
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
 import shutil
 import struct
-import time
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 from prometheus_client.mmap_dict import MmapedDict
 
-log = logging.getLogger("pgne.master")
+from pgne.statedir import MERGED, Busy, exclusive, metric_file
 
-LOCK_FILE = ".pgne-compaction.lock"  # not *.db: prometheus_client ignores it
-MERGED = "merged"  # stands where the pid is in a file name: counter_merged.db
+log = logging.getLogger(__name__)
 
 Entry = tuple[float, float]  # (value, timestamp), as MmapedDict stores them
 CORRUPT = ".corrupt"  # a damaged dead file, set aside under <name>.corrupt
-LOCK_POLL = 0.01
 
 _unpack_int = struct.Struct("i").unpack_from
 _unpack_two_doubles = struct.Struct("dd").unpack_from
@@ -80,38 +76,6 @@ MERGEABLE: dict[str, Callable[[Entry, Entry], Entry]] = {
     "gauge_min": _min,
     "gauge_mostrecent": _newest,
 }
-
-
-class Busy(Exception):
-    """The lock was not free within the time given."""
-
-
-@contextmanager
-def _flock(state_dir: str, mode: int, timeout: float | None = None) -> Iterator[None]:
-    fd = os.open(os.path.join(state_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        # per open file description: threads of one process exclude each other too
-        if timeout is None:
-            fcntl.flock(fd, mode)
-        else:  # a reader that never lets go (a SIGSTOPped worker) must not hang the master
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise Busy() from None
-                    time.sleep(LOCK_POLL)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def reading(state_dir: str):
-    """Hold this while reading the state dir's *.db files (a shared lock: readers do not wait
-    for each other, only for a compaction in progress)."""
-    return _flock(state_dir, fcntl.LOCK_SH)
 
 
 def read_entries(path: str) -> tuple[list[tuple[str, float, float]], bool]:
@@ -210,12 +174,12 @@ def compact(state_dir: str, pid: int, timeout: float | None = None) -> int | Non
     is logged."""
     folded = 0
     try:
-        with _flock(state_dir, fcntl.LOCK_EX, timeout):
+        with exclusive(state_dir, timeout):
             for prefix, combine in MERGEABLE.items():
-                source = os.path.join(state_dir, f"{prefix}_{pid}.db")
+                source = metric_file(state_dir, prefix, pid)
                 if not os.path.exists(source):
                     continue
-                if _fold(source, os.path.join(state_dir, f"{prefix}_{MERGED}.db"), combine):
+                if _fold(source, metric_file(state_dir, prefix, MERGED), combine):
                     folded += 1
     except Busy:
         return None
@@ -248,13 +212,11 @@ def relabel_series(state_dir: str, label_names: tuple[str, ...]) -> int:
     `label_names` (see series_labels), combining series that become one; returns the number of
     keys rewritten. Call it when every process that wrote other label columns has been reaped
     and compacted. A file that needs no change is not written."""
-    import json
-
     changed = 0
     try:
-        with _flock(state_dir, fcntl.LOCK_EX):
+        with exclusive(state_dir):
             for prefix, combine in MERGEABLE.items():
-                path = os.path.join(state_dir, f"{prefix}_{MERGED}.db")
+                path = metric_file(state_dir, prefix, MERGED)
                 if not os.path.exists(path):
                     continue
                 entries: dict[str, Entry] = {}

@@ -1,5 +1,5 @@
 """`pgne demo [--dsn DSN]`: pgne working on a database of the user's, or on an embedded
-PostgreSQL server of its own, in one command.
+PostgreSQL server of its own (pgne.commands.demo starts it), in one command.
 
 It creates schema `pgne_demo` with a table `orders`, writes a config for it (perform_setup,
 so the exporter installs its own triggers), runs `pgne run` on that config as a child
@@ -11,7 +11,6 @@ Signal handlers only set a flag and wake the writer's select() through signal.se
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
 import random
@@ -31,12 +30,14 @@ import psycopg2.extensions
 import yaml
 from psycopg2 import sql
 
-from pgne.apply import apply_database, pg_error_text
-from pgne.cluster import ClusterError, ThrowawayCluster, require_embedded
+from pgne.address import parse_listen_address, url_host
+from pgne.apply import apply_database
 from pgne.config import load_config
-from pgne.errors import EXIT_OK, EXIT_RUNTIME, UserError
+from pgne.errors import EXIT_OK, EXIT_RUNTIME, UserError, first_line
 from pgne.model import Config
+from pgne.protocol import die_with_parent
 from pgne.render import SCHEMA, Renderer, function_name
+from pgne.statedir import ENV_VARIABLE
 
 DEMO_SCHEMA = "pgne_demo"
 DEMO_TABLE = "orders"
@@ -50,6 +51,20 @@ STOP_TIMEOUT = 15.0  # pgne run exits within 10 s of SIGTERM
 # DSN keywords that the config can carry; others are reported as ignored.
 CONFIG_KEYWORDS = {"host", "hostaddr", "port", "dbname", "user", "password", "sslmode", "connect_timeout",
                    "application_name"}
+
+
+def _database_up(metrics: str, database: str) -> bool:
+    """Whether the /metrics text `metrics` says pgne_database_up 1 for `database`."""
+    # Imported here: the demo's own process counts nothing, but at the top this module would
+    # bring prometheus_client into every pgne command, `run` too, before its state dir is set.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        return any(sample.value == 1 and sample.labels.get("database") == database
+                   for family in text_string_to_metric_families(metrics) if family.name == "pgne_database_up"
+                   for sample in family.samples)
+    except ValueError:  # not /metrics (yet)
+        return False
 
 
 class Stopped(Exception):
@@ -103,7 +118,7 @@ class Demo:
         try:
             conn = psycopg2.connect(self.dsn)
         except psycopg2.Error as exc:
-            raise UserError(f"pgne demo: cannot connect with --dsn: {pg_error_text(exc)}",
+            raise UserError(f"pgne demo: cannot connect with --dsn: {first_line(exc)}",
                             exit_code=EXIT_RUNTIME) from None
         conn.autocommit = True
         return conn
@@ -179,32 +194,28 @@ class Demo:
 
     def start_exporter(self, config_path: Path) -> None:
         def die_with_us() -> None:  # runs in the child: SIGTERM it if the demo dies, even by SIGKILL
-            try:
-                ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-            except (OSError, AttributeError):
-                pass
+            die_with_parent(signal.SIGTERM)
 
         command = [sys.executable, "-m", "pgne", "run", "-c", str(config_path), "--listen-address",
                    self.listen_address, "--state-dir", str(Path(self.workdir, "state")), "--log-level", self.log_level]
-        env = {k: v for k, v in os.environ.items() if k not in ("PGNE_CONFIG", "PROMETHEUS_MULTIPROC_DIR")}
+        env = {k: v for k, v in os.environ.items() if k not in ("PGNE_CONFIG", ENV_VARIABLE)}
         # Ctrl-C reaches the exporter too (same process group): it stops by itself, as it should.
         self.exporter = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
                                          preexec_fn=die_with_us if sys.platform.startswith("linux") else None)
 
-    def exporter_url(self, path: str = "/") -> str:
-        host, _, port = self.listen_address.rpartition(":")
-        host = host.strip("[]")
-        host = {"": "localhost", "0.0.0.0": "localhost", "::": "localhost", "127.0.0.1": "localhost"}.get(host, host)
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
+    def exporter_url(self, path: str = "/", shown: bool = True) -> str:
+        """The exporter's URL for the user to open (`shown`: localhost for any local address), or
+        for the demo itself to fetch (a wildcard address stands for the loopback one)."""
+        host, port = parse_listen_address(self.listen_address)
+        if shown:
+            host = {"0.0.0.0": "localhost", "::": "localhost", "127.0.0.1": "localhost"}.get(host, host)
+        else:
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        return f"http://{url_host(host)}:{port}{path}"
 
     def wait_until_listening(self) -> None:
         """Poll /metrics until the demo database's pgne_database_up is 1."""
-        host, _, port = self.listen_address.rpartition(":")
-        host = host.strip("[]")
-        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-        url = f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
-        name = self.conn.info.dbname.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        wanted = f'database="{name}"'
+        url = self.exporter_url("/metrics", shown=False)
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
             self.check_exporter()
@@ -213,9 +224,8 @@ class Demo:
                     text = response.read().decode("utf-8", "replace")
             except (OSError, urllib.error.URLError):
                 text = ""
-            for line in text.splitlines():
-                if line.startswith("pgne_database_up{") and wanted in line and float(line.rsplit(" ", 1)[1]) == 1:
-                    return
+            if _database_up(text, self.conn.info.dbname):
+                return
             if time.monotonic() > deadline:
                 raise UserError(f"pgne demo: the exporter is not listening on the demo database after "
                                 f"{READY_TIMEOUT:.0f} s (its log is above)", exit_code=EXIT_RUNTIME)
@@ -268,7 +278,7 @@ class Demo:
                             round_ = random.sample(SUPPLIERS + (UNLISTED_SUPPLIER,), len(SUPPLIERS) + 1)
                         cur.execute(insert, (round_.pop(), round(random.uniform(5, 500), 2)))
             except psycopg2.Error as exc:
-                raise UserError(f"pgne demo: writing sample rows failed: {pg_error_text(exc)}",
+                raise UserError(f"pgne demo: writing sample rows failed: {first_line(exc)}",
                                 exit_code=EXIT_RUNTIME) from None
             next_at = max(next_at + interval, time.monotonic())
             self.wait(next_at - time.monotonic())
@@ -356,36 +366,3 @@ class Demo:
             self.say(f"pgne demo: stopped; schema {DEMO_SCHEMA} and pgne's triggers and functions are removed.")
         return code
 
-
-def demo(dsn: str | None, listen_address: str, rate: float = DEFAULT_RATE, log_level: str = "INFO") -> int:
-    """`pgne demo`: 0 when stopped by Ctrl-C/SIGTERM and cleaned up, 1 when something failed.
-
-    Without a DSN it plays in an embedded PostgreSQL server of its own (pgne.cluster), started
-    before the demo and removed after it."""
-    if dsn is not None:
-        return Demo(dsn, listen_address, rate, log_level).run()
-    try:
-        binaries = require_embedded()
-    except ClusterError as exc:
-        raise UserError([f"pgne demo: no --dsn given, so the demo needs its embedded PostgreSQL server: {exc}",
-                         "or give the demo a database to play in: pgne demo --dsn 'host=... dbname=... user=...'"],
-                        EXIT_RUNTIME) from None
-    print(f"pgne demo: no --dsn given: starting an embedded {binaries.describe().split(' (')[0]} server of its own "
-          "(removed when the demo stops) ...", flush=True)
-    try:
-        cluster = ThrowawayCluster(binaries, prefix="pgne-demo-postgres-")
-        cluster.remove_when_this_process_exits()  # a demo killed with SIGKILL leaves no server
-    except ClusterError as exc:
-        raise UserError(f"pgne demo: cannot make the embedded PostgreSQL server: {exc}".split("\n"),
-                        EXIT_RUNTIME) from None
-    try:
-        cluster.start()
-        print(f"pgne demo: the embedded server listens on 127.0.0.1:{cluster.port} "
-              f"(psql \"{cluster.dsn}\")", flush=True)
-        return Demo(cluster.dsn, listen_address, rate, log_level).run()
-    except ClusterError as exc:
-        raise UserError(f"pgne demo: cannot start the embedded PostgreSQL server: {exc}".split("\n"),
-                        EXIT_RUNTIME) from None
-    finally:
-        cluster.destroy()
-        print("pgne demo: the embedded PostgreSQL server is stopped and removed.", flush=True)

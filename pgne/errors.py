@@ -19,6 +19,15 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message: for an error the PostgreSQL server sent, its primary
+    message (psycopg2's `diag`); else the exception's text, or its type's name if it has none.
+    (libpq's connection errors never contain the password.)"""
+    diag = getattr(exc, "diag", None)
+    text = ((diag.message_primary if diag is not None else None) or str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class UserError(Exception):
     """A problem the user can fix. Carries one or more message lines and an exit code."""
 

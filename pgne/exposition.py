@@ -21,7 +21,6 @@ names — takes prometheus_client's own path, unchanged.
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import mmap
 import os
@@ -30,11 +29,11 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, exposition
+from prometheus_client import exposition
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.utils import floatToGoString
 
-from pgne.compaction import MERGED, reading
+from pgne.statedir import MERGED, collect, metric_files, reading, retry_vanished
 
 MAX_CACHED_KEYS = 500_000  # bounded memory if series come and go; the cache is rebuilt when full
 
@@ -181,13 +180,7 @@ class MetricsRenderer:
     def _collect(self) -> dict[str, _Family]:
         if len(self._keys) >= MAX_CACHED_KEYS:  # series came and went: start afresh
             self._keys, self._by_sample, self._merged_id, self._merged = {}, {}, None, {}
-        paths = []
-        for path in glob.glob(os.path.join(self.state_dir, "*.db")):
-            try:
-                if os.path.getsize(path) >= 8:  # a file being created is empty for a moment
-                    paths.append(path)
-            except FileNotFoundError:
-                pass
+        paths = metric_files(self.state_dir)
         merged = sorted(p for p in paths if os.path.basename(p).endswith(f"_{MERGED}.db"))
         identity = []
         for path in merged:
@@ -237,25 +230,20 @@ class MetricsRenderer:
                slow_path=None) -> tuple[bytes, str]:
         """(body, content type) for GET /metrics with this Accept header.
 
-        `slow_path(databases)` must return a CollectorRegistry for prometheus_client's own encoders;
-        it is used when the fast path cannot print the state dir exactly like them.
+        When the fast path cannot print the state dir exactly like prometheus_client's own encoders,
+        they print the CollectorRegistry that `slow_path(databases)` returns (by default
+        pgne.statedir.collect's).
         """
         encoder, content_type = exposition.choose_encoder(accept)
         form = _format(encoder)
         if form is not None:
             try:
                 with self._lock, reading(self.state_dir):
-                    for attempt in range(5):
-                        try:
-                            families = self._collect()
-                            break
-                        except FileNotFoundError:  # gone between listing and reading: list again
-                            if attempt == 4:
-                                raise
+                    families = retry_vanished(self._collect)
                     return self._print(families, form, databases), content_type
             except _Fallback:
                 pass
-        registry = slow_path(databases) if slow_path else _registry(self.state_dir)
+        registry = slow_path(databases) if slow_path else collect(self.state_dir, databases)
         return encoder(registry), content_type
 
 
@@ -270,10 +258,3 @@ def _format(encoder) -> bool | None:
             return True
     return None
 
-
-def _registry(state_dir: str) -> CollectorRegistry:
-    from prometheus_client.multiprocess import MultiProcessCollector
-
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=state_dir)
-    return registry

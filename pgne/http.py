@@ -2,17 +2,15 @@
 
 Each connection is handled in its own thread (ThreadingHTTPServer), so a slow client cannot
 block the others. /metrics is printed by pgne.exposition (prometheus_client's multiprocess totals,
-with parsed keys and dead workers' merged files cached between scrapes); the landing page, and
-whatever pgne.exposition does not print itself, read the files through a fresh CollectorRegistry
-with a MultiProcessCollector, as prometheus_client documents.
+with parsed keys and dead workers' merged files cached between scrapes); the landing page reads
+the files through pgne.statedir.collect() (a fresh CollectorRegistry, as prometheus_client
+documents). This module serves HTTP only: it reads nothing from the state dir itself.
 """
 from __future__ import annotations
 
 import base64
-import glob
 import html
 import logging
-import os
 import socket
 import ssl
 import threading
@@ -22,70 +20,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterable
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from pgne import __version__
-from pgne.compaction import reading
 from pgne.exposition import MetricsRenderer
+from pgne.statedir import collect
 from pgne.webconfig import WebConfig
 
-log = logging.getLogger("pgne.http")
+log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
-
-
-class _Collector(MultiProcessCollector):
-    """MultiProcessCollector that tolerates the files of processes starting or being reaped.
-
-    A process that is just creating its file leaves it 0 bytes long for a moment (opened, not
-    yet sized): reading it raises struct.error, and the scrape failed with it. A file can also
-    vanish between listing and reading (mark_process_dead). Empty files hold no value yet and
-    are skipped; a vanished file makes us list the directory again.
-
-    With `databases`, samples labelled with a host and database that the running config no
-    longer has (removed by a reload) are left out: their dead workers' files stay on disk.
-    """
-
-    def __init__(self, registry: CollectorRegistry, path: str,
-                 databases: frozenset[tuple[str, str]] | None = None):
-        self.databases = databases
-        super().__init__(registry, path=path)
-
-    def collect(self):
-        metrics = self._collect_files()
-        if self.databases is not None:
-            for metric in metrics:
-                metric.samples = [s for s in metric.samples
-                                  if (s.labels.get("host"), s.labels.get("database")) in self.databases
-                                  or "database" not in s.labels]
-        return metrics
-
-    def _collect_files(self):
-        with reading(self._path):  # never while pgne.compaction moves a dead worker's counts
-            return self._collect_files_unlocked()
-
-    def _collect_files_unlocked(self):
-        retries = 5
-        while True:
-            files = []
-            for path in glob.glob(os.path.join(self._path, "*.db")):
-                try:
-                    if os.path.getsize(path) >= 8:  # past the 4-byte used-size header and its padding
-                        files.append(path)
-                except FileNotFoundError:
-                    pass
-            try:
-                return self.merge(files, accumulate=True)
-            except FileNotFoundError:
-                retries -= 1
-                if retries < 0:
-                    raise
-
-
-def collect(state_dir: str, databases: frozenset[tuple[str, str]] | None = None) -> CollectorRegistry:
-    registry = CollectorRegistry()
-    _Collector(registry, state_dir, databases)
-    return registry
 
 
 @dataclass
@@ -203,8 +146,7 @@ def make_handler(state_dir: str, web: WebConfig) -> type[BaseHTTPRequestHandler]
                 if not self._authorized():
                     return
                 if path == "/metrics":
-                    body, content_type = renderer.render(self.headers.get("Accept", ""), self.server.databases,
-                                                         lambda databases: collect(state_dir, databases))
+                    body, content_type = renderer.render(self.headers.get("Accept", ""), self.server.databases)
                     self._send(200, content_type, body)
                 elif path == "/":
                     rows = database_rows(collect(state_dir, self.server.databases))

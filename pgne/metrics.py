@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import os
 
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # pragma: no cover - a programming error
-    raise RuntimeError("pgne.metrics imported before PROMETHEUS_MULTIPROC_DIR was set")
+from pgne.statedir import ENV_VARIABLE  # imports no prometheus_client
+
+if not os.environ.get(ENV_VARIABLE):  # pragma: no cover - a programming error
+    raise RuntimeError(f"pgne.metrics imported before {ENV_VARIABLE} was set")
 
 from prometheus_client import Counter, Gauge  # noqa: E402
 

@@ -23,20 +23,18 @@ a counter reset.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from datetime import datetime, timezone
-from typing import Callable, Iterator
+from typing import Callable
 
-from pgne.compaction import LOCK_FILE, SERIES_BUILTINS
-from pgne.http import collect
+from pgne.compaction import SERIES_BUILTINS
 from pgne.model import LABEL_NAME_RE, value_as_text
 from pgne.payload import Router
+from pgne.statedir import collect, exclusive
 
-log = logging.getLogger("pgne.worker")
+log = logging.getLogger(__name__)
 
 DRAIN_CHUNK = 50_000  # rows per transaction: a large backlog is moved in several transactions
 
@@ -91,18 +89,6 @@ def exported_totals(state_dir: str, host: str, database: str, label_names: tuple
             else:
                 last[key] = max(last.get(key, 0.0), sample.value)
     return totals, last
-
-
-@contextmanager
-def readers_wait(state_dir: str) -> Iterator[None]:
-    """Hold exclusively the lock that every reader of the state dir holds shared while it reads
-    (pgne.compaction.reading): no scrape reads the files meanwhile."""
-    fd = os.open(os.path.join(state_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def drain_chunk(conn, labels_for: Callable[[str, str, object], object]) -> int:
@@ -252,9 +238,9 @@ class OutboxExporter:
         self.metrics.outbox_oldest_age.set(oldest_age)
         # Creating a child writes it at 0 before counter.inc() raises it: for a series that no
         # file holds yet, a scrape in between would read 0, a counter reset. So readers wait
-        # while such series are created and raised.
+        # (the readers' lock held exclusively) while such series are created and raised.
         appearing = any(key not in self._created and key not in self.exported for key in totals)
-        with readers_wait(self.state_dir) if appearing else nullcontext():
+        with exclusive(self.state_dir) if appearing else nullcontext():
             for key, (total, last_event) in totals.items():
                 counter, last_event_gauge = self.metrics.series(key)
                 self._created.add(key)

@@ -1,11 +1,14 @@
 """The state directory (`--state-dir`, else $PROMETHEUS_MULTIPROC_DIR): pgne's own, nobody else's.
 
+This module owns it: its file names, taking it at start (marker, run lock, wipe), the lock that
+its readers and pgne.compaction share, listing its metric files, and reading them (collect()).
+
 pgne deletes its metrics files there at every start (stale counts must never be served), so it
 only takes a directory that is its own:
 - one it created, or an empty one: it is marked with MARKER;
 - a marked one (pgne's, from an earlier run);
 - one that an earlier pgne without the marker left (nothing but pgne's file names, its
-  compaction lock among them): it is marked, then used.
+  readers' lock among them): it is marked, then used.
 Anything else is refused (exit 2) with the names of the files pgne did not create, and nothing
 is deleted. Only files with pgne's names are ever deleted.
 
@@ -13,33 +16,62 @@ While pgne runs it holds an exclusive flock on the marker, so a second `pgne run
 directory is refused instead of wiping the first one's files. The lock dies with the master
 (workers do not inherit it): a new master can start at once after a crash.
 
-This module must not import prometheus_client (the directory is prepared before anything does).
+The files in it:
+- `<kind>_<pid>.db`: prometheus_client's multiprocess files, one per process and kind
+  (`counter`, `gauge_livemax`, ...), written by the master and the workers;
+- `<kind>_merged.db`: what pgne.compaction folded into one file from reaped workers' files;
+- READERS_LOCK: every reader of the *.db files holds it shared (reading()), compaction and the
+  outbox worker's series creation exclusively (exclusive());
+- MARKER: says whose directory this is, and carries the running master's flock.
+
+The master imports this module before it sets PROMETHEUS_MULTIPROC_DIR, and prometheus_client
+picks its value class when it is first imported: so this module imports prometheus_client only
+inside collect(), which runs in processes that have the variable set (the master's HTTP threads,
+an outbox worker). One module with a lazy import rather than a second module for the reading
+part: the listing, the lock and the retry that collect() uses are this module's own.
 """
 from __future__ import annotations
 
 import fcntl
+import glob
 import logging
 import os
 import re
+import shutil
 import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from pgne.errors import EXIT_CONFIG, UserError
 
-log = logging.getLogger("pgne.master")
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
+log = logging.getLogger(__name__)
+
+ENV_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's: where every process writes
 MARKER = ".pgne-state-dir"
-COMPACTION_LOCK = ".pgne-compaction.lock"  # pgne.compaction.LOCK_FILE (not imported: see above)
+READERS_LOCK = ".pgne-compaction.lock"  # not *.db: prometheus_client ignores it
+MERGED = "merged"  # stands where the pid is in a file name: counter_merged.db
 MARKER_TEXT = ("This directory belongs to pgne (its --state-dir): pgne deletes its metrics files here "
                "at every start. Put nothing else in it.\n")
-# Every name pgne (or prometheus_client in its workers) writes in the directory.
-OWN_FILE = re.compile(r"""
-    (?:counter|histogram|summary|gauge_[a-z]+)_(?:[0-9]+|merged)\.db(?:\.tmp|\.folding|\.corrupt)?
-  | outbox-offsets-[0-9a-f]{16}\.json(?:\.tmp)?
-  | \.pgne-compaction\.lock
+# Every name pgne (or prometheus_client in its workers) writes in the directory. Nothing writes
+# `outbox-offsets-*.json` any more (the outbox's notify-to-outbox switch recorded per-series
+# offsets there until its counts moved into pgne.totals): the name stays only so that the
+# directory of such an earlier pgne is still taken over (and the file deleted) at the upgrade.
+OWN_FILE = re.compile(rf"""
+    (?:counter|histogram|summary|gauge_[a-z]+)_(?:[0-9]+|{MERGED})\.db(?:\.tmp|\.folding|\.corrupt)?
+  | outbox-offsets-[0-9a-f]{{16}}\.json(?:\.tmp)?
+  | {re.escape(READERS_LOCK)}
   | \.pgne-probe-\w+
 """, re.VERBOSE)
 SHOWN = 5  # foreign file names listed in the refusal
+LOCK_POLL = 0.01
+VANISHED_RETRIES = 5  # a file gone between listing and reading: list again, this many times
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,6 +81,9 @@ class StateDir:
     lock_fd: int  # the flock on the marker, held until close()
 
     def close(self) -> None:
+        """Give the directory up: a private temporary one is removed, the run lock released."""
+        if self.remove_at_exit:
+            shutil.rmtree(self.path, ignore_errors=True)
         if self.lock_fd >= 0:
             os.close(self.lock_fd)
             self.lock_fd = -1
@@ -58,8 +93,8 @@ def prepare_state_dir(requested: str | None) -> StateDir:
     """Take (create, check, lock, clean) the state directory; UserError (exit 2) if it is not
     pgne's to take. Without one: a private temporary directory, removed at exit."""
     source = "--state-dir"
-    if not requested and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        requested, source = os.environ["PROMETHEUS_MULTIPROC_DIR"], "PROMETHEUS_MULTIPROC_DIR"
+    if not requested and os.environ.get(ENV_VARIABLE):
+        requested, source = os.environ[ENV_VARIABLE], ENV_VARIABLE
     if not requested:
         path = tempfile.mkdtemp(prefix="pgne-metrics-")
         return StateDir(path, True, _lock(path, f"state dir {path}", new=True))
@@ -116,7 +151,7 @@ def _lock(path: str, where: str, new: bool) -> int:
                 f"{where}: holds files that pgne did not create ({shown}); pgne deletes its files in its "
                 f"state directory at every start, so it takes only a new or empty directory, or one it "
                 f"created: give another one (nothing was deleted)", EXIT_CONFIG)
-        if names and COMPACTION_LOCK not in names:  # pgne's names, but not proof of pgne's hand
+        if names and READERS_LOCK not in names:  # pgne's names, but not proof of pgne's hand
             raise UserError(
                 f"{where}: holds prometheus_client files ({', '.join(sorted(names)[:SHOWN])}) without "
                 f"pgne's marker or lock: another program's multiprocess directory? Give pgne a directory "
@@ -155,5 +190,117 @@ def _clean(path: str, where: str) -> None:
                         f"pgne's state directory must be its own: move them away (nothing was deleted)",
                         EXIT_CONFIG)
     for name in os.listdir(path):
-        if name != COMPACTION_LOCK and OWN_FILE.fullmatch(name):
+        if name != READERS_LOCK and OWN_FILE.fullmatch(name):
             os.unlink(os.path.join(path, name))
+
+
+# -- the readers' lock -------------------------------------------------------------------------
+
+
+class Busy(Exception):
+    """The lock was not free within the time given."""
+
+
+@contextmanager
+def _flock(state_dir: str, mode: int, timeout: float | None = None) -> Iterator[None]:
+    fd = os.open(os.path.join(state_dir, READERS_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        # per open file description: threads of one process exclude each other too
+        if timeout is None:
+            fcntl.flock(fd, mode)
+        else:  # a reader that never lets go (a SIGSTOPped worker) must not hang the master
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise Busy() from None
+                    time.sleep(LOCK_POLL)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def reading(state_dir: str):
+    """Hold this while reading the state dir's *.db files (a shared lock: readers do not wait
+    for each other, only for a compaction in progress)."""
+    return _flock(state_dir, fcntl.LOCK_SH)
+
+
+def exclusive(state_dir: str, timeout: float | None = None):
+    """Hold this while no reader may read the *.db files (a compaction moving counts from file
+    to file; series being created at 0 before they are raised). Raises Busy if readers hold the
+    directory longer than `timeout` seconds."""
+    return _flock(state_dir, fcntl.LOCK_EX, timeout)
+
+
+# -- the metric files ---------------------------------------------------------------------------
+
+
+def metric_file(state_dir: str, prefix: str, pid: int | str) -> str:
+    """The file of process `pid` (or MERGED) and kind `prefix` (`counter`, `gauge_max`, ...)."""
+    return os.path.join(state_dir, f"{prefix}_{pid}.db")
+
+
+def metric_files(state_dir: str) -> list[str]:
+    """The *.db files that hold something: a process that is just creating its file leaves it
+    0 bytes long for a moment (opened, not yet sized), and reading it would fail."""
+    files = []
+    for path in glob.glob(os.path.join(state_dir, "*.db")):
+        try:
+            if os.path.getsize(path) >= 8:  # past the 4-byte used-size header and its padding
+                files.append(path)
+        except FileNotFoundError:
+            pass
+    return files
+
+
+def retry_vanished(read: Callable[[], T]) -> T:
+    """read(), again if a file vanished between its listing and its reading (mark_process_dead()
+    removes a reaped worker's live gauges): read() lists the directory again."""
+    for attempt in range(VANISHED_RETRIES + 1):
+        try:
+            return read()
+        except FileNotFoundError:
+            if attempt == VANISHED_RETRIES:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _TolerantCollector:
+    """prometheus_client's MultiProcessCollector, tolerant of the files of processes starting or
+    being reaped: empty files are skipped, a vanished file makes it list the directory again, and
+    it reads under the readers' lock (never while pgne.compaction moves a dead worker's counts).
+
+    With `databases`, samples labelled with a host and database that the running config no
+    longer has (removed by a reload) are left out: their dead workers' files stay on disk.
+    """
+
+    def __init__(self, path: str, databases: frozenset[tuple[str, str]] | None = None):
+        if not os.path.isdir(path):
+            raise ValueError(f"state dir {path} is not a directory")
+        self.path, self.databases = path, databases
+
+    def collect(self):
+        from prometheus_client.multiprocess import MultiProcessCollector  # lazy: see the module's doc
+
+        with reading(self.path):
+            metrics = retry_vanished(lambda: MultiProcessCollector.merge(metric_files(self.path), accumulate=True))
+        if self.databases is not None:
+            for metric in metrics:
+                metric.samples = [s for s in metric.samples
+                                  if (s.labels.get("host"), s.labels.get("database")) in self.databases
+                                  or "database" not in s.labels]
+        return metrics
+
+
+def collect(state_dir: str, databases: frozenset[tuple[str, str]] | None = None) -> CollectorRegistry:
+    """A fresh CollectorRegistry that reads the state dir's totals (as prometheus_client documents
+    for multiprocess mode), tolerant of workers starting and being reaped; see _TolerantCollector."""
+    from prometheus_client import CollectorRegistry  # lazy: see the module's doc
+
+    registry = CollectorRegistry()
+    registry.register(_TolerantCollector(state_dir, databases))
+    return registry

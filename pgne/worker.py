@@ -1,10 +1,9 @@
 """One worker process per database: connect, (set up,) LISTEN, count.
 
-Started by the master as `python -m pgne.worker` (fork+exec: nothing of the master's threads
-or locks is inherited). Its WorkerSpec, password included, arrives pickled on stdin, never in
-argv or the environment. stdin then stays open: its write end is held only by the master, so
-EOF means the master is gone. PR_SET_PDEATHSIG covers the moments the worker is blocked in
-libpq (which retries on EINTR and cannot be interrupted).
+Started by the master as `python -m pgne.worker`, its WorkerSpec on stdin (pgne.protocol: the
+spec, its encoding, the modes and exit codes). stdin then stays open: its write end is held
+only by the master, so EOF means the master is gone. PR_SET_PDEATHSIG covers the moments the
+worker is blocked in libpq (which retries on EINTR and cannot be interrupted).
 
 SIGTERM keeps its default action: the worker dies at once, even inside a blocking libpq call.
 Counts are written to the multiprocess files at every increment, so nothing is lost.
@@ -16,27 +15,27 @@ SQL error is one logged line and a retry, never a traceback.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import pickle
 import random
 import select
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
-from dataclasses import dataclass
 
 import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from pgne.model import OUTBOX, Database
+from pgne.errors import first_line
+from pgne.model import OUTBOX
+from pgne.protocol import EXIT_TEARDOWN_FAILED, LOG_FORMAT, TEARDOWN, WorkerSpec, die_with_parent, read_spec
+from pgne.statedir import ENV_VARIABLE
 
-log = logging.getLogger("pgne.worker")
+# Run as `python -m pgne.worker`, this module's __name__ is "__main__": its spec names it.
+log = logging.getLogger(__spec__.name)
 
 BATCH_WINDOW = 0.005  # seconds a worker waits after a small batch before it reads again
 # A backend with a backlog sends full 8 kB buffers; one woken per commit sends a notification
@@ -63,55 +62,6 @@ KEEPALIVE_OPTIONS = {
     "tcp_user_timeout": 15000,
 }
 
-LISTEN, TEARDOWN = "listen", "teardown"
-EXIT_TEARDOWN_FAILED = 3  # the master does not restart a teardown that failed on SQL
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker needs, sent by the master on stdin."""
-
-    database: Database
-    label_names: tuple[str, ...]
-    mode: str  # LISTEN or TEARDOWN
-    template_dirs: tuple[str, ...]
-    lock_timeout: float
-    log_level: str
-    master_pid: int
-    trigger_check_interval: float = 60.0
-    outbox_switch_generation: int = 0  # see pgne.outbox.OutboxExporter
-    compat_metric: bool = False  # pgne run --compat-metric: pg_notify_exporter's series too
-
-
-def encode_spec(spec: WorkerSpec) -> bytes:
-    data = pickle.dumps(spec)
-    return struct.pack("!I", len(data)) + data
-
-
-def _read_spec(fd: int) -> WorkerSpec:
-    def read_exactly(n: int) -> bytes:
-        chunks = b""
-        while len(chunks) < n:
-            chunk = os.read(fd, n - len(chunks))
-            if not chunk:
-                raise EOFError("the master closed the pipe before sending the worker spec")
-            chunks += chunk
-        return chunks
-
-    (length,) = struct.unpack("!I", read_exactly(4))
-    return pickle.loads(read_exactly(length))
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL us when the master's (main) thread exits."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the stdin pipe still covers it
-        pass
-
-
 class MasterGone(Exception):
     """stdin reached EOF: the master exited."""
 
@@ -122,7 +72,7 @@ class NotPrimary(Exception):
 
 def _not_primary(exc: psycopg2.Error) -> NotPrimary | None:
     if exc.pgcode == READ_ONLY_SQLSTATE:
-        return NotPrimary(f"the server refuses it: {_first_line(exc)}")
+        return NotPrimary(f"the server refuses it: {first_line(exc)}")
     return None
 
 
@@ -159,7 +109,7 @@ class Worker:
             from pgne.outbox import OutboxExporter
 
             # Reads what earlier workers exported *before* this one writes anything.
-            self.outbox = OutboxExporter(self.router, None, os.environ["PROMETHEUS_MULTIPROC_DIR"],
+            self.outbox = OutboxExporter(self.router, None, os.environ[ENV_VARIABLE],
                                          self.db.host_label, self.db.name, spec.outbox_switch_generation)
         self.metrics = WorkerMetrics(self.db.host_label, self.db.name, self.db.tag, spec.label_names,
                                      outbox=self.outbox is not None, compat=spec.compat_metric)
@@ -207,7 +157,7 @@ class Worker:
                 return self.connect()
             except psycopg2.Error as exc:
                 delay = self.backoff.next()
-                log.warning("%s: cannot connect: %s; retrying in %.1f s", self.name, _first_line(exc), delay)
+                log.warning("%s: cannot connect: %s; retrying in %.1f s", self.name, first_line(exc), delay)
                 self.sleep(delay)
 
     def setup(self, conn) -> bool:
@@ -270,14 +220,14 @@ class Worker:
                 log.info("%s: listening on channel %s", self.name, self.db.channel)
                 self.listen(conn)
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                lost = f"connection lost: {_first_line(exc)}"
+                lost = f"connection lost: {first_line(exc)}"
             except NotPrimary as exc:
                 if not not_primary:
                     log.error("%s: %s; not counting until it is a primary (checking again with backoff)",
                               self.name, exc)
                 not_primary = str(exc)
             except psycopg2.Error as exc:  # anything else the server says: logged, retried
-                text = _first_line(exc)
+                text = first_line(exc)
                 if text != failing:
                     log.error("%s: %s (SQLSTATE %s); retrying with backoff", self.name, text, exc.pgcode)
                 failing = text
@@ -331,7 +281,7 @@ class Worker:
                     if refused is not None:
                         raise refused from None
                     if not failing:
-                        log.error("%s: cannot drain pgne.event_log: %s (run pgne apply?)", self.name, _first_line(exc))
+                        log.error("%s: cannot drain pgne.event_log: %s (run pgne apply?)", self.name, first_line(exc))
                     failing = True
                 else:
                     if failing:
@@ -388,7 +338,7 @@ class Worker:
         except psycopg2.DatabaseError as exc:
             if isinstance(exc, psycopg2.OperationalError):
                 raise
-            log.warning("%s: cannot check triggers: %s", self.name, _first_line(exc))
+            log.warning("%s: cannot check triggers: %s", self.name, first_line(exc))
             return
         finally:
             self.drain(conn)
@@ -518,21 +468,15 @@ class _Deadline:
                 sock.close()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the master decides
-    _die_with_parent()
+    die_with_parent(signal.SIGKILL)  # when the master's (main) thread exits
     master_fd = sys.stdin.fileno()
-    spec = _read_spec(master_fd)
+    spec = read_spec(master_fd)
     if os.getppid() != spec.master_pid:  # the master died before PR_SET_PDEATHSIG was armed
         return 0
     os.set_blocking(master_fd, False)
-    logging.basicConfig(level=spec.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.basicConfig(level=spec.log_level, stream=sys.stderr, format=LOG_FORMAT)
     worker = Worker(spec, master_fd)
     try:
         return worker.teardown() if spec.mode == TEARDOWN else worker.listen_forever()

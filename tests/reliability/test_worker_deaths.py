@@ -164,8 +164,8 @@ sys.exit(int(how.rsplit(":", 1)[1]))
 
 RUN_WITH_FAKE_WORKERS = """
 import sys
-from pgne import master
-master.WORKER_COMMAND = [sys.executable, "-c", {fake!r}]
+from pgne import protocol
+protocol.WORKER_COMMAND = [sys.executable, "-c", {fake!r}]
 from pgne.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -216,3 +216,39 @@ def test_a_worker_that_never_reads_its_spec_is_killed_and_the_master_stays_respo
     assert "killed by signal 9; restarting in 1 s" in proc.stderr_text()
     code, seconds = proc.stop()
     assert code == 0 and seconds < 10, proc.describe()
+
+
+RUN_WITH_A_LONG_TICK = """
+import os, sys
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[sys.argv.index("--state-dir") + 1]  # before pgne.master
+from pgne import master
+master.LOOP_TICK = 3600.0  # the master wakes only for a signal (SIGCHLD among them) or a due restart
+from pgne.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_worker_crash_wakes_the_master_at_once_which_logs_it_and_restarts_the_worker(pg_database, tmp_path):
+    """SIGCHLD is among the master's wake-up signals: with no periodic tick left (an hour), a
+    worker killed with SIGKILL is still reaped, logged with its status and restarted after its
+    1 s backoff, and its database shows up again; without SIGCHLD the master would sleep on."""
+    run_sql(pg_database, TABLES)
+    path = tmp_path / "events_config.yml"
+    path.write_text(config_text(outbox_entry(pg_database, [ONE], delivery=None, perform_setup=True)))
+    proc = PgneProcess(path, tmp_path / "pgne")
+    proc.command = lambda: [sys.executable, "-c", RUN_WITH_A_LONG_TICK, "run", "-c", proc.config,
+                            "--listen-address", f"127.0.0.1:{proc.port}", "--state-dir", str(proc.state_dir)]
+    proc.start(timeout=60)
+    [worker] = proc.child_pids()
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: f"worker (pid {worker}) killed by signal 9; restarting in 1 s" in proc.stderr_text(),
+               30, "the master to log the worker's death")
+    [new_worker] = wait_until(lambda: [pid for pid in proc.child_pids() if pid != worker] or None, 30,
+                              "a new worker")
+    assert f"listen worker started (pid {new_worker})" in proc.stderr_text()
+    wait_value(proc, "pgne_database_up", {**db_labels(pg_database), "tag": TAG}, lambda v: v == 1, 30,
+               "the database up again")
+    assert proc.value("pgne_worker_restarts_total", db_labels(pg_database)) == 1
+    run_sql(pg_database, "INSERT INTO one (code) VALUES ('alpha')")
+    proc.wait_for_value("pgne_events_total", insert_labels(pg_database, "alpha"), 1)
+    assert proc.stop()[0] == 0, proc.describe()

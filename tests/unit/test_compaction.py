@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from pgne.compaction import LOCK_FILE, MERGED, compact, reading, relabel_series
+from pgne.compaction import compact, relabel_series
+from pgne.statedir import MERGED, READERS_LOCK, reading
 
 from .helpers import write_multiprocess_file as write
 
@@ -188,7 +189,7 @@ def test_compaction_waits_for_readers_of_the_directory(tmp_path):
     worker.join(5)
     assert done.is_set()
     assert db_files(tmp_path) == ["counter_merged.db"]
-    assert os.path.exists(tmp_path / LOCK_FILE)
+    assert os.path.exists(tmp_path / READERS_LOCK)
 
 
 def test_a_failed_merge_leaves_the_dead_file_and_the_totals_alone(tmp_path, monkeypatch):
@@ -263,7 +264,7 @@ def test_a_0_byte_file_of_a_worker_killed_while_creating_it_is_removed_and_chang
     assert db_files(tmp_path) == ["counter_merged.db"]
     assert totals(tmp_path) == before == {("pgne_notifications_total", (("database", "d"), ("host", "h"),
                                                                          ("result", "counted"))): 4.0}
-    assert not [f for f in os.listdir(tmp_path) if not f.endswith(".db") and f != LOCK_FILE]
+    assert not [f for f in os.listdir(tmp_path) if not f.endswith(".db") and f != READERS_LOCK]
 
 
 def test_a_truncated_file_keeps_its_whole_records_once_and_is_set_aside_with_one_warning(tmp_path, caplog):
@@ -274,7 +275,7 @@ def test_a_truncated_file_keeps_its_whole_records_once_and_is_set_aside_with_one
     used = int.from_bytes(data[:4], "little")
     path.write_bytes(data[:used - 5])  # the second record's value is cut
     compact(str(tmp_path), 911)
-    with caplog.at_level("WARNING", logger="pgne.master"):
+    with caplog.at_level("WARNING", logger="pgne.compaction"):
         assert compact(str(tmp_path), 912) == 1
         assert compact(str(tmp_path), 912) == 0  # nothing left to fold: never counted twice
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]

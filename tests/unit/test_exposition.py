@@ -150,7 +150,7 @@ def test_compaction_between_scrapes_changes_nothing_served(tmp_path):
 
 
 def test_served_databases_filter_like_the_slow_path(tmp_path):
-    from pgne.http import collect
+    from pgne.statedir import collect
 
     pgne_like_state(tmp_path)
     write(tmp_path, "counter", 13, {events("alpha", database="d2"): 5.0})
