@@ -9,8 +9,11 @@ import os
 import signal
 
 import pytest
-from reliability_helpers import DatabaseRef, config_text, database_entry, run_sql, start_cluster
-from runner import PgneProcess, wait_until
+from support.clusters import start_cluster
+from support.configs import RELIABILITY_TAG, config_text, database_entry
+from support.databases import Database, create_database, drop_database, run_sql
+from support.exporter import PgneProcess
+from support.waiting import wait_until
 
 MONITOR = {"table": "t", "enabled": True, "function": "simple_event_notification", "events": ["insert"]}
 PER_DATABASE = ("pgne_database_up", "pgne_notifications_total", "pgne_reconnects_total",
@@ -39,14 +42,8 @@ def apps(clusters):
         if not cluster.is_running():
             cluster.start()
         cluster.wait_ready()
-        conn = cluster.connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute("DROP DATABASE IF EXISTS app WITH (FORCE)")
-                cur.execute("CREATE DATABASE app")
-        finally:
-            conn.close()
-        ref = DatabaseRef(name="app", host="127.0.0.1", port=cluster.port, user="postgres")
+        drop_database(cluster, Database("app"))
+        ref = create_database(cluster, name="app")
         run_sql(ref, "CREATE TABLE t (id serial PRIMARY KEY)")
         refs.append(ref)
     return refs
@@ -70,7 +67,8 @@ def test_two_clusters_with_database_app_have_their_own_series_and_up(clusters, a
     first, second = apps
     assert first.host_label == f"127.0.0.1:{first.port}" and second.host_label == f"127.0.0.1:{second.port}"
     path = tmp_path / "events_config.yml"
-    path.write_text(config_text("127.0.0.1", database_entry(first, [MONITOR]), database_entry(second, [MONITOR])))
+    path.write_text(config_text(database_entry(first, [MONITOR], tag=RELIABILITY_TAG),
+                                database_entry(second, [MONITOR], tag=RELIABILITY_TAG)))
     proc = PgneProcess(path, tmp_path / "pgne")
     try:
         proc.start()
@@ -104,8 +102,8 @@ def test_two_clusters_with_database_app_have_their_own_series_and_up(clusters, a
 def test_two_clusters_with_database_app_in_outbox_mode_export_both_across_restarts(apps, tmp_path):
     first, second = apps
     path = tmp_path / "events_config.yml"
-    path.write_text(config_text("127.0.0.1", *(database_entry(db, [MONITOR], delivery="outbox", drain_interval=0.1)
-                                               for db in apps)))
+    path.write_text(config_text(*(database_entry(db, [MONITOR], delivery="outbox", drain_interval=0.1,
+                                                 tag=RELIABILITY_TAG) for db in apps)))
     proc = PgneProcess(path, tmp_path / "pgne")
     try:
         proc.start()

@@ -15,10 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from support.statefiles import write_multiprocess_file as write
 
 from pgne.compaction import LOCK_FILE, MERGED, compact, reading, relabel_series
-
-from .helpers import write_multiprocess_file as write
 
 LABELS = ("host", "database", "result")
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from support.inline_configs import NAME, README_FIXTURE, config, errors, parse, yaml_text
 
 from pgne.config import (
     DEFAULT_CONFIG_PATH,
@@ -21,8 +22,6 @@ from pgne.config import (
 from pgne.errors import UserError
 from pgne.render import Renderer
 from pgne.resources import builtin_templates_dir, config_schema_path
-
-from .helpers import NAME, README_FIXTURE, config, errors, parse, yaml_text
 
 DB = f"{NAME}: localhost > test"  # the prefix of every error about BASE's database
 MON = f"{DB} > monitors[0]"  # ... and about its monitor
