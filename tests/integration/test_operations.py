@@ -46,14 +46,19 @@ def two_databases(pg_dsn):
 # --------------------------------------------------------------------------- reload
 
 
+def start_pgne(tmp_path: Path, pgne_processes: list, db, *args: str) -> tuple[Path, PgneProcess]:
+    """events_config.yml with `db` watching ORDERS, and a `pgne run` on it, started."""
+    config = tmp_path / "events_config.yml"
+    config.write_text(config_text(database_entry(db, [ORDERS])))
+    pgne = PgneProcess(config, tmp_path / "run", *args)
+    pgne_processes.append(pgne)
+    return config, pgne.start()
+
+
 def test_sighup_restarts_only_changed_databases_and_tears_down_removed_ones(tmp_path, two_databases,
                                                                             pgne_processes):
     a, b = two_databases
-    config = tmp_path / "events_config.yml"
-    config.write_text(config_text(database_entry(a, [ORDERS])))
-    pgne = PgneProcess(config, tmp_path / "run")
-    pgne_processes.append(pgne)
-    pgne.start()
+    config, pgne = start_pgne(tmp_path, pgne_processes, a)
     (worker_a,) = pgne.child_pids()
     run_sql(a.dsn, "INSERT INTO orders (supplier) SELECT 'acme' FROM generate_series(1, 7)")
     pgne.wait_for_value("pgne_events_total", events_labels(a, "acme"), 7)
@@ -100,11 +105,7 @@ def test_sighup_restarts_only_changed_databases_and_tears_down_removed_ones(tmp_
 
 def test_sighup_with_an_invalid_config_keeps_the_running_one(tmp_path, two_databases, pgne_processes):
     a, _ = two_databases
-    config = tmp_path / "events_config.yml"
-    config.write_text(config_text(database_entry(a, [ORDERS])))
-    pgne = PgneProcess(config, tmp_path / "run")
-    pgne_processes.append(pgne)
-    pgne.start()
+    config, pgne = start_pgne(tmp_path, pgne_processes, a)
     workers = pgne.child_pids()
     first_reload = pgne.value("pgne_config_last_reload_success_timestamp_seconds", {})
 
@@ -165,11 +166,7 @@ def test_status_reports_drift_and_apply_prune_removes_objects_the_config_no_long
 
 def test_trigger_installed_gauge_drops_to_zero_after_drop_trigger(tmp_path, two_databases, pgne_processes):
     a, _ = two_databases
-    config = tmp_path / "events_config.yml"
-    config.write_text(config_text(database_entry(a, [ORDERS])))
-    pgne = PgneProcess(config, tmp_path / "run", "--trigger-check-interval", "1")
-    pgne_processes.append(pgne)
-    pgne.start()
+    config, pgne = start_pgne(tmp_path, pgne_processes, a, "--trigger-check-interval", "1")
     labels = {"host": a.host_label, "database": a.name, "schema": "public", "table": "orders", "event": "INSERT"}
     assert pgne.value("pgne_trigger_installed", labels) == 1
     run_sql(a.dsn, "DROP TRIGGER pgne_insert ON orders")

@@ -59,6 +59,16 @@ def events(proc: PgneProcess, db) -> float | None:
                                             "tag": "rel", "schema": "public", "table": "t"})
 
 
+def insert_and_wait(proc: PgneProcess, apps, rows: tuple[int, int], expected: tuple[int, int],
+                    timeout: float = 30) -> None:
+    """INSERT rows[i] rows into apps[i], then wait until pgne exports `expected` for the two."""
+    first, second = apps
+    insert(first, rows[0])
+    insert(second, rows[1])
+    wait_until(lambda: (events(proc, first), events(proc, second)) == expected, timeout,
+               f"{expected[0]} and {expected[1]}", proc.describe)
+
+
 def hosts_of(proc: PgneProcess, name: str) -> set[str]:
     return {dict(labels)["host"] for labels in proc.series(name, database="app")}
 
@@ -72,9 +82,7 @@ def test_two_clusters_with_database_app_have_their_own_series_and_up(clusters, a
     proc = PgneProcess(path, tmp_path / "pgne")
     try:
         proc.start()
-        insert(first, 3)
-        insert(second, 5)
-        wait_until(lambda: (events(proc, first), events(proc, second)) == (3, 5), 30, "3 and 5", proc.describe)
+        insert_and_wait(proc, apps, (3, 5), (3, 5))
         for name in PER_DATABASE:
             assert hosts_of(proc, name) == {first.host_label, second.host_label}, name
         counted = {db.host_label: proc.value("pgne_notifications_total", {"host": db.host_label, "database": "app",
@@ -107,9 +115,7 @@ def test_two_clusters_with_database_app_in_outbox_mode_export_both_across_restar
     proc = PgneProcess(path, tmp_path / "pgne")
     try:
         proc.start()
-        insert(first, 3)
-        insert(second, 5)
-        wait_until(lambda: (events(proc, first), events(proc, second)) == (3, 5), 30, "3 and 5", proc.describe)
+        insert_and_wait(proc, apps, (3, 5), (3, 5))
         assert proc.stop()[0] == 0
         insert(first, 1)  # while pgne is stopped: kept in pgne.event_log
         insert(second, 2)
@@ -118,9 +124,7 @@ def test_two_clusters_with_database_app_in_outbox_mode_export_both_across_restar
         wait_until(lambda: (events(proc, first), events(proc, second)) == (4, 7), 30, "4 and 7", proc.describe)
         for worker in proc.child_pids():  # restarted workers read back what is exported, per database
             os.kill(worker, signal.SIGKILL)
-        insert(first, 10)
-        insert(second, 20)
-        wait_until(lambda: (events(proc, first), events(proc, second)) == (14, 27), 60, "14 and 27", proc.describe)
+        insert_and_wait(proc, apps, (10, 20), (14, 27), timeout=60)
         restarts = {db.host_label: proc.value("pgne_worker_restarts_total", {"host": db.host_label, "database": "app"})
                     for db in apps}
         assert restarts == {first.host_label: 1, second.host_label: 1}
