@@ -94,7 +94,7 @@ def make_pgne(tmp_path):
 
     def make(database, monitors=MONITORS, **overrides) -> PgneProcess:
         overrides.setdefault("perform_setup", True)
-        entry = database_entry(database, monitors, **overrides, tag=TAG)
+        entry = database_entry(database, monitors, **{"tag": TAG, **overrides})
         n = len(made)
         path = tmp_path / f"events_config{n}.yml"
         path.write_text(config_text(entry))

@@ -631,7 +631,7 @@ assert all(len(s.encode()) <= 63 for s in (HOSTILE_TABLE, HOSTILE_SCHEMA, HOSTIL
 
 def apply_config(tmp_path: Path, db, monitors, **entry) -> tuple[int, str, str]:
     path = tmp_path / f"inject-{uuid.uuid4().hex[:6]}.yml"
-    path.write_text(config_text(database_entry(db, monitors, **entry, tag=RELIABILITY_TAG)))
+    path.write_text(config_text(database_entry(db, monitors, **{"tag": RELIABILITY_TAG, **entry})))
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = pgne_main(["apply", "-c", str(path)])
