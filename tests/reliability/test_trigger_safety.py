@@ -38,7 +38,7 @@ STATEMENTS = 1000
 def apply(tmp_path, db, monitors: list[dict], mode: str, name: str = "events_config.yml", **options):
     path = tmp_path / name
     path.write_text(config_text(database_entry(db, monitors, perform_setup=False, delivery=mode,
-                                                        **options, tag=RELIABILITY_TAG)))
+                                               **{"tag": RELIABILITY_TAG, **options})))
     result = apply_in_process(path)
     assert result.code == 0, result.stdout
     return path
