@@ -3,7 +3,10 @@
 The cluster is the benchmarks' own (pgne.cluster: initdb into a temporary directory, as the
 `postgres` OS user when run as root), never a server of the machine's. Unlike the tests' throwaway
 clusters, fsync, synchronous_commit and full_page_writes keep their defaults (on): a write
-benchmark with fsync off hides the commit cost that dominates single-row INSERTs.
+benchmark with fsync off hides the commit cost that dominates single-row INSERTs. Nothing of
+pgne.cluster is copied here (binaries lookup, start/stop); configs, SQL, waits and /proc readings
+come from the tests' support package (tests/support/, put on sys.path by run.py): the benchmarks
+and the tests share one copy of each.
 """
 from __future__ import annotations
 
@@ -18,6 +21,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
+
+from psycopg2 import sql
+from support.configs import config_text, database_entry
+from support.databases import Database, query
+from support.processes import children_of, pgne_env
+from support.waiting import wait_until
 
 import pgne.cluster as cluster_module
 from pgne.cluster import free_port
@@ -39,9 +48,8 @@ def pg_bin(name: str) -> str:
 def _as_postgres(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     """Run a server program as the OS user that pgne.cluster runs the server as (root cannot)."""
     user = cluster_module._server_user()
-    if user is not None:
-        args = ["runuser", "-u", user.pw_name, "--", *args]
-    return subprocess.run(args, check=True, capture_output=True, text=True, **kwargs)
+    return subprocess.run(cluster_module.as_server_user(args, user.pw_name if user else None), check=True,
+                          capture_output=True, text=True, **kwargs)
 
 
 def rss_mb(pid: int) -> float:
@@ -56,32 +64,6 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def children_of(pid: int) -> list[int]:
-    """Live (not zombie) child processes of `pid`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            found.append(int(entry.name))
-    return sorted(found)
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 CODES = ("alpha", "beta", "gamma", "delta")  # the benchmarks' label whitelist; 'epsilon' counts as `other`
@@ -99,18 +81,13 @@ class Cluster(cluster_module.ThrowawayCluster):
         })
         self.data = str(self.data)  # the benchmarks join paths to it as text
 
-    def execute(self, sql: str, dbname: str = "postgres", params: Sequence | None = None):
-        conn = self.connect(dbname)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, params)
-                return cur.fetchall() if cur.description else None
-        finally:
-            conn.close()
+    def execute(self, statement, dbname: str = "postgres", params: Sequence | None = None) -> list[tuple]:
+        """Rows of one statement (or a ;-separated script) in autocommit on database `dbname`."""
+        return query(self.dsn_for(dbname), statement, params)
 
     def create_database(self, name: str, setup_sql: str = "") -> None:
-        self.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        self.execute(f'CREATE DATABASE "{name}"')
+        self.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        self.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         if setup_sql:
             self.execute(setup_sql, dbname=name)
 
@@ -121,44 +98,25 @@ class Cluster(cluster_module.ThrowawayCluster):
 # --------------------------------------------------------------------------- pgne
 
 
-def pgne_env(**extra: str) -> dict[str, str]:
-    """This checkout first on the import path; no inherited pgne/prometheus settings."""
-    env = dict(os.environ)
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env.pop("PGNE_CONFIG", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
 def config_yaml(cluster: Cluster, databases: Sequence[dict]) -> str:
     """events_config.yml text: one host (the bench cluster), `databases` as entries.
 
     Each entry: name, monitors (list of (table, label column or None, values, events)), and
     optional delivery / perform_setup.
     """
-    lines = ["- 127.0.0.1:"]
+    entries = []
     for db in databases:
-        lines += [
-            f"  - database: {db['name']}",
-            f"    tag: {db.get('tag', 'bench')}",
-            f"    port: {cluster.port}",
-            f"    perform_setup: {'true' if db.get('perform_setup') else 'false'}",
-            "    username: postgres",
-            "    password: unused",
-            "    enabled: true",
-        ]
-        if db.get("delivery"):
-            lines.append(f"    delivery: {db['delivery']}")
-        lines.append("    monitors:")
+        monitors = []
         for table, column, values, events in db["monitors"]:
-            lines += [f"    - table: {table}", "      enabled: yes",
-                      f"      function: {'notification_with_payload' if column else 'simple_event_notification'}"]
+            monitor = {"table": table, "enabled": True,
+                       "function": "notification_with_payload" if column else "simple_event_notification"}
             if column:
-                lines.append("      columns_to_label:")
-                lines.append(f"        - {column}: [{', '.join(repr(v) for v in values)}]")
-            lines.append(f"      events: [{', '.join(events)}]")
-    return "\n".join(lines) + "\n"
+                monitor["columns_to_label"] = [{column: list(values)}]
+            monitors.append({**monitor, "events": list(events)})
+        database = Database(db["name"], port=cluster.port, password="unused")
+        entries.append(database_entry(database, monitors, tag=db.get("tag", "bench"),
+                                      perform_setup=bool(db.get("perform_setup")), delivery=db.get("delivery")))
+    return config_text(*entries)
 
 
 def one_table_database(cluster: Cluster, workdir: str, db: str) -> str:
@@ -214,7 +172,7 @@ class Pgne:
         with open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(command, cwd=self.workdir, env=pgne_env(), stdin=subprocess.DEVNULL,
                                             stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-        wait_until(self._healthy, 60, "pgne's /-/healthy")
+        wait_until(self._healthy, 60, "pgne's /-/healthy", interval=0.02)
 
     @property
     def pid(self) -> int:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-for path in (str(REPO), str(BENCH_DIR)):
+# the checkout's pgne, the tests' support package (process and wait helpers), the benchmarks
+for path in (str(REPO), str(REPO / "tests"), str(BENCH_DIR)):
     if path not in sys.path:
         sys.path.insert(0, path)
 

@@ -147,9 +147,14 @@ def _server_user() -> pwd.struct_passwd | None:
             f"existing unprivileged user, or run as a user other than root") from None
 
 
+def as_server_user(argv: list[str], user_name: str | None) -> list[str]:
+    """`argv` run as the OS user `user_name` (runuser; we are root), or as it is (None)."""
+    return ["runuser", "-u", user_name, "--", *argv] if user_name else list(argv)
+
+
 def _reachable_by(user: pwd.struct_passwd, path: Path) -> bool:
     """Whether `user` can run programs under `path` (every parent directory searchable)."""
-    probe = subprocess.run(["runuser", "-u", user.pw_name, "--", "test", "-x", str(path / "initdb")],
+    probe = subprocess.run(as_server_user(["test", "-x", str(path / "initdb")], user.pw_name),
                            capture_output=True, timeout=30)
     return probe.returncode == 0
 
@@ -238,9 +243,7 @@ class ThrowawayCluster:
     def run(self, program: str, *args: str, timeout: float = 120,
             check: bool = True) -> subprocess.CompletedProcess:
         """One of the installation's programs, as the server's OS user; output captured."""
-        argv = [self.binaries.path(program), *args]
-        if self.user is not None:
-            argv = ["runuser", "-u", self.user.pw_name, "--", *argv]
+        argv = as_server_user([self.binaries.path(program), *args], self.user.pw_name if self.user else None)
         try:
             return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=check,
                                    stdin=subprocess.DEVNULL, cwd=self.base)
@@ -347,9 +350,7 @@ def _remove_on_eof(fd: int, pg_ctl: str, data: str, base: str, user: str) -> Non
     with contextlib.suppress(OSError):
         while os.read(fd, 4096):
             pass
-    argv = [pg_ctl, "-D", data, "-w", "-t", "30", "stop", "-m", "immediate"]
-    if user:
-        argv = ["runuser", "-u", user, "--", *argv]
+    argv = as_server_user([pg_ctl, "-D", data, "-w", "-t", "30", "stop", "-m", "immediate"], user)
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         subprocess.run(argv, capture_output=True, timeout=60)
     shutil.rmtree(base, ignore_errors=True)

@@ -1,8 +1,8 @@
 """Integration tests: pgne against the real PostgreSQL server of PGNE_TEST_DSN.
 
 Every test here is marked `integration` (deselect with `-m "not integration"`). The shared
-fixtures (pg_dsn, pg_database, write_config, listener_factory) are in tests/conftest.py, the
-helpers (Listener, run_pgne, apply_in_process, catalog queries) in tests/helpers.py.
+fixtures (pg_dsn, pg_database, write_config, listener_factory) are in tests/conftest.py, what
+tests share (Listener, run_pgne, apply_in_process, catalog queries) in tests/support/.
 """
 from __future__ import annotations
 

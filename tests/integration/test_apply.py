@@ -8,17 +8,10 @@ import time
 
 import psycopg2.extensions
 import pytest
-from helpers import (
-    apply_in_process,
-    event,
-    pgne_env,
-    pgne_functions,
-    pgne_triggers,
-    query,
-    run_pgne,
-    schema_exists,
-    status_in_process,
-)
+from support.databases import pgne_functions, pgne_triggers, query, schema_exists
+from support.exporter import apply_in_process, status_in_process
+from support.listener import event
+from support.processes import pgne_env, run_pgne
 
 from pgne import __version__
 from pgne.apply import APPLIED, apply_on_connection

@@ -16,10 +16,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import sql_rows
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg2.extensions import parse_dsn
-from runner import ExtraDatabase, free_port, pgne_env
+from support.databases import Database, query
+from support.processes import free_port, pgne_env
 
 DEADLINE = 60.0
 STOP_DEADLINE = 30.0
@@ -115,7 +115,7 @@ def pgne_objects(db) -> list[tuple]:
 
 def inserted_rows(db) -> int:
     """Rows the demo has inserted so far: its sequence (one INSERT per transaction, none rolled back)."""
-    rows = sql_rows(db.dsn, "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM pgne_demo.orders_id_seq")
+    rows = query(db.dsn, "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM pgne_demo.orders_id_seq")
     return rows[0][0]
 
 
@@ -194,11 +194,11 @@ def test_demo_without_a_dsn_runs_on_an_embedded_server_it_starts_and_removes(sta
     demo.wait_for_banner()
     assert demo.stdout.startswith("pgne demo: no --dsn given: starting an embedded PostgreSQL 18 server"), demo.output()
     dsn = re.search(r'the embedded server listens on 127\.0\.0\.1:\d+ \(psql "([^"]+)"\)', demo.stdout).group(1)
-    server = ExtraDatabase(name="postgres", dsn=dsn, host="127.0.0.1", port=int(parse_dsn(dsn)["port"]),
-                           user="postgres")
+    server = Database(name="postgres", dsn=dsn, host="127.0.0.1", port=int(parse_dsn(dsn)["port"]),
+                      user="postgres")
     assert server.port != 5432
-    assert sql_rows(dsn, "SELECT current_setting('server_version_num')::int / 10000") == [(18,)]
-    data_dir = sql_rows(dsn, "SELECT current_setting('data_directory')")[0][0]
+    assert query(dsn, "SELECT current_setting('server_version_num')::int / 10000") == [(18,)]
+    data_dir = query(dsn, "SELECT current_setting('data_directory')")[0][0]
 
     target = inserted_rows(server)
     deadline = time.monotonic() + DEADLINE
@@ -243,7 +243,7 @@ def test_a_demo_killed_with_sigkill_leaves_no_embedded_server_running(start_demo
     demo.wait_for_banner()
     dsn = re.search(r'the embedded server listens on 127\.0\.0\.1:\d+ \(psql "([^"]+)"\)', demo.stdout).group(1)
     port = int(parse_dsn(dsn)["port"])
-    data_dir = sql_rows(dsn, "SELECT current_setting('data_directory')")[0][0]
+    data_dir = query(dsn, "SELECT current_setting('data_directory')")[0][0]
     demo.kill()  # SIGKILL to the demo's whole process group: no clean-up code of the demo runs
 
     def server_gone() -> bool:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from runner import free_port, pgne_env
+from support.processes import free_port, pgne_env
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "pgne.service"

@@ -18,8 +18,10 @@ from pathlib import Path
 import psycopg2
 import pytest
 import yaml
-from helpers import run_pgne, status_in_process
-from runner import PgneProcess, labels_key, wait_until
+from support.exporter import PgneProcess, status_in_process
+from support.metrics import labels_key
+from support.processes import run_pgne
+from support.waiting import wait_until
 
 from pgne.model import Monitor
 from pgne.render import function_name

@@ -8,23 +8,18 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import bcrypt
-import psycopg2
 import pytest
 import yaml
-from runner import (
-    PgneProcess,
-    config_yaml,
-    database_entry,
-    pgne_env,
-    throwaway_database,
-    wait_until,
-)
+from support.configs import config_text, database_entry
+from support.databases import query, run_sql, throwaway_database
+from support.exporter import PgneProcess
+from support.processes import run_pgne
+from support.waiting import wait_until
 
 ORDERS = {"table": "orders", "enabled": True, "function": "notification_with_payload",
           "columns_to_label": [{"supplier": ["acme", "globex"]}], "events": ["insert"]}
@@ -35,72 +30,47 @@ def events_labels(db, supplier: str, table: str = "orders", operation: str = "IN
             "schema": "public", "table": table, "supplier": supplier}
 
 
-def execute(dsn: str, *statements: str) -> None:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            for statement in statements:
-                cur.execute(statement)
-    finally:
-        conn.close()
-
-
-def fetch(dsn: str, query: str):
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query)
-            return cur.fetchall()
-    finally:
-        conn.close()
-
-
 def pgne_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pgne", *args], capture_output=True, text=True,
-                          env=pgne_env(), timeout=120)
+    return run_pgne(*args, timeout=120)
 
 
 @pytest.fixture
 def two_databases(pg_dsn):
     with throwaway_database(pg_dsn) as a, throwaway_database(pg_dsn) as b:
         for db in (a, b):
-            execute(db.dsn, "CREATE TABLE orders (id serial, supplier text)",
+            run_sql(db.dsn, "CREATE TABLE orders (id serial, supplier text)",
                     "CREATE TABLE invoices (id serial, supplier text)")
         yield a, b
-
-
-@pytest.fixture
-def pgne_processes():
-    started: list[PgneProcess] = []
-    yield started
-    for process in started:
-        process.kill_leftovers()
 
 
 # --------------------------------------------------------------------------- reload
 
 
+def start_pgne(tmp_path: Path, pgne_processes: list, db, *args: str) -> tuple[Path, PgneProcess]:
+    """events_config.yml with `db` watching ORDERS, and a `pgne run` on it, started."""
+    config = tmp_path / "events_config.yml"
+    config.write_text(config_text(database_entry(db, [ORDERS])))
+    pgne = PgneProcess(config, tmp_path / "run", *args)
+    pgne_processes.append(pgne)
+    return config, pgne.start()
+
+
 def test_sighup_restarts_only_changed_databases_and_tears_down_removed_ones(tmp_path, two_databases,
                                                                             pgne_processes):
     a, b = two_databases
-    config = tmp_path / "events_config.yml"
-    config.write_text(config_yaml(("127.0.0.1", [database_entry(a, [ORDERS])])))
-    pgne = PgneProcess(config, tmp_path / "run")
-    pgne_processes.append(pgne)
-    pgne.start()
+    config, pgne = start_pgne(tmp_path, pgne_processes, a)
     (worker_a,) = pgne.child_pids()
-    execute(a.dsn, "INSERT INTO orders (supplier) SELECT 'acme' FROM generate_series(1, 7)")
+    run_sql(a.dsn, "INSERT INTO orders (supplier) SELECT 'acme' FROM generate_series(1, 7)")
     pgne.wait_for_value("pgne_events_total", events_labels(a, "acme"), 7)
 
     # b is added: a's worker and counts must not be touched.
-    config.write_text(config_yaml(("127.0.0.1", [database_entry(a, [ORDERS]), database_entry(b, [ORDERS])])))
+    config.write_text(config_text(database_entry(a, [ORDERS]), database_entry(b, [ORDERS])))
     pgne.send_signal(signal.SIGHUP)
     pgne.wait_for_value("pgne_database_up", {"host": b.host_label, "database": b.name, "tag": "it"}, 1)
     assert pgne.value("pgne_config_last_reload_successful", {}) == 1
     assert worker_a in pgne.child_pids()
-    execute(b.dsn, "INSERT INTO orders (supplier) VALUES ('globex'), ('initech')")
-    execute(a.dsn, "INSERT INTO orders (supplier) VALUES ('acme')")
+    run_sql(b.dsn, "INSERT INTO orders (supplier) VALUES ('globex'), ('initech')")
+    run_sql(a.dsn, "INSERT INTO orders (supplier) VALUES ('acme')")
     pgne.wait_for_value("pgne_events_total", events_labels(b, "globex"), 1)
     pgne.wait_for_value("pgne_events_total", events_labels(b, "other"), 1)
     pgne.wait_for_value("pgne_events_total", events_labels(a, "acme"), 8)
@@ -108,8 +78,8 @@ def test_sighup_restarts_only_changed_databases_and_tears_down_removed_ones(tmp_
 
     # b changes (a new monitor), a stays: only b's worker restarts; b's counts continue.
     invoices = dict(ORDERS, table="invoices")
-    config.write_text(config_yaml(("127.0.0.1", [database_entry(a, [ORDERS]),
-                                                 database_entry(b, [ORDERS, invoices])])))
+    config.write_text(config_text(database_entry(a, [ORDERS]),
+                              database_entry(b, [ORDERS, invoices])))
     pgne.send_signal(signal.SIGHUP)
     # Replaced, and reaped by the master: until then the old worker's `up` file still says 1.
     wait_until(lambda: len(pgne.child_pids()) == 2 and worker_b not in pgne.child_pids()
@@ -117,15 +87,15 @@ def test_sighup_restarts_only_changed_databases_and_tears_down_removed_ones(tmp_
                "b's worker to be replaced", pgne.describe)
     assert worker_a in pgne.child_pids()
     pgne.wait_all_up()
-    execute(b.dsn, "INSERT INTO invoices (supplier) VALUES ('acme')", "INSERT INTO orders (supplier) VALUES ('globex')")
+    run_sql(b.dsn, "INSERT INTO invoices (supplier) VALUES ('acme')", "INSERT INTO orders (supplier) VALUES ('globex')")
     pgne.wait_for_value("pgne_events_total", events_labels(b, "acme", table="invoices"), 1)
     pgne.wait_for_value("pgne_events_total", events_labels(b, "globex"), 2)
     assert pgne.value("pgne_events_total", events_labels(a, "acme")) == 8
 
     # b is removed (perform_setup: true): its worker stops and its pgne objects are removed.
-    config.write_text(config_yaml(("127.0.0.1", [database_entry(a, [ORDERS])])))
+    config.write_text(config_text(database_entry(a, [ORDERS])))
     pgne.send_signal(signal.SIGHUP)
-    wait_until(lambda: fetch(b.dsn, "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgne'") == [(0,)],
+    wait_until(lambda: query(b.dsn, "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgne'") == [(0,)],
                30, "b's schema pgne to be torn down", pgne.describe)
     wait_until(lambda: pgne.child_pids() == [worker_a], 30, "only a's worker left", pgne.describe)
     assert [key for key in pgne.scrape() if ("database", b.name) in key[1]] == []  # b is gone from /metrics
@@ -135,11 +105,7 @@ def test_sighup_restarts_only_changed_databases_and_tears_down_removed_ones(tmp_
 
 def test_sighup_with_an_invalid_config_keeps_the_running_one(tmp_path, two_databases, pgne_processes):
     a, _ = two_databases
-    config = tmp_path / "events_config.yml"
-    config.write_text(config_yaml(("127.0.0.1", [database_entry(a, [ORDERS])])))
-    pgne = PgneProcess(config, tmp_path / "run")
-    pgne_processes.append(pgne)
-    pgne.start()
+    config, pgne = start_pgne(tmp_path, pgne_processes, a)
     workers = pgne.child_pids()
     first_reload = pgne.value("pgne_config_last_reload_success_timestamp_seconds", {})
 
@@ -149,7 +115,7 @@ def test_sighup_with_an_invalid_config_keeps_the_running_one(tmp_path, two_datab
     assert "'upsert' is not one of insert, update, delete, truncate" in pgne.stderr_text()
     assert pgne.value("pgne_config_last_reload_success_timestamp_seconds", {}) == first_reload
     assert pgne.child_pids() == workers
-    execute(a.dsn, "INSERT INTO orders (supplier) VALUES ('acme'), ('acme')")
+    run_sql(a.dsn, "INSERT INTO orders (supplier) VALUES ('acme'), ('acme')")
     pgne.wait_for_value("pgne_events_total", events_labels(a, "acme"), 2)
 
     config.write_text(config.read_text().replace("- upsert", "- insert"))
@@ -166,20 +132,20 @@ def test_status_reports_drift_and_apply_prune_removes_objects_the_config_no_long
     a, _ = two_databases
     both = dict(ORDERS, events=["insert", "delete"])
     config = tmp_path / "events_config.yml"
-    config.write_text(config_yaml(("127.0.0.1", [database_entry(a, [both, dict(ORDERS, table="invoices")])])))
+    config.write_text(config_text(database_entry(a, [both, dict(ORDERS, table="invoices")])))
     assert pgne_cli("apply", "-c", str(config)).returncode == 0
 
     result = pgne_cli("status", "-c", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[1].split() == [f"{a.host}:{a.port}/{a.name}", "in", "sync"]
 
-    execute(a.dsn, "DROP TRIGGER pgne_delete ON orders")
+    run_sql(a.dsn, "DROP TRIGGER pgne_delete ON orders")
     result = pgne_cli("status", "-c", str(config))
     assert result.returncode == 1
     assert f"{a.host}:{a.port}/{a.name}  missing  trigger pgne_delete on public.orders" in result.stdout
 
     # invoices leaves the config entirely: its trigger and function become `extra`.
-    config.write_text(config_yaml(("127.0.0.1", [database_entry(a, [both])])))
+    config.write_text(config_text(database_entry(a, [both])))
     result = pgne_cli("status", "-c", str(config))
     assert result.returncode == 1
     extra = [line for line in result.stdout.splitlines() if " extra " in line]
@@ -193,21 +159,17 @@ def test_status_reports_drift_and_apply_prune_removes_objects_the_config_no_long
     assert result.returncode == 0, result.stdout + result.stderr
     assert "applied: 2 changes: extra:" in result.stdout
     assert pgne_cli("status", "-c", str(config)).returncode == 0
-    assert fetch(a.dsn, "SELECT tgname FROM pg_trigger WHERE tgrelid = 'invoices'::regclass") == []
-    assert fetch(a.dsn, "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+    assert query(a.dsn, "SELECT tgname FROM pg_trigger WHERE tgrelid = 'invoices'::regclass") == []
+    assert query(a.dsn, "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
                         "WHERE n.nspname = 'pgne'") == [(1,)]
 
 
 def test_trigger_installed_gauge_drops_to_zero_after_drop_trigger(tmp_path, two_databases, pgne_processes):
     a, _ = two_databases
-    config = tmp_path / "events_config.yml"
-    config.write_text(config_yaml(("127.0.0.1", [database_entry(a, [ORDERS])])))
-    pgne = PgneProcess(config, tmp_path / "run", "--trigger-check-interval", "1")
-    pgne_processes.append(pgne)
-    pgne.start()
+    config, pgne = start_pgne(tmp_path, pgne_processes, a, "--trigger-check-interval", "1")
     labels = {"host": a.host_label, "database": a.name, "schema": "public", "table": "orders", "event": "INSERT"}
     assert pgne.value("pgne_trigger_installed", labels) == 1
-    execute(a.dsn, "DROP TRIGGER pgne_insert ON orders")
+    run_sql(a.dsn, "DROP TRIGGER pgne_insert ON orders")
     pgne.wait_for_value("pgne_trigger_installed", labels, 0, timeout=15)
     assert "trigger pgne_insert on public.orders is missing" in pgne.stderr_text()
 
@@ -243,7 +205,7 @@ def test_web_config_serves_tls_with_basic_auth_and_refuses_plain_http(tmp_path, 
                                                                       pgne_processes):
     a, _ = two_databases
     config = tmp_path / "events_config.yml"
-    config.write_text(config_yaml(("127.0.0.1", [database_entry(a, [ORDERS])])))
+    config.write_text(config_text(database_entry(a, [ORDERS])))
     web = tmp_path / "web.yml"
     web.write_text(yaml.safe_dump({
         "tls_server_config": {"cert_file": str(certificate / "tls.crt"), "key_file": str(certificate / "tls.key")},

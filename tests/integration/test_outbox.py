@@ -7,7 +7,7 @@ instances draining one database, and a counter that never goes backwards across 
 SIGKILL and a full restart of pgne.
 
 "Drained" is observable: pgne.event_log is empty, and pgne.totals and the exported
-pgne_events_total both equal what the test committed (outbox_helpers.wait_drained).
+pgne_events_total both equal what the test committed (support.outbox.wait_drained).
 """
 from __future__ import annotations
 
@@ -22,24 +22,25 @@ from types import SimpleNamespace
 
 import psycopg2
 import pytest
-from helpers import config_text, run_pgne
-from outbox_helpers import (
+from psycopg2 import sql
+from support.configs import TAG, config_text
+from support.databases import query, throwaway_database
+from support.exporter import PgneProcess
+from support.metrics import MonotonicWatch
+from support.outbox import (
     OTHER,
-    TAG,
     WHITELIST,
-    MonotonicWatch,
     backlog_rows,
     db_totals,
     exported,
     nonzero,
     outbox_config,
     outbox_entry,
-    sql_rows,
     wait_drained,
     whitelisted,
 )
-from psycopg2 import sql
-from runner import PgneProcess, free_port, throwaway_database, wait_until
+from support.processes import free_port, run_pgne
+from support.waiting import wait_until
 
 from pgne.model import Monitor
 from pgne.render import function_name
@@ -126,12 +127,8 @@ def db(pg_database):
 @pytest.fixture
 def running(db, tmp_path):
     """pgne run on an outbox config with perform_setup (pgne installs pgne.event_log itself)."""
-    proc = start_pgne(tmp_path, write(tmp_path, outbox_config(db, MONITORS, perform_setup=True)))
-    try:
-        proc.start()
+    with start_pgne(tmp_path, write(tmp_path, outbox_config(db, MONITORS, perform_setup=True))).running() as proc:
         yield proc
-    finally:
-        proc.kill_leftovers()
 
 
 # -- config and commands ------------------------------------------------------------------------
@@ -176,10 +173,10 @@ def test_check_render_sql_apply_and_status_handle_delivery_outbox(db, tmp_path):
     assert pgne("apply", "-c", config)[:2] == (0, f"{db.host}:{db.port}/{db.name}: up to date\n")
 
     # a queue without index, with autovacuum settings for constant inserts and deletes
-    assert sql_rows(db.dsn, "SELECT count(*) FROM pg_index WHERE indrelid = 'pgne.event_log'::regclass") == [(0,)]
-    (options,), = sql_rows(db.dsn, "SELECT reloptions FROM pg_class WHERE oid = 'pgne.event_log'::regclass")
+    assert query(db.dsn, "SELECT count(*) FROM pg_index WHERE indrelid = 'pgne.event_log'::regclass") == [(0,)]
+    (options,), = query(db.dsn, "SELECT reloptions FROM pg_class WHERE oid = 'pgne.event_log'::regclass")
     assert "autovacuum_vacuum_scale_factor=0" in options and "autovacuum_vacuum_insert_scale_factor=0" in options
-    assert sql_rows(db.dsn, """
+    assert query(db.dsn, """
         SELECT array_agg(a.attname ORDER BY k.n)
         FROM pg_constraint c, unnest(c.conkey) WITH ORDINALITY AS k(attnum, n), pg_attribute a
         WHERE c.conrelid = 'pgne.totals'::regclass AND c.contype = 'p'
@@ -187,7 +184,7 @@ def test_check_render_sql_apply_and_status_handle_delivery_outbox(db, tmp_path):
 
 
 def trigger_oids(dsn: str) -> dict[str, int]:
-    return dict(sql_rows(dsn, "SELECT tgrelid::regclass::text || ' ' || tgname, oid::int FROM pg_trigger "
+    return dict(query(dsn, "SELECT tgrelid::regclass::text || ' ' || tgname, oid::int FROM pg_trigger "
                               "WHERE tgname LIKE 'pgne\\_%'"))
 
 
@@ -280,7 +277,7 @@ def test_a_sighup_switch_from_notify_to_outbox_keeps_counting_the_new_rows_also_
         # the 5 notify counts became part of pgne.totals at the switch, then the 3 rows were added
         wait_until(lambda: backlog_rows(db.dsn) == 0 and db_totals(db.dsn) == {("INSERT", "one", "alpha"): 5 + 3},
                    15, "the 3 rows drained", proc.describe)
-        (drained_at,), = sql_rows(db.dsn, "SELECT extract(epoch FROM max(last_event)) FROM pgne.totals")
+        (drained_at,), = query(db.dsn, "SELECT extract(epoch FROM max(last_event)) FROM pgne.totals")
         labels = {"operation": "INSERT", "host": db.host_label, "database": db.name, "tag": TAG, "schema": "public",
                   "table": "one", "code": "alpha"}
         wait_until(lambda: (proc.value("pgne_last_event_timestamp_seconds", labels) or 0) >= float(drained_at),
@@ -311,7 +308,7 @@ def test_drain_interval_without_outbox_is_a_config_error_for_every_command(db, t
                     ["run", "--listen-address", f"127.0.0.1:{port}"]):
         code, out, err = pgne(*command, "-c", config)
         assert (code, out, err) == (2, "", message), command
-    assert sql_rows(db.dsn, "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgne'") == [(0,)]
+    assert query(db.dsn, "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgne'") == [(0,)]
 
 
 @pytest.mark.parametrize("value", ["durable", "Outbox", "NOTIFY", ""])
@@ -389,7 +386,7 @@ def test_rows_committed_while_pgne_was_stopped_are_counted_as_soon_as_it_starts(
     insert_codes(db.dsn, ["alpha", "beta", "zeta", None])  # 3 label groups: alpha, beta, other
     execute(db.dsn, "INSERT INTO two (note) VALUES ('a'), ('b')", "DELETE FROM one WHERE code = 'beta'")
     assert backlog_rows(db.dsn) == 5  # nobody drains yet
-    (age,), = sql_rows(db.dsn, "SELECT count(*) FROM pgne.event_log WHERE created_at <= now()")
+    (age,), = query(db.dsn, "SELECT count(*) FROM pgne.event_log WHERE created_at <= now()")
     assert age == 5
 
     proc = start_pgne(tmp_path, config)
@@ -510,16 +507,16 @@ def make_role(db, pg_dsn):
 
 
 def has(dsn: str, check: str, *args) -> bool:
-    return sql_rows(dsn, f"SELECT {check}", args)[0][0]
+    return query(dsn, f"SELECT {check}", args)[0][0]
 
 
 def test_application_role_needs_no_rights_on_schema_pgne_and_public_has_none(db, running, make_role):
     app, app_password = make_role("GRANT INSERT ON one TO {role}")
     nobody, _ = make_role()
     # PUBLIC: no entry in the ACLs of schema pgne and of its tables, so a fresh role can do nothing
-    assert sql_rows(db.dsn, "SELECT count(*) FROM pg_namespace, aclexplode(nspacl) a "
+    assert query(db.dsn, "SELECT count(*) FROM pg_namespace, aclexplode(nspacl) a "
                             "WHERE nspname = 'pgne' AND a.grantee = 0") == [(0,)]
-    assert sql_rows(db.dsn, "SELECT count(*) FROM pg_class c, aclexplode(c.relacl) a "
+    assert query(db.dsn, "SELECT count(*) FROM pg_class c, aclexplode(c.relacl) a "
                             "WHERE c.relnamespace = 'pgne'::regnamespace AND a.grantee = 0") == [(0,)]
     for role in (nobody, app):
         for privilege in ("USAGE", "CREATE"):
@@ -567,7 +564,7 @@ def test_pgne_run_role_with_the_documented_least_privilege_grants_drains_and_exp
         wait_drained(proc, db, {("INSERT", "one", "alpha"): 1, ("INSERT", "one", OTHER): 1,
                                 ("DELETE", "one", "alpha"): 1, ("DELETE", "one", OTHER): 1})
         assert "permission denied" not in proc.stderr_text()
-        assert set(sql_rows(db.dsn, "SELECT usename FROM pg_stat_activity WHERE datname = %s "
+        assert set(query(db.dsn, "SELECT usename FROM pg_stat_activity WHERE datname = %s "
                                     "AND application_name = 'pgne'", (db.name,))) == {(role,)}
     finally:
         proc.kill_leftovers()
@@ -607,10 +604,10 @@ def writer_thread(dsn: str, seed: int, errors: list, transactions: int | None = 
 def committed_inserts(dsn: str) -> dict[tuple, int]:
     """What the writers committed, from the application tables themselves."""
     expected: dict[tuple, int] = {}
-    for code, n in sql_rows(dsn, "SELECT code, count(*) FROM one GROUP BY code"):
+    for code, n in query(dsn, "SELECT code, count(*) FROM one GROUP BY code"):
         key = ("INSERT", "one", whitelisted(code))
         expected[key] = expected.get(key, 0) + n
-    (n,), = sql_rows(dsn, "SELECT count(*) FROM two")
+    (n,), = query(dsn, "SELECT count(*) FROM two")
     if n:
         expected[("INSERT", "two", "")] = n
     return expected
@@ -633,7 +630,7 @@ def test_two_pgne_instances_draining_one_database_count_every_row_once(db, tmp_p
         assert sum(expected.values()) > 600
         for proc in (first, second):
             wait_drained(proc, db, expected)
-        (total,), = sql_rows(db.dsn, "SELECT sum(total) FROM pgne.totals")
+        (total,), = query(db.dsn, "SELECT sum(total) FROM pgne.totals")
         assert total == sum(expected.values())
         for proc in (first, second):  # both were draining all along, and neither had to reconnect
             assert "draining pgne.event_log every 0.02 s" in proc.stderr_text()
@@ -697,7 +694,7 @@ def test_concurrent_drains_of_many_label_groups_never_deadlock(db, tmp_path):
         thread.join(120)
     assert not errors, errors
     assert deadlocks[0] == 0, f"{deadlocks[0]} deadlocks in {drains[0]} drains"
-    assert sql_rows(db.dsn, "SELECT sum(total) FROM pgne.totals") == [(3 * 300 * 20,)]
+    assert query(db.dsn, "SELECT sum(total) FROM pgne.totals") == [(3 * 300 * 20,)]
     assert backlog_rows(db.dsn) == 0
 
 

@@ -20,43 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.inline_configs import README_FIXTURE
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 120  # seconds, for any one subprocess
-
 # pg_notify_exporter's README example, as it is written there (doubled `---`, trailing `...`).
-README_CONFIG = """\
----
----
-  - localhost:
-    - database: test
-      tag: business_tag
-      perform_setup: true
-      username: postgres
-      password: secret
-      enabled:  true
-      monitors:
-      - table: one
-        enabled: yes
-        function: notification_with_payload
-        columns_to_label:
-          - code:
-            - 'alpha'
-            - 'beta'
-            - 'gamma'
-        events:
-          - insert
-      - table: two
-        enabled: yes
-        function: simple_event_notification
-        events:
-          - INSERT
-          - delete
-        #columns_to_label:
-        #  - id:
-        #    - 1
-...
-"""
+README_CONFIG = README_FIXTURE.read_text(encoding="utf-8")
+
 
 
 @dataclass(frozen=True)
@@ -65,7 +35,7 @@ class Installed:
     python: Path
     pgne: Path
     site_packages: Path
-    config: Path  # a copy of README_CONFIG
+    config: Path  # a copy of README_CONFIG (README_FIXTURE's text)
     cwd: Path  # an empty directory outside the checkout
     env: dict
 

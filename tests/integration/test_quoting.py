@@ -4,7 +4,10 @@ function bodies use a dollar-quote tag that does not occur in them)."""
 from __future__ import annotations
 
 import pytest
-from helpers import apply_in_process, event, pgne_triggers, run_pgne
+from support.databases import pgne_triggers
+from support.exporter import apply_in_process
+from support.listener import event
+from support.processes import run_pgne
 
 SCHEMA = "my schema"
 TABLE = 'we"ird; name'

@@ -1,6 +1,6 @@
 """`pgne run` as a real process against the real PostgreSQL: exact counts, faults, signals, HTTP.
 
-Every test starts its own master (tests/runner.py) on a throwaway database and reads /metrics
+Every test starts its own master (support.exporter.PgneProcess) on a throwaway database and reads /metrics
 over HTTP. To know that every notification sent so far has been processed, `settle()` sends a
 marker payload for a table that is not configured and waits until
 pgne_notifications_total{result="unknown_table"} has counted it: notifications of one channel
@@ -18,17 +18,12 @@ import time
 
 import psycopg2
 import pytest
-from helpers import pgne_env, run_sql
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
-from runner import (
-    PgneProcess,
-    free_port,
-    parse_metrics,
-    process_gone,
-    throwaway_database,
-    wait_gone,
-    wait_until,
-)
+from support.databases import run_sql, throwaway_database
+from support.exporter import PgneProcess
+from support.metrics import parse_metrics
+from support.processes import free_port, pgne_env, process_gone, wait_gone
+from support.waiting import wait_until
 
 CHANNEL = "pg_notify_exporter"
 TAG = "it"
@@ -134,12 +129,8 @@ def tables(pg_database):
 @pytest.fixture
 def exporter(tables, write_config, tmp_path):
     """A running pgne on the standard config, every database up."""
-    proc = PgneProcess(write_standard(write_config, tables), tmp_path / "pgne")
-    try:
-        proc.start()
+    with PgneProcess(write_standard(write_config, tables), tmp_path / "pgne").running() as proc:
         yield proc
-    finally:
-        proc.kill_leftovers()
 
 
 # -- counting -----------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The rendered triggers, installed by `pgne apply`, against the real PostgreSQL: exact counts.
 
-Each test installs the standard config in a fresh database, LISTENs (helpers.Listener), writes,
+Each test installs the standard config in a fresh database, LISTENs (support.listener.Listener), writes,
 and asserts the summed `count`s of the notifications exactly (the Listener settles with a
 sentinel NOTIFY before comparing, so "nothing more was sent" is checked too).
 """
@@ -11,7 +11,10 @@ import json
 
 import psycopg2
 import pytest
-from helpers import Listener, apply_in_process, event, pgne_triggers, run_pgne
+from support.databases import pgne_triggers
+from support.exporter import apply_in_process
+from support.listener import Listener, event
+from support.processes import run_pgne
 
 WHITELIST = ["alpha", "beta", "gamma"]
 

@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import config_text, database_entry_text, pgne_env
-from runner import PgneProcess, free_port
+from support.configs import config_text, database_entry
+from support.databases import Database
+from support.exporter import PgneProcess
+from support.processes import free_port, pgne_env
 
 MONITORS = [{"table": "one", "enabled": True, "function": "simple_event_notification", "events": ["insert"]}]
 MARKER = ".pgne-state-dir"
@@ -23,7 +25,7 @@ MARKER = ".pgne-state-dir"
 @pytest.fixture
 def config(tmp_path) -> Path:
     path = tmp_path / "events_config.yml"
-    path.write_text(config_text(database_entry_text("nowhere", MONITORS, enabled=False)))
+    path.write_text(config_text(database_entry(Database("nowhere"), MONITORS, perform_setup=False, enabled=False)))
     return path
 
 

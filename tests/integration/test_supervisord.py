@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,8 +19,9 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from helpers import pgne_env
-from runner import REPO, free_port, http_get, parse_metrics, wait_until
+from support.metrics import http_get, parse_metrics
+from support.processes import REPO, free_port, kill_session, pgne_env
+from support.waiting import wait_until
 
 SHIPPED = REPO / "deploy" / "supervisord.conf"
 # The command line as shipped: it matches the README's install (/opt/pgne, /etc/pgne).
@@ -123,16 +123,7 @@ files = {conf_d}/*.conf
         return "\n".join(parts)
 
     def kill_leftovers(self) -> None:
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
+        kill_session(self.process)
 
 
 @pytest.fixture

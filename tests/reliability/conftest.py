@@ -1,4 +1,4 @@
-"""Fixtures of the reliability suite: throwaway clusters (tests/cluster.py) and the report of
+"""Fixtures of the reliability suite: throwaway clusters (support.clusters) and the report of
 measured recovery times.
 
 Tests that stop, restart or partition a server use a TempCluster of their own, never the shared
@@ -11,17 +11,15 @@ import json
 import os
 
 import pytest
-from reliability_helpers import MEASUREMENTS, start_cluster
+from support.clusters import start_cluster
+from support.faults import MEASUREMENTS
 
 
 @pytest.fixture(scope="module")
 def cluster_for_module():
     """One TempCluster for a test module; each test makes its own database in it."""
-    cluster = start_cluster()
-    try:
+    with start_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 @pytest.fixture

@@ -17,19 +17,11 @@ from collections import Counter
 
 import psycopg2
 import pytest
-from reliability_helpers import (
-    Stopwatch,
-    config_text,
-    database_entry,
-    db_labels,
-    events,
-    notifications,
-    query,
-    record,
-    run_sql,
-    settle,
-)
-from runner import PgneProcess
+from support.configs import RELIABILITY_TAG, config_text, database_entry
+from support.databases import query, run_sql
+from support.exporter import PgneProcess
+from support.faults import Stopwatch, record
+from support.metrics import db_labels, events, notifications, settle
 
 WRITERS = 8
 TRANSACTIONS = 500
@@ -145,7 +137,7 @@ def database(pg_database):
 def test_8_writers_x_500_mixed_transactions_are_counted_exactly_per_table_operation_and_label(database, tmp_path):
     db = database
     path = tmp_path / "events_config.yml"
-    path.write_text(config_text(db.host, database_entry(db, [LABELLED, LEDGER])))
+    path.write_text(config_text(database_entry(db, [LABELLED, LEDGER], tag=RELIABILITY_TAG)))
     proc = PgneProcess(path, tmp_path / "pgne")
     try:
         proc.start(timeout=60)

@@ -20,9 +20,12 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import config_text, database_entry_text, pgne_env, run_sql
-from reliability_helpers import Stopwatch, record
-from runner import PgneProcess, wait_until
+from support.configs import config_text, database_entry
+from support.databases import run_sql
+from support.exporter import PgneProcess
+from support.faults import Stopwatch, record
+from support.processes import pgne_env
+from support.waiting import wait_until
 
 from pgne.cli import main as pgne_main
 from pgne.config import MAX_CONFIG_BYTES
@@ -138,8 +141,7 @@ def test_sighup_with_any_invalid_config_is_logged_and_ignored_and_the_old_config
     path = tmp_path / "events_config.yml"
 
     def entry(**options) -> str:
-        return config_text(database_entry_text(db.name, MONITOR, host=db.host, port=db.port, username=db.user,
-                                               perform_setup=True, **options))
+        return config_text(database_entry(db, MONITOR, **options))
 
     valid = entry(password=db.password or "")
     (tmp_path / "nul-password").write_text("pa\0ss\n")

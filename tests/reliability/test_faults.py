@@ -1,10 +1,10 @@
 """Faults against real processes: a database that is down, restarted or cut off; killed workers
 and masters; SIGTERM under load; a 200,000-notification backlog.
 
-Every test runs `pgne run` (tests/runner.py) against its own database in a throwaway cluster
-(tests/cluster.py, shared by this module and kept running between tests), never the shared
+Every test runs `pgne run` (support.exporter) against its own database in a throwaway cluster
+(support.clusters, shared by this module and kept running between tests), never the shared
 server. Every wait polls a condition until a deadline derived from the spec's bounds; durations
-are recorded (reliability_helpers.record) and printed at the end of the run.
+are recorded (support.faults.record) and printed at the end of the run.
 
 Spec bounds used here: reconnect backoff 1 s doubling to 30 s with +-20% jitter; a dead
 connection is detected within 30 s (10 s heartbeat); a dead worker is restarted by the master
@@ -18,27 +18,14 @@ import signal
 import time
 
 import pytest
-from reliability_helpers import (
-    TAG,
-    BackgroundWriter,
-    PartitionProxy,
-    Stopwatch,
-    config_text,
-    create_database,
-    database_entry,
-    db_labels,
-    events,
-    host_label,
-    pgne_backends,
-    query,
-    record,
-    result_labels,
-    run_sql,
-    settle,
-    up_labels,
-    wait_value,
-)
-from runner import PgneProcess, process_gone, wait_gone, wait_until
+from support.configs import RELIABILITY_TAG as TAG
+from support.configs import config_text, database_entry
+from support.databases import create_database, host_label, pgne_backends, query, run_sql
+from support.exporter import PgneProcess
+from support.faults import BackgroundWriter, PartitionProxy, Stopwatch, record
+from support.metrics import db_labels, events, result_labels, settle, up_labels, wait_value
+from support.processes import process_gone, wait_gone
+from support.waiting import wait_until
 
 WHITELIST = ["alpha", "beta", "gamma"]
 CODES = WHITELIST + ["other"]
@@ -69,7 +56,7 @@ def expected(**counts: int) -> dict[tuple, float]:
 
 
 def samples_for(db, counts: dict[tuple, float]) -> dict:
-    """runner.PgneProcess.wait_for_values keys for the non-zero entries of `counts`."""
+    """PgneProcess.wait_for_values keys for the non-zero entries of `counts`."""
     out = {}
     for (operation, table, code), value in counts.items():
         if value:
@@ -107,10 +94,10 @@ def make_pgne(tmp_path):
 
     def make(database, monitors=MONITORS, **overrides) -> PgneProcess:
         overrides.setdefault("perform_setup", True)
-        entry = database_entry(database, monitors, **overrides)
+        entry = database_entry(database, monitors, **{"tag": TAG, **overrides})
         n = len(made)
         path = tmp_path / f"events_config{n}.yml"
-        path.write_text(config_text(database.host, entry))
+        path.write_text(config_text(entry))
         proc = PgneProcess(path, tmp_path / f"pgne{n}")
         made.append(proc)
         return proc

@@ -31,22 +31,16 @@ from pathlib import Path
 import psycopg2
 import pytest
 import yaml
-from helpers import pgne_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg2 import sql
-from reliability_helpers import (
-    DatabaseRef,
-    Stopwatch,
-    config_text,
-    database_entry,
-    database_on,
-    host_label,
-    notifications,
-    record,
-    run_sql,
-)
-from runner import PgneProcess, wait_until
+from support.configs import RELIABILITY_TAG, config_text, database_entry
+from support.databases import Database, host_label, run_sql, throwaway_database
+from support.exporter import PgneProcess
+from support.faults import Stopwatch, record
+from support.metrics import notifications
+from support.processes import pgne_env
+from support.waiting import wait_until
 
 from pgne.cli import main as pgne_main
 
@@ -156,8 +150,8 @@ def router():
     from pgne.render import Renderer
 
     path = Path(SCRATCH) / f"router-{uuid.uuid4().hex}.yml"
-    db = DatabaseRef(name="router", host="127.0.0.1", port=5432, user="postgres")
-    path.write_text(config_text("127.0.0.1", database_entry(db, MONITORS, perform_setup=False)))
+    db = Database(name="router", host="127.0.0.1", port=5432, user="postgres")
+    path.write_text(config_text(database_entry(db, MONITORS, perform_setup=False, tag=RELIABILITY_TAG)))
     config = load_config(str(path), Renderer())
     assert config.label_names == LABELS
     return Router(config.databases[0], config.label_names)
@@ -432,10 +426,10 @@ class Exporter:
 @pytest.fixture(scope="module")
 def exporter(pg_dsn, tmp_path_factory):
     """A database on the shared server (dropped afterwards) and a pgne counting its channel."""
-    with database_on(pg_dsn) as db:
+    with throwaway_database(pg_dsn) as db:
         work = tmp_path_factory.mktemp("hostile-pgne")
         path = work / "events_config.yml"
-        path.write_text(config_text(db.host, database_entry(db, MONITORS, perform_setup=False)))
+        path.write_text(config_text(database_entry(db, MONITORS, perform_setup=False, tag=RELIABILITY_TAG)))
         proc = PgneProcess(path, work / "pgne")
         try:
             proc.start(timeout=60)
@@ -637,7 +631,7 @@ assert all(len(s.encode()) <= 63 for s in (HOSTILE_TABLE, HOSTILE_SCHEMA, HOSTIL
 
 def apply_config(tmp_path: Path, db, monitors, **entry) -> tuple[int, str, str]:
     path = tmp_path / f"inject-{uuid.uuid4().hex[:6]}.yml"
-    path.write_text(config_text(db.host, database_entry(db, monitors, **entry)))
+    path.write_text(config_text(database_entry(db, monitors, **{"tag": RELIABILITY_TAG, **entry})))
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = pgne_main(["apply", "-c", str(path)])
@@ -775,7 +769,7 @@ def test_sql_injection_through_the_channel_is_quoted_and_pgne_counts_on_it(victi
     assert payload["data"] == {"code": "alpha"}
     # pgne run LISTENs on exactly that channel
     path = tmp_path / "run.yml"
-    path.write_text(config_text(db.host, database_entry(db, monitors, channel=HOSTILE_CHANNEL, tag="rel")))
+    path.write_text(config_text(database_entry(db, monitors, channel=HOSTILE_CHANNEL, tag="rel")))
     proc = PgneProcess(path, tmp_path / "pgne")
     try:
         proc.start(timeout=60)
@@ -792,7 +786,7 @@ def test_sql_injection_through_the_channel_is_quoted_and_pgne_counts_on_it(victi
 def test_sql_injection_through_tag_and_database_name_only_reaches_escaped_comments(pg_dsn, tmp_path):
     """tag, host and database name appear in the header comment of the script: a newline must
     not end the comment."""
-    with database_on(pg_dsn, "db\n; DROP TABLE victim; --") as db:
+    with throwaway_database(pg_dsn, "db\n; DROP TABLE victim; --") as db:
         run_sql(db, "CREATE TABLE victim (id int)", "CREATE TABLE one (id int)")
         code, out, err = apply_config(tmp_path, db, [{"table": "one", "enabled": True,
                                                       "function": "simple_event_notification", "events": ["insert"]}],

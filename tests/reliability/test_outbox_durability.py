@@ -24,10 +24,14 @@ from collections import Counter
 
 import psycopg2
 import pytest
-from cluster import TempCluster
-from outbox_helpers import OTHER, WHITELIST, MonotonicWatch, backlog_rows, exported, outbox_config, whitelisted
-from reliability_helpers import create_database, record, run_sql
-from runner import PgneProcess, process_gone, wait_gone, wait_until
+from support.clusters import TempCluster
+from support.databases import create_database, run_sql
+from support.exporter import PgneProcess
+from support.faults import record
+from support.metrics import MonotonicWatch
+from support.outbox import OTHER, WHITELIST, backlog_rows, exported, outbox_config, whitelisted
+from support.processes import process_gone, wait_gone
+from support.waiting import wait_until
 
 WRITERS = 8
 TRANSACTIONS = 500  # per writer

@@ -16,10 +16,13 @@ from __future__ import annotations
 import signal
 
 import pytest
-from outbox_helpers import MonotonicWatch
 from prometheus_client.parser import text_string_to_metric_families
-from reliability_helpers import config_text, database_entry, run_sql
-from runner import PgneProcess, wait_gone, wait_until
+from support.configs import RELIABILITY_TAG, config_text, database_entry
+from support.databases import run_sql
+from support.exporter import PgneProcess
+from support.metrics import MonotonicWatch
+from support.processes import wait_gone
+from support.waiting import wait_until
 
 TABLES = """
 CREATE TABLE one (id serial PRIMARY KEY, code text, note text);
@@ -45,7 +48,8 @@ def two(events=("insert", "delete")) -> dict:
 
 
 def write_config(path, db, monitors) -> None:
-    path.write_text(config_text(db.host, database_entry(db, monitors, delivery="outbox", drain_interval=0.1)))
+    path.write_text(config_text(database_entry(db, monitors, delivery="outbox", drain_interval=0.1,
+                                               tag=RELIABILITY_TAG)))
 
 
 def series(proc: PgneProcess, db, watch: MonotonicWatch | None = None) -> dict[tuple, float]:
@@ -237,7 +241,7 @@ def test_outbox_config_changed_while_pgne_is_stopped_keeps_every_series_and_coun
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_notify_to_outbox_sighup_switch_keeps_its_count_across_restarts_of_pgne(db, tmp_path, how):
     path = tmp_path / "events_config.yml"
-    path.write_text(config_text(db.host, database_entry(db, [two()])))
+    path.write_text(config_text(database_entry(db, [two()], tag=RELIABILITY_TAG)))
     proc = PgneProcess(path, tmp_path / "pgne")
     labels = {"operation": "INSERT", "host": db.host_label, "database": db.name, "tag": "rel", "schema": "public",
               "table": "two"}

@@ -8,20 +8,12 @@ Rows committed during the partition wait in pgne.event_log and are counted after
 from __future__ import annotations
 
 import pytest
-from outbox_helpers import wait_drained
-from reliability_helpers import (
-    PartitionProxy,
-    Stopwatch,
-    config_text,
-    create_database,
-    database_entry,
-    db_labels,
-    record,
-    run_sql,
-    up_labels,
-    wait_value,
-)
-from runner import PgneProcess
+from support.configs import RELIABILITY_TAG, config_text, database_entry
+from support.databases import create_database, run_sql
+from support.exporter import PgneProcess
+from support.faults import PartitionProxy, Stopwatch, record
+from support.metrics import db_labels, up_labels, wait_value
+from support.outbox import wait_drained
 
 ONE = {"table": "one", "enabled": True, "function": "notification_with_payload",
        "columns_to_label": [{"code": ["alpha", "beta", "gamma"]}], "events": ["insert"]}
@@ -35,9 +27,10 @@ def test_outbox_silent_partition_is_noticed_within_30_s_and_nothing_is_lost(clus
     run_sql(db, "CREATE TABLE one (id serial PRIMARY KEY, code text)")
     proxy = PartitionProxy(cluster.port)
     try:
-        entry = database_entry(db, [ONE], port=proxy.port, delivery="outbox", drain_interval=drain_interval)
+        entry = database_entry(db, [ONE], port=proxy.port, delivery="outbox", drain_interval=drain_interval,
+                               tag=RELIABILITY_TAG)
         path = tmp_path / "events_config.yml"
-        path.write_text(config_text(db.host, entry))
+        path.write_text(config_text(entry))
         proc = PgneProcess(path, tmp_path / "pgne").start(timeout=60)
         via = type(db)(name=db.name, host=db.host, port=proxy.port, user=db.user)  # pgne's labels
         run_sql(db, "INSERT INTO one (code) SELECT 'alpha' FROM generate_series(1, 3)")

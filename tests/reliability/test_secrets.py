@@ -16,22 +16,15 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import pgne_env
 from psycopg2 import sql
-from reliability_helpers import (
-    TAG,
-    DatabaseRef,
-    config_text,
-    database_entry,
-    events,
-    query,
-    run_sql,
-    settle,
-    start_cluster,
-    up_labels,
-    wait_value,
-)
-from runner import PgneProcess, free_port, wait_until
+from support.clusters import start_cluster
+from support.configs import RELIABILITY_TAG as TAG
+from support.configs import config_text, database_entry
+from support.databases import Database, create_database, query, run_sql
+from support.exporter import PgneProcess
+from support.metrics import events, settle, up_labels, wait_value
+from support.processes import free_port, pgne_env
+from support.waiting import wait_until
 
 HBA = """\
 local all all trust
@@ -68,21 +61,21 @@ class Secured:
     def __init__(self, cluster):
         self.cluster = cluster
         self.port = cluster.port
-        self.app = DatabaseRef(name="app", host="127.0.0.1", port=cluster.port, user="app_user",
-                               password=APP_PASSWORD)
-        self.admin = DatabaseRef(name="app", host="127.0.0.1", port=cluster.port, user="postgres")
+        self.app = Database(name="app", host="127.0.0.1", port=cluster.port, user="app_user",
+                            password=APP_PASSWORD)
+        self.admin = Database(name="app", host="127.0.0.1", port=cluster.port, user="postgres")
 
-    def as_role(self, user: str, password: str) -> DatabaseRef:
-        return DatabaseRef(name="app", host="127.0.0.1", port=self.port, user=user, password=password)
+    def as_role(self, user: str, password: str) -> Database:
+        return Database(name="app", host="127.0.0.1", port=self.port, user=user, password=password)
 
 
 @pytest.fixture(scope="module")
 def secured():
     cluster = start_cluster(hba=HBA)
     try:
+        create_database(cluster, name="app")
         su = cluster.connect()
         with su.cursor() as cur:
-            cur.execute("CREATE DATABASE app")
             cur.execute("REVOKE CONNECT, TEMPORARY ON DATABASE app FROM PUBLIC")  # CONNECT must be granted
             cur.execute(sql.SQL(LEAST_PRIVILEGE_SQL).format(db=sql.Identifier("app")),
                         {"admin_password": ADMIN_SECRET, "reader_password": SECRET})
@@ -106,7 +99,7 @@ def secured():
 
 def write(tmp_path: Path, name: str, *entries: dict) -> Path:
     path = tmp_path / name
-    path.write_text(config_text("127.0.0.1", *entries))
+    path.write_text(config_text(*entries))
     return path
 
 
@@ -171,7 +164,7 @@ def test_least_privilege_admin_applies_and_a_connect_only_role_runs_pgne_countin
 
     admin_config = write(tmp_path, "admin.yml", database_entry(
         secured.as_role("pgne_admin", ""), MONITORS, perform_setup=False, password=None,
-        password_file=str(secret_file(tmp_path, ADMIN_SECRET))))
+        password_file=str(secret_file(tmp_path, ADMIN_SECRET)), tag=TAG))
     applied = pgne("apply", "-c", admin_config)
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert "applied" in applied.stdout
@@ -179,7 +172,8 @@ def test_least_privilege_admin_applies_and_a_connect_only_role_runs_pgne_countin
     assert (again.returncode, again.stdout.strip()) == (0, f"127.0.0.1:{secured.port}/app: up to date")
 
     run_config = write(tmp_path, "run.yml", database_entry(
-        reader, MONITORS, perform_setup=False, password=None, password_file=str(secret_file(tmp_path, SECRET))))
+        reader, MONITORS, perform_setup=False, password=None, password_file=str(secret_file(tmp_path, SECRET)),
+        tag=TAG))
     status = pgne("status", "-c", run_config)  # the reader can compare too: catalogs only
     assert status.returncode == 0, status.stdout + status.stderr
     proc = PgneProcess(run_config, tmp_path / "pgne")
@@ -213,13 +207,13 @@ def test_password_file_secret_never_in_logs_argv_environ_errors_or_metrics(secur
     refused_port = free_port()
     path = write(
         tmp_path, "events_config.yml",
-        database_entry(reader, MONITORS, perform_setup=False, password=None, password_file=str(good)),
+        database_entry(reader, MONITORS, perform_setup=False, password=None, password_file=str(good), tag=TAG),
         # nothing listens there: connection refused, retried
-        database_entry(DatabaseRef("app", "127.0.0.1", refused_port, "pgne_reader"), MONITORS, perform_setup=False,
-                       password=None, password_file=str(good), connect_timeout=2),
+        database_entry(Database("app", "127.0.0.1", refused_port, "pgne_reader"), MONITORS, perform_setup=False,
+                       password=None, password_file=str(good), connect_timeout=2, tag=TAG),
         # the server says: password authentication failed
-        database_entry(DatabaseRef("postgres", "127.0.0.1", secured.port, "pgne_reader"), MONITORS,
-                       perform_setup=True, password=None, password_file=str(wrong)))
+        database_entry(Database("postgres", "127.0.0.1", secured.port, "pgne_reader"), MONITORS,
+                       perform_setup=True, password=None, password_file=str(wrong), tag=TAG))
     proc = PgneProcess(path, tmp_path / "pgne", log_level="DEBUG")
     try:
         proc.start(expect_up=False, timeout=60)
@@ -252,9 +246,9 @@ def test_env_var_secret_never_in_logs_argv_errors_or_metrics(secured, tmp_path, 
     monkeypatch.setenv("PGNE_REL_SECRET", SECRET)
     monkeypatch.setenv("PGNE_REL_WRONG", WRONG_SECRET)
     path = write(tmp_path, "events_config.yml",
-                 database_entry(reader, MONITORS, perform_setup=False, password="${PGNE_REL_SECRET}"),
-                 database_entry(DatabaseRef("postgres", "127.0.0.1", secured.port, "pgne_reader"), MONITORS,
-                                perform_setup=False, password="${PGNE_REL_WRONG}"))
+                 database_entry(reader, MONITORS, perform_setup=False, password="${PGNE_REL_SECRET}", tag=TAG),
+                 database_entry(Database("postgres", "127.0.0.1", secured.port, "pgne_reader"), MONITORS,
+                                perform_setup=False, password="${PGNE_REL_WRONG}", tag=TAG))
     assert SECRET not in path.read_text()
     proc = PgneProcess(path, tmp_path / "pgne", log_level="DEBUG")
     try:

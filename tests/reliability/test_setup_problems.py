@@ -17,17 +17,21 @@ import os
 
 import psycopg2
 import pytest
-from helpers import pgne_functions, pgne_triggers, run_pgne, schema_exists
-from reliability_helpers import (
-    TAG,
-    config_text,
+from support.clusters import start_cluster
+from support.configs import RELIABILITY_TAG as TAG
+from support.configs import config_text, database_entry
+from support.databases import (
     create_database,
-    database_entry,
-    database_on,
+    pgne_functions,
+    pgne_triggers,
+    query,
     run_sql,
-    start_cluster,
+    schema_exists,
+    throwaway_database,
 )
-from runner import PgneProcess, wait_until
+from support.exporter import PgneProcess
+from support.processes import run_pgne
+from support.waiting import wait_until
 
 ADMIN_DSN = os.environ.get("PGNE_TEST_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 ORDERS = {"table": "orders", "enabled": True, "function": "notification_with_payload",
@@ -44,19 +48,8 @@ REFUSED_5 = REFUSED.replace("> 0", "= 5")
 @pytest.fixture(scope="module")
 def twopc():
     """A cluster that allows prepared transactions."""
-    cluster = start_cluster(settings={"max_prepared_transactions": "5"})
-    try:
+    with start_cluster(settings={"max_prepared_transactions": "5"}) as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
-
-
-@pytest.fixture
-def processes():
-    started: list[PgneProcess] = []
-    yield started
-    for process in started:
-        process.kill_leftovers()
 
 
 def orders_database(cluster):
@@ -67,7 +60,7 @@ def orders_database(cluster):
 
 def write_config(tmp_path, *entries: dict, name: str = "events_config.yml") -> str:
     path = tmp_path / name
-    path.write_text(config_text("127.0.0.1", *entries))
+    path.write_text(config_text(*entries))
     return str(path)
 
 
@@ -77,7 +70,7 @@ def display(db) -> str:
 
 def installed(db) -> tuple[set, set]:
     """(pgne triggers, pgne functions) in the database."""
-    conn = db.connect()
+    conn = db.connect(autocommit=True)
     try:
         return pgne_triggers(conn), pgne_functions(conn) if schema_exists(conn) else set()
     finally:
@@ -86,7 +79,7 @@ def installed(db) -> tuple[set, set]:
 
 def prepare_and(db, finish: str, gid: str, supplier: str, rows: int) -> None:
     """INSERT `rows` rows in a transaction, PREPARE it, then COMMIT or ROLLBACK PREPARED."""
-    conn = db.connect()  # autocommit: psycopg2 would not know that PREPARE ends the transaction
+    conn = db.connect(autocommit=True)  # autocommit: psycopg2 would not know that PREPARE ends the transaction
     try:
         with conn.cursor() as cur:
             cur.execute("BEGIN")
@@ -97,9 +90,9 @@ def prepare_and(db, finish: str, gid: str, supplier: str, rows: int) -> None:
         conn.close()
 
 
-def start(processes, config: str, workdir, *args: str) -> PgneProcess:
+def start(pgne_processes, config: str, workdir, *args: str) -> PgneProcess:
     proc = PgneProcess(config, workdir, *args)
-    processes.append(proc)
+    pgne_processes.append(proc)
     return proc.start()
 
 
@@ -165,9 +158,9 @@ def landing_rows(proc: PgneProcess) -> list[list[str]]:
 
 
 def test_notify_where_prepared_transactions_are_allowed_is_refused_by_apply_status_and_perform_setup(
-        twopc, tmp_path, processes):
+        twopc, tmp_path, pgne_processes):
     db = orders_database(twopc)
-    config = write_config(tmp_path, database_entry(db, [ORDERS]))
+    config = write_config(tmp_path, database_entry(db, [ORDERS], tag=TAG))
 
     proc = run_pgne("apply", "-c", config)
     assert (proc.returncode, proc.stderr, proc.stdout) == (1, "", f"{display(db)}: FAILED: {REFUSED_5} "
@@ -185,7 +178,7 @@ def test_notify_where_prepared_transactions_are_allowed_is_refused_by_apply_stat
                                         f"{display(db)}  missing         trigger pgne_delete on public.orders"]
 
     # pgne run with perform_setup: installs nothing, listens all the same, and says why
-    pgne = start(processes, config, tmp_path / "run")
+    pgne = start(pgne_processes, config, tmp_path / "run")
     assert problems(pgne, db) == {("notify_refused", "", "", ""): 1, ("missing_table", "public", "orders", ""): 0,
                                   LEGACY_ORDERS: 0,
                                   ("missing_label_column", "public", "orders", "supplier"): 0}
@@ -196,23 +189,13 @@ def test_notify_where_prepared_transactions_are_allowed_is_refused_by_apply_stat
     assert installed(db) == (set(), set())
     # and the application's prepared transactions work
     prepare_and(db, "COMMIT", "t1", "acme", 3)
-    assert run_sql_rows(db, "SELECT count(*) FROM orders") == [(3,)]
-
-
-def run_sql_rows(db, statement: str) -> list[tuple]:
-    conn = db.connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-            return cur.fetchall()
-    finally:
-        conn.close()
+    assert query(db, "SELECT count(*) FROM orders") == [(3,)]
 
 
 def test_opting_in_installs_notify_as_before_and_installed_triggers_are_reported_not_dropped(
-        twopc, tmp_path, processes):
+        twopc, tmp_path, pgne_processes):
     db = orders_database(twopc)
-    opted_in = write_config(tmp_path, database_entry(db, [ORDERS], notify_with_prepared_transactions=True),
+    opted_in = write_config(tmp_path, database_entry(db, [ORDERS], notify_with_prepared_transactions=True, tag=TAG),
                             name="opted-in.yml")
     proc = run_pgne("apply", "-c", opted_in)
     assert (proc.returncode, proc.stderr) == (0, "")
@@ -233,7 +216,7 @@ def test_opting_in_installs_notify_as_before_and_installed_triggers_are_reported
         conn.close()
 
     # without the key, the installed triggers are reported and left as they are
-    refused = write_config(tmp_path, database_entry(db, [ORDERS]), name="refused.yml")
+    refused = write_config(tmp_path, database_entry(db, [ORDERS], tag=TAG), name="refused.yml")
     left = (f"{REFUSED_5}; pgne triggers already installed are left in place (2): PREPARE TRANSACTION fails "
             f"after a write to their tables")
     proc = run_pgne("status", "-c", refused)
@@ -245,8 +228,8 @@ def test_opting_in_installs_notify_as_before_and_installed_triggers_are_reported
 
     # perform_setup with the key installs on a fresh database and counts
     fresh = orders_database(twopc)
-    config = write_config(tmp_path, database_entry(fresh, [ORDERS], notify_with_prepared_transactions=True))
-    pgne = start(processes, config, tmp_path / "run")
+    config = write_config(tmp_path, database_entry(fresh, [ORDERS], notify_with_prepared_transactions=True, tag=TAG))
+    pgne = start(pgne_processes, config, tmp_path / "run")
     assert problems(pgne, fresh) == {("notify_refused", "", "", ""): 0, ("missing_table", "public", "orders", ""): 0,
                                      LEGACY_ORDERS: 0,
                                      ("missing_label_column", "public", "orders", "supplier"): 0}
@@ -260,14 +243,14 @@ def test_opting_in_installs_notify_as_before_and_installed_triggers_are_reported
 
 
 def test_outbox_where_prepared_transactions_are_allowed_installs_and_counts_commit_prepared_only(
-        twopc, tmp_path, processes):
+        twopc, tmp_path, pgne_processes):
     db = orders_database(twopc)
-    config = write_config(tmp_path, database_entry(db, [ORDERS], delivery="outbox", drain_interval=0.1))
+    config = write_config(tmp_path, database_entry(db, [ORDERS], delivery="outbox", drain_interval=0.1, tag=TAG))
     proc = run_pgne("apply", "-c", config)
     assert (proc.returncode, proc.stderr) == (0, "")
     assert proc.stdout.startswith(f"{display(db)}: applied: ")
 
-    pgne = start(processes, config, tmp_path / "run", "--trigger-check-interval", "1")
+    pgne = start(pgne_processes, config, tmp_path / "run", "--trigger-check-interval", "1")
     assert problems(pgne, db) == {("notify_refused", "", "", ""): 0, ("missing_table", "public", "orders", ""): 0,
                                   LEGACY_ORDERS: 0,
                                   ("missing_label_column", "public", "orders", "supplier"): 0}
@@ -285,11 +268,11 @@ def test_outbox_where_prepared_transactions_are_allowed_installs_and_counts_comm
 # --------------------------------------------------------------------------- missing label column
 
 
-def test_a_label_column_the_table_lacks_fails_apply_and_status_and_perform_setup_shows_it(tmp_path, processes):
-    with database_on(ADMIN_DSN) as db:
+def test_a_label_column_the_table_lacks_fails_apply_and_status_and_perform_setup_shows_it(tmp_path, pgne_processes):
+    with throwaway_database(ADMIN_DSN) as db:
         run_sql(db, "CREATE TABLE orders (id serial PRIMARY KEY, supplier text)")
         monitor = dict(ORDERS, columns_to_label=[{"Supplier": ["acme"]}])
-        config = write_config(tmp_path, database_entry(db, [monitor]))
+        config = write_config(tmp_path, database_entry(db, [monitor], tag=TAG))
         assert run_pgne("check", "-c", config).returncode == 0  # check does not connect
         reason = "label column Supplier does not exist in table public.orders"
         detail = f"{reason} (it has supplier: column names are case-sensitive)"
@@ -302,7 +285,7 @@ def test_a_label_column_the_table_lacks_fails_apply_and_status_and_perform_setup
         assert (proc.returncode, proc.stderr) == (1, "")
         assert proc.stdout.splitlines()[1] == f"{display(db)}  missing label column  {detail}"
 
-        pgne = start(processes, config, tmp_path / "run")
+        pgne = start(pgne_processes, config, tmp_path / "run")
         assert problems(pgne, db) == {("notify_refused", "", "", ""): 0, ("missing_table", "public", "orders", ""): 0,
                                       LEGACY_ORDERS: 0,
                                       ("missing_label_column", "public", "orders", "Supplier"): 1}
@@ -313,12 +296,12 @@ def test_a_label_column_the_table_lacks_fails_apply_and_status_and_perform_setup
 
 
 def test_the_periodic_check_finds_a_renamed_label_column_and_its_return_with_perform_setup_false(
-        tmp_path, processes):
-    with database_on(ADMIN_DSN) as db:
+        tmp_path, pgne_processes):
+    with throwaway_database(ADMIN_DSN) as db:
         run_sql(db, "CREATE TABLE orders (id serial PRIMARY KEY, supplier text)")
-        config = write_config(tmp_path, database_entry(db, [ORDERS], perform_setup=False))
+        config = write_config(tmp_path, database_entry(db, [ORDERS], perform_setup=False, tag=TAG))
         assert run_pgne("apply", "-c", config).returncode == 0
-        pgne = start(processes, config, tmp_path / "run", "--trigger-check-interval", "1")
+        pgne = start(pgne_processes, config, tmp_path / "run", "--trigger-check-interval", "1")
         missing = ("missing_label_column", "public", "orders", "supplier")
         assert problems(pgne, db)[missing] == 0
         host = host_label(pgne, db)
@@ -344,19 +327,20 @@ def test_the_periodic_check_finds_a_renamed_label_column_and_its_return_with_per
 # --------------------------------------------------------------------------- the landing page
 
 
-def test_landing_page_and_metrics_show_each_databases_setup_problems_with_the_reason(twopc, tmp_path, processes):
+def test_landing_page_and_metrics_show_each_databases_setup_problems_with_the_reason(twopc, tmp_path, pgne_processes):
     """One `pgne run` with perform_setup on four databases: a missing table, a missing label
     column, notify refused on a 2PC server, and one that is fine."""
     nosuch = {"table": "nosuch", "enabled": True, "function": "simple_event_notification", "events": ["insert"]}
-    with database_on(ADMIN_DSN) as lacks_table, database_on(ADMIN_DSN) as lacks_column, \
-            database_on(ADMIN_DSN) as fine:
+    with throwaway_database(ADMIN_DSN) as lacks_table, throwaway_database(ADMIN_DSN) as lacks_column, \
+            throwaway_database(ADMIN_DSN) as fine:
         for db in (lacks_table, lacks_column, fine):
             run_sql(db, "CREATE TABLE orders (id serial PRIMARY KEY, supplier text)")
         refused = orders_database(twopc)
-        config = write_config(tmp_path, database_entry(lacks_table, [ORDERS, nosuch]),
-                              database_entry(lacks_column, [dict(ORDERS, columns_to_label=[{"supplir": ["acme"]}])]),
-                              database_entry(refused, [ORDERS]), database_entry(fine, [ORDERS]))
-        pgne = start(processes, config, tmp_path / "run")
+        config = write_config(tmp_path, database_entry(lacks_table, [ORDERS, nosuch], tag=TAG),
+                              database_entry(lacks_column, [dict(ORDERS, columns_to_label=[{"supplir": ["acme"]}])],
+                                             tag=TAG),
+                              database_entry(refused, [ORDERS], tag=TAG), database_entry(fine, [ORDERS], tag=TAG))
+        pgne = start(pgne_processes, config, tmp_path / "run")
 
         assert {db.name: problems(pgne, db) for db in (lacks_table, lacks_column, refused, fine)} == {
             lacks_table.name: {("notify_refused", "", "", ""): 0, ("missing_table", "public", "orders", ""): 0,

@@ -7,24 +7,14 @@ once the standby is promoted (the failover), pgne sets it up and counts exactly.
 from __future__ import annotations
 
 import pytest
-from cluster import TempCluster
-from outbox_helpers import wait_drained
-from reliability_helpers import (
-    DatabaseRef,
-    Stopwatch,
-    config_text,
-    create_database,
-    database_entry,
-    db_labels,
-    events,
-    record,
-    run_sql,
-    settle,
-    start_cluster,
-    up_labels,
-    wait_value,
-)
-from runner import PgneProcess, wait_until
+from support.clusters import TempCluster, start_cluster
+from support.configs import RELIABILITY_TAG, config_text, database_entry
+from support.databases import Database, create_database, run_sql
+from support.exporter import PgneProcess
+from support.faults import Stopwatch, record
+from support.metrics import db_labels, events, settle, up_labels, wait_value
+from support.outbox import wait_drained
+from support.waiting import wait_until
 
 ONE = {"table": "one", "enabled": True, "function": "notification_with_payload",
        "columns_to_label": [{"code": ["alpha", "beta"]}], "events": ["insert"]}
@@ -42,11 +32,11 @@ def test_a_hot_standby_is_one_clear_line_and_database_down_until_promoted_then_c
         standby = TempCluster.standby_of(primary)
         standby.start()
         standby.wait_ready()
-        on_standby = DatabaseRef(name=db.name, host=db.host, port=standby.port, user=db.user)
+        on_standby = Database(name=db.name, host=db.host, port=standby.port, user=db.user)
 
-        entry = database_entry(on_standby, [ONE], perform_setup=True, delivery=delivery)
+        entry = database_entry(on_standby, [ONE], perform_setup=True, delivery=delivery, tag=RELIABILITY_TAG)
         path = tmp_path / "events_config.yml"
-        path.write_text(config_text(db.host, entry))
+        path.write_text(config_text(entry))
         proc = PgneProcess(path, tmp_path / "pgne").start(expect_up=False, timeout=60)
         wait_until(lambda: STANDBY_LINE in proc.stderr_text(), 30, "the standby line", proc.describe)
         # a while on the standby: several checks (backoff 1, 2, 4 s), one line, database down
@@ -98,11 +88,11 @@ def test_outbox_on_a_read_only_database_is_one_clear_line_and_database_down_unti
     from psycopg2 import sql
 
     run_sql(pg_database, "CREATE TABLE one (id serial PRIMARY KEY, code text)")
-    db = DatabaseRef(name=pg_database.name, host=pg_database.host, port=pg_database.port, user=pg_database.user,
+    db = Database(name=pg_database.name, host=pg_database.host, port=pg_database.port, user=pg_database.user,
                      password=pg_database.password or "")
-    entry = database_entry(db, [ONE], perform_setup=True, delivery="outbox")
+    entry = database_entry(db, [ONE], perform_setup=True, delivery="outbox", tag=RELIABILITY_TAG)
     path = tmp_path / "events_config.yml"
-    path.write_text(config_text(db.host, entry))
+    path.write_text(config_text(entry))
     proc = PgneProcess(path, tmp_path / "pgne").start(timeout=60)
     run_sql(db, "INSERT INTO one (code) SELECT 'alpha' FROM generate_series(1, 4)")
     wait_drained(proc, db, {("INSERT", "one", "alpha"): 4})

@@ -20,19 +20,13 @@ import uuid
 from collections import Counter
 
 import pytest
-from helpers import Listener, apply_in_process, event
-from outbox_helpers import wait_drained
 from psycopg2 import sql
-from reliability_helpers import (
-    DatabaseRef,
-    config_text,
-    create_database,
-    database_entry,
-    database_on,
-    query,
-    start_cluster,
-)
-from runner import PgneProcess
+from support.clusters import start_cluster
+from support.configs import RELIABILITY_TAG, config_text, database_entry
+from support.databases import Database, create_database, query, throwaway_database
+from support.exporter import PgneProcess, apply_in_process
+from support.listener import Listener, event
+from support.outbox import wait_drained
 
 from pgne.config import parse_config
 from pgne.model import BUILTIN_LABELS, EVENTS, LABEL_NAME_RE
@@ -44,8 +38,8 @@ STATEMENTS = 1000
 
 def apply(tmp_path, db, monitors: list[dict], mode: str, name: str = "events_config.yml", **options):
     path = tmp_path / name
-    path.write_text(config_text(db.host, database_entry(db, monitors, perform_setup=False, delivery=mode,
-                                                        **options)))
+    path.write_text(config_text(database_entry(db, monitors, perform_setup=False, delivery=mode,
+                                               **{"tag": RELIABILITY_TAG, **options})))
     result = apply_in_process(path)
     assert result.code == 0, result.stdout
     return path
@@ -56,7 +50,7 @@ def warnings_of(conn) -> list[str]:
 
 
 def outbox_counts(db, tables=None) -> Counter:
-    """pgne.event_log summed like helpers.Listener sums notifications."""
+    """pgne.event_log summed like support.listener.Listener sums notifications."""
     counts: Counter = Counter()
     for table, operation, labels, n in query(db, "SELECT table_name, operation, labels, sum(n) FROM pgne.event_log "
                                                  "GROUP BY 1, 2, 3"):
@@ -70,11 +64,8 @@ def outbox_counts(db, tables=None) -> Counter:
 @pytest.fixture(scope="module")
 def quiet_cluster():
     """A cluster where nothing but the test assigns XIDs (no autovacuum, no other tests)."""
-    cluster = start_cluster(settings={"autovacuum": "off"})
-    try:
+    with start_cluster(settings={"autovacuum": "off"}) as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 XID_MONITORS = [
@@ -210,11 +201,11 @@ def template_identifiers() -> list[str]:
     monitors = [{"table": "t1", "enabled": True, "function": "notification_with_payload",
                  "columns_to_label": [{"code": ["alpha"]}], "events": every_event},
                 {"table": "t2", "enabled": True, "function": "simple_event_notification", "events": every_event}]
-    db = DatabaseRef(name="d", host="localhost", port=5432, user="u")
+    db = Database(name="d", host="localhost", port=5432, user="u")
     words: set[str] = set()
     for mode in MODES:
-        config = parse_config("events_config.yml", config_text(db.host, database_entry(db, monitors, delivery=mode)),
-                              renderer)
+        config = parse_config("events_config.yml",
+                              config_text(database_entry(db, monitors, delivery=mode, tag=RELIABILITY_TAG)), renderer)
         [database] = config.databases
         for monitor in database.enabled_monitors:
             rendered = renderer.render_monitor(database, monitor).create_function
@@ -232,7 +223,7 @@ def named_like_templates(request, pg_dsn, tmp_path_factory):
     name (notification_with_payload) and a table `s<i>` with a column of that name
     (simple_event_notification); every event; one apply."""
     mode = request.param
-    with database_on(pg_dsn) as db:
+    with throwaway_database(pg_dsn) as db:
         monitors, ddl = [], []
         for i, name in enumerate(IDENTIFIERS):
             column = sql.Identifier(name).as_string(db.connect())

@@ -9,8 +9,11 @@ import os
 import signal
 
 import pytest
-from reliability_helpers import DatabaseRef, config_text, database_entry, run_sql, start_cluster
-from runner import PgneProcess, wait_until
+from support.clusters import start_cluster
+from support.configs import RELIABILITY_TAG, config_text, database_entry
+from support.databases import Database, create_database, drop_database, run_sql
+from support.exporter import PgneProcess
+from support.waiting import wait_until
 
 MONITOR = {"table": "t", "enabled": True, "function": "simple_event_notification", "events": ["insert"]}
 PER_DATABASE = ("pgne_database_up", "pgne_notifications_total", "pgne_reconnects_total",
@@ -39,14 +42,8 @@ def apps(clusters):
         if not cluster.is_running():
             cluster.start()
         cluster.wait_ready()
-        conn = cluster.connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute("DROP DATABASE IF EXISTS app WITH (FORCE)")
-                cur.execute("CREATE DATABASE app")
-        finally:
-            conn.close()
-        ref = DatabaseRef(name="app", host="127.0.0.1", port=cluster.port, user="postgres")
+        drop_database(cluster, Database("app"))
+        ref = create_database(cluster, name="app")
         run_sql(ref, "CREATE TABLE t (id serial PRIMARY KEY)")
         refs.append(ref)
     return refs
@@ -62,6 +59,16 @@ def events(proc: PgneProcess, db) -> float | None:
                                             "tag": "rel", "schema": "public", "table": "t"})
 
 
+def insert_and_wait(proc: PgneProcess, apps, rows: tuple[int, int], expected: tuple[int, int],
+                    timeout: float = 30) -> None:
+    """INSERT rows[i] rows into apps[i], then wait until pgne exports `expected` for the two."""
+    first, second = apps
+    insert(first, rows[0])
+    insert(second, rows[1])
+    wait_until(lambda: (events(proc, first), events(proc, second)) == expected, timeout,
+               f"{expected[0]} and {expected[1]}", proc.describe)
+
+
 def hosts_of(proc: PgneProcess, name: str) -> set[str]:
     return {dict(labels)["host"] for labels in proc.series(name, database="app")}
 
@@ -70,13 +77,12 @@ def test_two_clusters_with_database_app_have_their_own_series_and_up(clusters, a
     first, second = apps
     assert first.host_label == f"127.0.0.1:{first.port}" and second.host_label == f"127.0.0.1:{second.port}"
     path = tmp_path / "events_config.yml"
-    path.write_text(config_text("127.0.0.1", database_entry(first, [MONITOR]), database_entry(second, [MONITOR])))
+    path.write_text(config_text(database_entry(first, [MONITOR], tag=RELIABILITY_TAG),
+                                database_entry(second, [MONITOR], tag=RELIABILITY_TAG)))
     proc = PgneProcess(path, tmp_path / "pgne")
     try:
         proc.start()
-        insert(first, 3)
-        insert(second, 5)
-        wait_until(lambda: (events(proc, first), events(proc, second)) == (3, 5), 30, "3 and 5", proc.describe)
+        insert_and_wait(proc, apps, (3, 5), (3, 5))
         for name in PER_DATABASE:
             assert hosts_of(proc, name) == {first.host_label, second.host_label}, name
         counted = {db.host_label: proc.value("pgne_notifications_total", {"host": db.host_label, "database": "app",
@@ -104,14 +110,12 @@ def test_two_clusters_with_database_app_have_their_own_series_and_up(clusters, a
 def test_two_clusters_with_database_app_in_outbox_mode_export_both_across_restarts(apps, tmp_path):
     first, second = apps
     path = tmp_path / "events_config.yml"
-    path.write_text(config_text("127.0.0.1", *(database_entry(db, [MONITOR], delivery="outbox", drain_interval=0.1)
-                                               for db in apps)))
+    path.write_text(config_text(*(database_entry(db, [MONITOR], delivery="outbox", drain_interval=0.1,
+                                                 tag=RELIABILITY_TAG) for db in apps)))
     proc = PgneProcess(path, tmp_path / "pgne")
     try:
         proc.start()
-        insert(first, 3)
-        insert(second, 5)
-        wait_until(lambda: (events(proc, first), events(proc, second)) == (3, 5), 30, "3 and 5", proc.describe)
+        insert_and_wait(proc, apps, (3, 5), (3, 5))
         assert proc.stop()[0] == 0
         insert(first, 1)  # while pgne is stopped: kept in pgne.event_log
         insert(second, 2)
@@ -120,9 +124,7 @@ def test_two_clusters_with_database_app_in_outbox_mode_export_both_across_restar
         wait_until(lambda: (events(proc, first), events(proc, second)) == (4, 7), 30, "4 and 7", proc.describe)
         for worker in proc.child_pids():  # restarted workers read back what is exported, per database
             os.kill(worker, signal.SIGKILL)
-        insert(first, 10)
-        insert(second, 20)
-        wait_until(lambda: (events(proc, first), events(proc, second)) == (14, 27), 60, "14 and 27", proc.describe)
+        insert_and_wait(proc, apps, (10, 20), (14, 27), timeout=60)
         restarts = {db.host_label: proc.value("pgne_worker_restarts_total", {"host": db.host_label, "database": "app"})
                     for db in apps}
         assert restarts == {first.host_label: 1, second.host_label: 1}

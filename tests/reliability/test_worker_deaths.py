@@ -16,10 +16,14 @@ import threading
 import time
 
 import pytest
-from helpers import config_text, host_label, run_sql
-from outbox_helpers import outbox_entry, wait_drained
-from reliability_helpers import Stopwatch, record, wait_value
-from runner import PgneProcess, children_of, process_gone, wait_until
+from support.configs import config_text
+from support.databases import host_label, run_sql
+from support.exporter import PgneProcess
+from support.faults import Stopwatch, record
+from support.metrics import wait_value
+from support.outbox import outbox_entry, wait_drained
+from support.processes import children_of, process_gone
+from support.waiting import wait_until
 
 WHITELIST = ["alpha", "beta", "gamma"]
 ONE = {"table": "one", "enabled": True, "function": "notification_with_payload",

@@ -10,10 +10,9 @@ import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.inline_configs import config, parse
 
 from pgne.payload import INVALID, UNKNOWN_TABLE, UNMONITORED_EVENT, Router
-
-from .helpers import config, parse
 
 CONFIG = config(
     replace={"      events: [insert]\n": "      columns_to_label:\n        - code: ['alpha', 'beta', 7]\n"

@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.inline_configs import README_FIXTURE, RICH_FIXTURE, config
 
 import pgne
 from pgne.config import load_config
 from pgne.render import Renderer
-
-from .helpers import README_FIXTURE, RICH_FIXTURE, config
 
 PACKAGE_PARENT = str(Path(pgne.__file__).resolve().parent.parent)  # the source checkout, or site-packages
 README_SUMMARY = "valid: 1 host, 1 database (1 enabled), 2 monitors (2 enabled), 3 triggers"

@@ -15,11 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from support.statefiles import write_multiprocess_file as write
 
 from pgne.compaction import compact, relabel_series
 from pgne.statedir import MERGED, READERS_LOCK, reading
-
-from .helpers import write_multiprocess_file as write
 
 LABELS = ("host", "database", "result")
 

@@ -7,14 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
+from support.inline_configs import NAME, README_FIXTURE, config, errors, parse, yaml_text
 
 from pgne.config import DEFAULT_CONFIG_PATH, config_path, load_config
 from pgne.errors import UserError
 from pgne.model import Config, Database, LabelColumn, Monitor, value_as_text
 from pgne.render import Renderer
 from pgne.resources import builtin_templates_dir, config_schema_path
-
-from .helpers import NAME, README_FIXTURE, config, errors, parse, yaml_text
 
 DB = f"{NAME}: localhost > test"  # the prefix of every error about BASE's database
 MON = f"{DB} > monitors[0]"  # ... and about its monitor

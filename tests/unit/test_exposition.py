@@ -16,11 +16,10 @@ from prometheus_client.mmap_dict import mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
+from support.statefiles import write_multiprocess_file as write
 
 from pgne.compaction import compact
 from pgne.exposition import MetricsRenderer
-
-from .helpers import write_multiprocess_file as write
 
 EVENT_LABELS = ["operation", "host", "database", "tag", "schema", "table", "code"]
 ACCEPTS = [

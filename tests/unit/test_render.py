@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+from support.inline_configs import GOLDEN, NAME, README_FIXTURE, RICH_FIXTURE, config, errors, parse
 
 from pgne import __version__
 from pgne.config import load_config
@@ -26,8 +27,6 @@ from pgne.render import (
     quote_literal,
     sql_comment,
 )
-
-from .helpers import GOLDEN, NAME, README_FIXTURE, RICH_FIXTURE, config, errors, parse
 
 UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"
 

@@ -1,19 +1,18 @@
-"""Shared helpers for the unit tests: no database, no network."""
+"""In-memory configs of the unit tests (no database, no network): BASE, the smallest valid
+config, edited with `config()`; `parse()` / `errors()`; the fixture and golden files."""
 from __future__ import annotations
 
-import os
 import textwrap
 from pathlib import Path
 
 import pytest
-from prometheus_client.mmap_dict import MmapedDict
 
 from pgne.config import parse_config
 from pgne.errors import UserError
 from pgne.model import Config
 from pgne.render import Renderer
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent / "unit"
 FIXTURES = HERE / "fixtures"
 GOLDEN = HERE / "golden"
 # A byte-for-byte copy of pg_notify_exporter's README example (../shared/fixtures/).
@@ -65,15 +64,3 @@ def errors(text: str, renderer: Renderer | None = None, base_dir: Path | None = 
         parse(text, renderer, base_dir)
     assert info.value.exit_code == 2
     return info.value.lines
-
-
-def write_multiprocess_file(state_dir, prefix: str, pid: object, entries: dict) -> None:
-    """A prometheus_client multiprocess file `<prefix>_<pid>.db`, written as a process would.
-    entries: {key: value} or {key: (value, timestamp)}."""
-    d = MmapedDict(os.path.join(state_dir, f"{prefix}_{pid}.db"))
-    try:
-        for k, v in entries.items():
-            value, timestamp = v if isinstance(v, tuple) else (v, 0.0)
-            d.write_value(k, value, timestamp)
-    finally:
-        d.close()

@@ -1,102 +1,25 @@
-"""Runs a real `pgne run` subprocess for the integration tests and reads its /metrics over HTTP.
+"""pgne under test: a `pgne run` subprocess (`PgneProcess`) and pgne commands run in this process
+(`apply_in_process`, `status_in_process`: the same code path below the argparse layer).
 
 Nothing here sleeps and hopes: every wait polls a condition until a deadline and then fails
 with what it saw and the tail of pgne's stderr.
 """
 from __future__ import annotations
 
+import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import Iterator, Mapping
 
-from helpers import pgne_env  # noqa: F401 - also imported from here by other tests
-from prometheus_client.parser import text_string_to_metric_families
-
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_TIMEOUT = 30.0
-POLL = 0.05
-
-T = TypeVar("T")
-Samples = dict[tuple[str, frozenset], float]
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def parse_metrics(text: str) -> Samples:
-    """{(sample name, frozenset(label items)): value} of a Prometheus text exposition."""
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
-
-
-def wait_until(condition: Callable[[], T], timeout: float = DEFAULT_TIMEOUT, what: str = "condition",
-               describe: Callable[[], str] | None = None, interval: float = POLL) -> T:
-    """Poll `condition` until it returns something truthy; return that. Fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            detail = describe() if describe else ""
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{detail}")
-        time.sleep(interval)
-
-
-def process_gone(pid: int) -> bool:
-    """True if `pid` no longer runs (absent, or a zombie waiting for its parent)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-def children_of(pid: int) -> list[int]:
-    """Live child processes of `pid` (scans /proc: .../task/*/children needs CONFIG_PROC_CHILDREN)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            found.append(int(entry.name))
-    return sorted(found)
-
-
-def http_get(url: str, headers: Mapping[str, str] | None = None, timeout: float = 10.0) -> tuple[int, dict, bytes]:
-    request = urllib.request.Request(url, headers=dict(headers or {}))
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
-
-
-def labels_key(name: str, labels: Mapping[str, str]) -> tuple[str, frozenset]:
-    return (name, frozenset(labels.items()))
-
+from support.metrics import Samples, http_get, labels_key, parse_metrics
+from support.processes import children_of, free_port, kill_session, pgne_env
+from support.waiting import DEFAULT_TIMEOUT, wait_until
 
 SPAWNED: list["PgneProcess"] = []
 
@@ -143,6 +66,14 @@ class PgneProcess:
             self.wait_all_up(timeout)
         return self
 
+    @contextmanager
+    def running(self, expect_up: bool = True) -> Iterator["PgneProcess"]:
+        """start() for a `with` block (a fixture's yield); its whole session killed afterwards."""
+        try:
+            yield self.start(expect_up)
+        finally:
+            self.kill_leftovers()
+
     def _healthy(self) -> bool:
         if self.process.poll() is not None:
             raise AssertionError(f"pgne run exited with {self.process.returncode} while starting\n"
@@ -178,16 +109,7 @@ class PgneProcess:
 
     def kill_leftovers(self) -> None:
         """Teardown: SIGKILL the master's whole session, whatever state it is in."""
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
+        kill_session(self.process)
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -254,80 +176,41 @@ class PgneProcess:
         return f"--- pgne stderr (last {lines} lines) ---\n{tail}"
 
 
-def wait_gone(pids: Iterable[int], timeout: float, what: str = "processes to exit") -> None:
-    pids = list(pids)
-    wait_until(lambda: all(process_gone(p) for p in pids), timeout, what,
-               lambda: f"still running: {[p for p in pids if not process_gone(p)]}")
-
-
-# -- configs (for tests that build the YAML themselves; conftest's write_config covers most) ----
-
-def database_entry(database, monitors: list[dict], **overrides: object) -> dict:
-    """One database of an events_config.yml for a PgDatabase-like object
-    (.name, .host, .port, .user, optional .password)."""
-    entry = {
-        "database": database.name,
-        "tag": "it",
-        "perform_setup": True,
-        "username": database.user,
-        "password": getattr(database, "password", None) or "",
-        "enabled": True,
-        "port": int(database.port),
-        "monitors": monitors,
-    }
-    entry.update(overrides)
-    return entry
-
-
-def config_yaml(*hosts: tuple[str, list[dict]]) -> str:
-    """events_config.yml text: pg_notify_exporter's list of {host: [database entries]}."""
-    import yaml
-
-    return yaml.safe_dump([{host: entries} for host, entries in hosts], sort_keys=False)
-
-
-# -- an extra database ----------------------------------------------------------------------------
-
 @dataclass(frozen=True)
-class ExtraDatabase:
-    """The attributes of conftest's PgDatabase that write_config and the tests use."""
+class Outcome:
+    """What a pgne command returned and printed."""
 
-    name: str
-    dsn: str
-    host: str
-    port: int
-    user: str
-    password: str | None = None
+    code: int
+    stdout: str
 
     @property
-    def host_label(self) -> str:
-        """pgne's `host` label of this database (`host:port` off port 5432)."""
-        from helpers import host_label
-
-        return host_label(self.host, self.port)
+    def lines(self) -> list[str]:
+        return self.stdout.splitlines()
 
 
-@contextmanager
-def throwaway_database(admin_dsn: str, name: str | None = None) -> Iterator[ExtraDatabase]:
-    """One more fresh database (named `name`, else randomly) on the server of `admin_dsn`, dropped
-    afterwards (for tests that need two, such as a reload that adds a database)."""
-    import psycopg2
-    from psycopg2 import sql
-    from psycopg2.extensions import make_dsn, parse_dsn
+def apply_in_process(config_path: str | os.PathLike, *, dry_run: bool = False, prune: bool = False,
+                     lock_timeout: float | None = None, host: str | None = None,
+                     database: str | None = None) -> Outcome:
+    """pgne.commands.apply on a config file, in this process (UserError propagates)."""
+    from pgne import commands
+    from pgne.config import load_config
+    from pgne.render import DEFAULT_LOCK_TIMEOUT, Renderer
 
-    params = parse_dsn(admin_dsn)
-    name = name or f"pgne_it_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(admin_dsn)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            yield ExtraDatabase(name=name, dsn=make_dsn(admin_dsn, dbname=name),
-                                host=params.get("host", "127.0.0.1"), port=int(params.get("port", 5432)),
-                                user=params.get("user", "postgres"), password=params.get("password"))
-        finally:
-            with admin.cursor() as cur:
-                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    finally:
-        admin.close()
+    renderer = Renderer(lock_timeout=DEFAULT_LOCK_TIMEOUT if lock_timeout is None else lock_timeout)
+    config = load_config(str(config_path), renderer)
+    out = io.StringIO()
+    code = commands.apply(config, renderer, host, database, dry_run=dry_run, prune=prune, out=out)
+    return Outcome(code, out.getvalue())
+
+
+def status_in_process(config_path: str | os.PathLike) -> Outcome:
+    """pgne.commands.status on a config file, in this process."""
+    from pgne import commands
+    from pgne.config import load_config
+    from pgne.render import Renderer
+
+    renderer = Renderer()
+    config = load_config(str(config_path), renderer)
+    out = io.StringIO()
+    code = commands.status(config, renderer, out=out)
+    return Outcome(code, out.getvalue())

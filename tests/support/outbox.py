@@ -1,26 +1,22 @@
-"""Helpers for the `delivery: outbox` tests (tests/integration/test_outbox.py and
-tests/reliability/test_outbox_durability.py).
+"""`delivery: outbox` read back: pgne.totals, pgne.event_log and pgne_events_total of one database.
 
-- `outbox_entry()` / `outbox_config()`: events_config.yml text for a database in outbox mode.
+- `outbox_entry()` / `outbox_config()`: a config entry (configs.database_entry) in outbox mode.
 - `db_totals()`: pgne.totals as {(operation, table, code): total}, the key `exported()` uses.
 - `exported()`: pgne_events_total of one database as served by a running `pgne run`.
 - `wait_drained()`: poll until pgne.event_log is empty and the exported totals equal what the
   caller expects (and pgne.totals), then return the scrape.
-- `MonotonicWatch`: records every value of pgne_events_total seen across scrapes (and across
-  restarts of pgne) and fails as soon as one goes down.
 - `whitelisted()`: the label value the triggers record for a column value.
-
-Nothing here sleeps and hopes: waits poll a condition until a deadline, then fail with what
-they saw.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from helpers import config_text, database_entry_text, host_label, sql_rows
-from runner import PgneProcess, wait_until
+from support.configs import DatabaseEntry, config_text, database_entry
+from support.databases import host_label, query
+from support.exporter import PgneProcess
+from support.metrics import MonotonicWatch
+from support.waiting import wait_until
 
-TAG = "it"
 WHITELIST = ("alpha", "beta", "gamma")
 OTHER = "other"
 
@@ -37,16 +33,13 @@ _UNSET: Any = object()
 
 
 def outbox_entry(database, monitors: Sequence[Mapping[str, Any]], *, delivery: str | None = "outbox",
-                 drain_interval: float | None = _UNSET, **options: Any):
-    """A helpers.DatabaseEntry for a conftest PgDatabase (or anything with .name, .host, .port,
-    .user, .password) with `delivery` and `drain_interval` (None leaves a key out; by default
-    0.1 s with delivery outbox, absent otherwise)."""
+                 drain_interval: float | None = _UNSET, perform_setup: bool = False, **options: Any) -> DatabaseEntry:
+    """configs.database_entry with `delivery` and `drain_interval` (None leaves a key out; by
+    default 0.1 s with delivery outbox, absent otherwise), perform_setup false by default."""
     if drain_interval is _UNSET:
         drain_interval = 0.1 if delivery == "outbox" else None
-    return database_entry_text(
-        database.name, monitors, host=database.host, port=database.port, username=database.user,
-        password=getattr(database, "password", None) or "", tag=options.pop("tag", TAG),
-        delivery=delivery, drain_interval=drain_interval, **options)
+    return database_entry(database, monitors, perform_setup=perform_setup, delivery=delivery,
+                          drain_interval=drain_interval, **options)
 
 
 def outbox_config(database, monitors: Sequence[Mapping[str, Any]], **options: Any) -> str:
@@ -56,7 +49,7 @@ def outbox_config(database, monitors: Sequence[Mapping[str, Any]], **options: An
 def db_totals(dsn: str, label: str = "code") -> dict[Key, int]:
     """pgne.totals: {(operation, table without `public.`, label value or ""): total}."""
     totals: dict[Key, int] = {}
-    for table_name, operation, code, total in sql_rows(
+    for table_name, operation, code, total in query(
             dsn, "SELECT table_name, operation, labels->>%s, total FROM pgne.totals", (label,)):
         table = table_name.split(".", 1)[1] if table_name.startswith("public.") else table_name
         totals[(operation, table, code or "")] = int(total)
@@ -64,7 +57,7 @@ def db_totals(dsn: str, label: str = "code") -> dict[Key, int]:
 
 
 def backlog_rows(dsn: str) -> int:
-    return sql_rows(dsn, "SELECT count(*) FROM pgne.event_log")[0][0]
+    return query(dsn, "SELECT count(*) FROM pgne.event_log")[0][0]
 
 
 def exported(proc: PgneProcess, database, samples=None) -> dict[Key, float]:
@@ -86,7 +79,7 @@ def nonzero(values: Mapping[Key, float]) -> dict[Key, float]:
 
 
 def wait_drained(proc: PgneProcess, database, expected: Mapping[Key, float], timeout: float = 30.0,
-                 watch: "MonotonicWatch | None" = None) -> dict[Key, float]:
+                 watch: MonotonicWatch | None = None) -> dict[Key, float]:
     """Poll until pgne.event_log is empty, pgne.totals equals `expected` and so do the non-zero
     exported series of `database` (zero series may exist or not). Returns the exported values."""
     expected = {k: float(v) for k, v in expected.items() if v}
@@ -113,32 +106,3 @@ def wait_drained(proc: PgneProcess, database, expected: Mapping[Key, float], tim
 
     return wait_until(done, timeout, f"exported totals of {database.name} to reach the expected values",
                       describe, interval=0.05)
-
-
-class MonotonicWatch:
-    """Every pgne_events_total value ever scraped, per series (labels minus nothing): fails at
-    once if a series reads less than it did before, whichever pgne process served it."""
-
-    def __init__(self) -> None:
-        self.last: dict[frozenset, float] = {}
-        self.first_seen: dict[frozenset, float] = {}
-        self.scrapes = 0
-
-    def observe(self, samples) -> None:
-        self.scrapes += 1
-        for (name, labels), value in samples.items():
-            if name != "pgne_events_total":
-                continue
-            previous = self.last.get(labels)
-            assert previous is None or value >= previous, (
-                f"pgne_events_total{dict(labels)} went backwards: {previous} -> {value}")
-            self.last[labels] = value
-
-    def scrape_quietly(self, proc: PgneProcess) -> dict | None:
-        """Scrape and observe; None when /metrics does not answer (pgne starting or killed)."""
-        try:
-            samples = proc.scrape()
-        except (OSError, AssertionError):
-            return None
-        self.observe(samples)
-        return samples
