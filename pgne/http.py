@@ -5,7 +5,9 @@ Each connection is handled in its own thread (ThreadingHTTPServer), so a slow cl
 block the others. /metrics is printed by pgne.exposition (prometheus_client's multiprocess totals,
 with parsed keys and dead workers' merged files cached between scrapes); the landing page reads
 the files through pgne.statedir.collect() (a fresh CollectorRegistry, as prometheus_client
-documents). This module serves HTTP only: it reads nothing from the state dir itself.
+documents). This module serves HTTP only: it reads nothing from the state dir itself, and it
+never reloads: POST /-/reload queues a request in `Lifecycle`, which the master's main loop
+answers; /-/ready reads the worker counts the loop stores there.
 """
 from __future__ import annotations
 

@@ -11,6 +11,9 @@ are kept by pid (`workers`), signal handlers only set flags and wake the main lo
 signal.set_wakeup_fd (SIGCHLD too: a worker's death is handled at once), and the loop reaps
 with waitpid(-1, WNOHANG), calls mark_process_dead(pid) for every reaped worker, and restarts
 workers with backoff.
+POST /-/reload (--web.enable-lifecycle) is done by that loop too: the HTTP thread queues it in
+the server's Lifecycle and writes to the wakeup fd (`_wake`); the loop reloads as for SIGHUP and
+answers. The loop also keeps /-/ready's counts (`_update_readiness`).
 
 A worker may die at any moment (an OOM killer, an operator's kill -9, a crash loop): before it
 has read its spec, while it creates a metrics file, while it is being reaped. Nothing about a

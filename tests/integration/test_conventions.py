@@ -86,8 +86,16 @@ def test_invalid_convention_flags_exit_2_with_a_message(tmp_path, flag, value, m
 
 # -- logs ----------------------------------------------------------------------------------------
 
-def _exercise(proc: PgneProcess, db) -> None:
-    """Make pgne log what it logs: a counted insert, a reload, a worker killed and restarted."""
+def _logs_of_a_run(db, write_config, tmp_path, pgne_processes, *args: str, **options) -> tuple[PgneProcess, str]:
+    """Run pgne (`args` after the standard ones) on a config whose password is a unique string,
+    make it log what it logs (a counted insert, a reload, a worker killed and restarted), stop
+    it; (the process, all it logged). The password is not in the log (the server trusts: any
+    password connects)."""
+    secret = f"pw-{uuid.uuid4().hex}"
+    proc = PgneProcess(write_config(db, [MONITOR], tag=TAG, perform_setup=True, password=secret),
+                       tmp_path / "pgne", *args, **options)
+    pgne_processes.append(proc)
+    proc.start()
     run_sql(db, "INSERT INTO one (code) VALUES ('beta')")
     proc.wait_for_value("pgne_events_total", event_labels(db, "beta"), 1)
     proc.send_signal(signal.SIGHUP)
@@ -97,19 +105,16 @@ def _exercise(proc: PgneProcess, db) -> None:
     os.kill(worker, signal.SIGKILL)
     wait_until(lambda: proc.child_pids() not in ([], [worker]), 30, "the worker to be restarted", proc.describe)
     proc.wait_for_value("pgne_database_up", up_labels(db), 1)
+    assert proc.stop()[0] == 0
+    text = proc.stderr_text()
+    assert secret not in text
+    return proc, text
 
 
 def test_log_format_json_is_one_object_per_line_with_the_database_field_and_never_the_password(
         table, write_config, tmp_path, pgne_processes):
-    secret = f"pw-{uuid.uuid4().hex}"  # the server trusts: any password connects
-    config = write_config(table, [MONITOR], tag=TAG, perform_setup=True, password=secret)
-    proc = PgneProcess(config, tmp_path / "pgne", "--log.format", "json", log_level="DEBUG")
-    pgne_processes.append(proc)
-    proc.start()
-    _exercise(proc, table)
-    assert proc.stop()[0] == 0
-    text = proc.stderr_text()
-    assert secret not in text
+    proc, text = _logs_of_a_run(table, write_config, tmp_path, pgne_processes, "--log.format", "json",
+                                log_level="DEBUG")
     records = [json.loads(line) for line in text.splitlines()]  # every line one object
     assert all(isinstance(r, dict) and {"time", "level", "logger", "pid", "msg"} <= r.keys() for r in records)
     name = display_name(table)
@@ -130,15 +135,8 @@ LOGFMT_LINE = re.compile(r'time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=(de
 
 
 def test_log_format_logfmt_and_log_level_spelled_with_a_dot(table, write_config, tmp_path, pgne_processes):
-    secret = f"pw-{uuid.uuid4().hex}"
-    config = write_config(table, [MONITOR], tag=TAG, perform_setup=True, password=secret)
-    proc = PgneProcess(config, tmp_path / "pgne", "--log.format", "logfmt", "--log.level", "debug")
-    pgne_processes.append(proc)
-    proc.start()
-    _exercise(proc, table)
-    assert proc.stop()[0] == 0
-    text = proc.stderr_text()
-    assert secret not in text
+    proc, text = _logs_of_a_run(table, write_config, tmp_path, pgne_processes, "--log.format", "logfmt",
+                                "--log.level", "debug")
     matches = [LOGFMT_LINE.fullmatch(line) for line in text.splitlines()]
     assert all(matches), [line for line, m in zip(text.splitlines(), matches) if not m]
     name = display_name(table)
