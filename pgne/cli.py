@@ -36,6 +36,18 @@ _positive_seconds = _number_up_to(3600, "seconds")
 _demo_rate = _number_up_to(1000)
 
 RESERVED_PATHS = ("/", "/-/healthy", "/-/ready", "/-/reload")
+RUN_ENDPOINTS = """HTTP endpoints (behind --web.config.file's TLS and basic auth, all of them):
+  GET /metrics       the metrics (the path of --web.telemetry-path); gzip when the
+                     request's Accept-Encoding asks for it, else the plain bytes
+  GET /              a landing page: the databases and their state
+  GET /-/healthy     200 while the master runs
+  GET /-/ready       503 until every enabled database's worker has started once
+                     (ran for 1 s, connected or not), then 200
+  POST /-/reload     with --web.enable-lifecycle: reloads the config as SIGHUP does;
+                     200 once done, 500 with the reason if the new config is invalid
+                     (the running config stays); without the flag 403; GET on it 405
+  HEAD               on every GET endpoint: the GET's status and headers, no body
+Signals: SIGHUP reloads the config; SIGTERM or SIGINT stops (exit 0)."""
 
 
 def _telemetry_path(text: str) -> str:
@@ -50,7 +62,8 @@ def _telemetry_path(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     logging_options = argparse.ArgumentParser(add_help=False)  # every command's, demo's too
     logging_options.add_argument("--log-level", "--log.level", dest="log_level", default="INFO", type=str.upper,
-                                 choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
+                                 choices=["DEBUG", "INFO", "WARNING", "ERROR"], metavar="LEVEL",
+                                 help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     logging_options.add_argument("--log.format", dest="log_format", choices=logs.FORMATS,
                                  help="logfmt: key=value pairs, json: one JSON object per line, each with "
                                       "the database in a field of its own (default: pgne's plain lines)")
@@ -87,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_apply.add_argument("--dry-run", action="store_true", help="change nothing; say what would run")
     p_apply.add_argument("--prune", action="store_true",
                          help="also drop pgne triggers and functions that the config no longer names")
-    p_run = sub.add_parser("run", parents=[common, lock], help="run the exporter")
+    p_run = sub.add_parser("run", parents=[common, lock], help="run the exporter", epilog=RUN_ENDPOINTS,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     # the exporter conventions (Prometheus exporter-toolkit's names; --listen-address kept)
     p_run.add_argument("--web.listen-address", "--listen-address", dest="listen_address", default="0.0.0.0:9292",
                        metavar="HOST:PORT", help="where the HTTP server listens (default 0.0.0.0:9292)")
@@ -95,10 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="PATH", help="the path of the metrics (default /metrics); HEAD too, and gzip when "
                                             "the scraper accepts it")
     p_run.add_argument("--web.enable-lifecycle", dest="enable_lifecycle", action="store_true",
-                       help="allow POST /-/reload: reloads the config as SIGHUP does and answers 200 once done "
-                            "(500 with the reason if the new config is invalid); without this flag, 403. "
-                            "GET /-/healthy: 200 while the master runs; GET /-/ready: 503 until every "
-                            "enabled database's worker has started (ran for 1 s), then 200")
+                       help="allow POST /-/reload (see below); without this flag it answers 403")
     p_run.add_argument("--state-dir", metavar="DIR",
                        help="multiprocess metrics directory (default: $PROMETHEUS_MULTIPROC_DIR, "
                             "else a private temporary directory)")
