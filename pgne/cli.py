@@ -6,15 +6,13 @@ invalid config or usage, 1 for a runtime failure. No traceback unless --debug.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import traceback
 from typing import Callable
 
-from pgne import __version__, commands
+from pgne import __version__, commands, logs
 from pgne.config import config_path, load_config
 from pgne.errors import EXIT_RUNTIME, UserError
-from pgne.protocol import LOG_FORMAT
 from pgne.render import DEFAULT_LOCK_TIMEOUT, Renderer
 
 
@@ -37,14 +35,41 @@ def _number_up_to(maximum: float, unit: str = "") -> Callable[[str], float]:
 _positive_seconds = _number_up_to(3600, "seconds")
 _demo_rate = _number_up_to(1000)
 
+RESERVED_PATHS = ("/", "/-/healthy", "/-/ready", "/-/reload")
+RUN_ENDPOINTS = """HTTP endpoints (behind --web.config.file's TLS and basic auth, all of them):
+  GET /metrics       the metrics (the path of --web.telemetry-path); gzip when the
+                     request's Accept-Encoding asks for it, else the plain bytes
+  GET /              a landing page: the databases and their state
+  GET /-/healthy     200 while the master runs
+  GET /-/ready       503 until every enabled database's worker has started once
+                     (ran for 1 s, connected or not), then 200
+  POST /-/reload     with --web.enable-lifecycle: reloads the config as SIGHUP does;
+                     200 once done, 500 with the reason if the new config is invalid
+                     (the running config stays); without the flag 403; GET on it 405
+  HEAD               on every GET endpoint: the GET's status and headers, no body
+Signals: SIGHUP reloads the config; SIGTERM or SIGINT stops (exit 0)."""
+
+
+def _telemetry_path(text: str) -> str:
+    """An argparse type: --web.telemetry-path, an absolute URL path of its own."""
+    if not text.startswith("/") or any(c in text for c in "?#") or not text.isprintable() or " " in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URL path such as /metrics")
+    if text in RESERVED_PATHS:
+        raise argparse.ArgumentTypeError(f"{text!r} is pgne's own endpoint")
+    return text
+
 
 def build_parser() -> argparse.ArgumentParser:
-    logs = argparse.ArgumentParser(add_help=False)  # every command's, demo's too
-    logs.add_argument("--log-level", default="INFO", type=str.upper,
-                      choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
-    logs.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    logging_options = argparse.ArgumentParser(add_help=False)  # every command's, demo's too
+    logging_options.add_argument("--log-level", "--log.level", dest="log_level", default="INFO", type=str.upper,
+                                 choices=["DEBUG", "INFO", "WARNING", "ERROR"], metavar="LEVEL",
+                                 help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    logging_options.add_argument("--log.format", dest="log_format", choices=logs.FORMATS,
+                                 help="logfmt: key=value pairs, json: one JSON object per line, each with "
+                                      "the database in a field of its own (default: pgne's plain lines)")
+    logging_options.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
 
-    common = argparse.ArgumentParser(add_help=False, parents=[logs])
+    common = argparse.ArgumentParser(add_help=False, parents=[logging_options])
     common.add_argument("-c", "--config", help="config file (default: $PGNE_CONFIG, else config/events_config.yml)")
     common.add_argument("--templates", action="append", default=[], metavar="DIR",
                         help="a folder of SQL templates searched before the built-in ones (repeatable)")
@@ -75,9 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_apply.add_argument("--dry-run", action="store_true", help="change nothing; say what would run")
     p_apply.add_argument("--prune", action="store_true",
                          help="also drop pgne triggers and functions that the config no longer names")
-    p_run = sub.add_parser("run", parents=[common, lock], help="run the exporter")
-    p_run.add_argument("--listen-address", default="0.0.0.0:9292", metavar="HOST:PORT",
-                       help="where /metrics is served (default 0.0.0.0:9292)")
+    p_run = sub.add_parser("run", parents=[common, lock], help="run the exporter", epilog=RUN_ENDPOINTS,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    # the exporter conventions (Prometheus exporter-toolkit's names; --listen-address kept)
+    p_run.add_argument("--web.listen-address", "--listen-address", dest="listen_address", default="0.0.0.0:9292",
+                       metavar="HOST:PORT", help="where the HTTP server listens (default 0.0.0.0:9292)")
+    p_run.add_argument("--web.telemetry-path", dest="telemetry_path", type=_telemetry_path, default="/metrics",
+                       metavar="PATH", help="the path of the metrics (default /metrics); HEAD too, and gzip when "
+                                            "the scraper accepts it")
+    p_run.add_argument("--web.enable-lifecycle", dest="enable_lifecycle", action="store_true",
+                       help="allow POST /-/reload (see below); without this flag it answers 403")
     p_run.add_argument("--state-dir", metavar="DIR",
                        help="multiprocess metrics directory (default: $PROMETHEUS_MULTIPROC_DIR, "
                             "else a private temporary directory)")
@@ -90,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--trigger-check-interval", type=_positive_seconds, default=60.0, metavar="SECONDS",
                        help="how often workers check that pgne's triggers exist (default 60)")
     sub.add_parser("status", parents=[common, select], help="compare the databases with the config")
-    p_demo = sub.add_parser("demo", parents=[logs],
+    p_demo = sub.add_parser("demo", parents=[logging_options],
                             help="try pgne: a demo table, its triggers, the exporter and sample writes "
                                  "(no config needed); Ctrl-C removes it all")
     p_demo.add_argument("--dsn", help="the database to play in, e.g. 'host=127.0.0.1 dbname=postgres "
@@ -122,11 +154,12 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    logs.configure(args.log_level, args.log_format)
     try:
         _check_paths(args)
         if args.command == "demo":  # needs no config file
-            return commands.demo(args.dsn, args.listen_address, rate=args.rate, log_level=args.log_level)
+            return commands.demo(args.dsn, args.listen_address, rate=args.rate, log_level=args.log_level,
+                                 log_format=args.log_format)
         renderer = Renderer(args.templates, lock_timeout=getattr(args, "lock_timeout", DEFAULT_LOCK_TIMEOUT))
         path = config_path(args.config)
         config = load_config(path, renderer)
@@ -144,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             return commands.run(config, renderer, args.listen_address, state_dir=args.state_dir,
                                 web_config_file=args.web_config_file, log_level=args.log_level,
                                 trigger_check_interval=args.trigger_check_interval,
-                                compat_metric=args.compat_metric)
+                                compat_metric=args.compat_metric, log_format=args.log_format,
+                                telemetry_path=args.telemetry_path, enable_lifecycle=args.enable_lifecycle)
         raise AssertionError(args.command)
     except UserError as exc:
         for line in exc.lines:

@@ -90,10 +90,13 @@ def status(config: Config, renderer: Renderer, host: str | None = None, database
 
 def run(config: Config, renderer: Renderer, listen_address: str = "0.0.0.0:9292", state_dir: str | None = None,
         web_config_file: str | None = None, log_level: str = "INFO", trigger_check_interval: float = 60.0,
-        compat_metric: bool = False) -> int:
+        compat_metric: bool = False, log_format: str | None = None, telemetry_path: str = "/metrics",
+        enable_lifecycle: bool = False) -> int:
     """`pgne run`: the master (pgne.master) until SIGTERM/SIGINT; 0 when stopped.
 
-    `state_dir` None: $PROMETHEUS_MULTIPROC_DIR, else a private temporary directory."""
+    `state_dir` None: $PROMETHEUS_MULTIPROC_DIR, else a private temporary directory.
+    `log_format`: pgne.logs' (the workers get it in their spec). `telemetry_path`: where the
+    metrics are served; `enable_lifecycle`: POST /-/reload allowed."""
     renderer.check(config)
     listen = parse_listen_address(listen_address)
     if "prometheus_client" in sys.modules and not os.environ.get(ENV_VARIABLE):
@@ -106,7 +109,9 @@ def run(config: Config, renderer: Renderer, listen_address: str = "0.0.0.0:9292"
 
         try:
             master = Master(config, renderer, listen, state.path, web, log_level=log_level,
-                            trigger_check_interval=trigger_check_interval, compat_metric=compat_metric)
+                            trigger_check_interval=trigger_check_interval, compat_metric=compat_metric,
+                            log_format=log_format, telemetry_path=telemetry_path,
+                            enable_lifecycle=enable_lifecycle)
         except OSError as exc:
             raise UserError(f"--listen-address {listen_address}: {exc.strerror or exc}", EXIT_RUNTIME) from None
         return master.run()
@@ -115,14 +120,14 @@ def run(config: Config, renderer: Renderer, listen_address: str = "0.0.0.0:9292"
 
 
 def demo(dsn: str | None, listen_address: str = "127.0.0.1:9292", rate: float = DEFAULT_RATE,
-         log_level: str = "INFO") -> int:
+         log_level: str = "INFO", log_format: str | None = None) -> int:
     """`pgne demo`: 0 when stopped by Ctrl-C/SIGTERM and cleaned up, 1 when something failed.
 
     Without a DSN it plays in an embedded PostgreSQL server of its own (pgne.cluster), started
     before the demo and removed after it."""
     parse_listen_address(listen_address)
     if dsn is not None:
-        return Demo(dsn, listen_address, rate, log_level).run()
+        return Demo(dsn, listen_address, rate, log_level, log_format=log_format).run()
     try:
         binaries = require_embedded()
     except ClusterError as exc:
@@ -141,7 +146,7 @@ def demo(dsn: str | None, listen_address: str = "127.0.0.1:9292", rate: float = 
         cluster.start()
         print(f"pgne demo: the embedded server listens on 127.0.0.1:{cluster.port} "
               f"(psql \"{cluster.dsn}\")", flush=True)
-        return Demo(cluster.dsn, listen_address, rate, log_level).run()
+        return Demo(cluster.dsn, listen_address, rate, log_level, log_format=log_format).run()
     except ClusterError as exc:
         raise UserError(f"pgne demo: cannot start the embedded PostgreSQL server: {exc}".split("\n"),
                         EXIT_RUNTIME) from None

@@ -73,11 +73,12 @@ class Stopped(Exception):
 
 class Demo:
     def __init__(self, dsn: str, listen_address: str, rate: float = DEFAULT_RATE, log_level: str = "INFO",
-                 out=None):
+                 out=None, log_format: str | None = None):
         self.dsn = dsn
         self.listen_address = listen_address
         self.rate = rate
         self.log_level = log_level
+        self.log_format = log_format  # --log.format, passed on to its pgne run
         self.out = out or sys.stdout
         self.stop_signal: int | None = None
         self.wakeup_r, self.wakeup_w = os.pipe()
@@ -198,6 +199,8 @@ class Demo:
 
         command = [sys.executable, "-m", "pgne", "run", "-c", str(config_path), "--listen-address",
                    self.listen_address, "--state-dir", str(Path(self.workdir, "state")), "--log-level", self.log_level]
+        if self.log_format:
+            command += ["--log.format", self.log_format]
         env = {k: v for k, v in os.environ.items() if k not in ("PGNE_CONFIG", ENV_VARIABLE)}
         # Ctrl-C reaches the exporter too (same process group): it stops by itself, as it should.
         self.exporter = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,

@@ -1,14 +1,18 @@
-"""The master's HTTP server: /metrics, a landing page at /, and /-/healthy.
+"""The master's HTTP server: /metrics (or --web.telemetry-path; gzip when the client accepts it),
+a landing page at /, /-/healthy, /-/ready and POST /-/reload; HEAD wherever GET is served.
 
 Each connection is handled in its own thread (ThreadingHTTPServer), so a slow client cannot
 block the others. /metrics is printed by pgne.exposition (prometheus_client's multiprocess totals,
 with parsed keys and dead workers' merged files cached between scrapes); the landing page reads
 the files through pgne.statedir.collect() (a fresh CollectorRegistry, as prometheus_client
-documents). This module serves HTTP only: it reads nothing from the state dir itself.
+documents). This module serves HTTP only: it reads nothing from the state dir itself, and it
+never reloads: POST /-/reload queues a request in `Lifecycle`, which the master's main loop
+answers; /-/ready reads the worker counts the loop stores there.
 """
 from __future__ import annotations
 
 import base64
+import gzip
 import html
 import logging
 import socket
@@ -17,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterable
+from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry
 
@@ -88,7 +92,7 @@ def database_rows(registry: CollectorRegistry) -> list[DatabaseRow]:
     return [rows[key] for key in sorted(rows)]
 
 
-def landing_page(rows: Iterable[DatabaseRow]) -> bytes:
+def landing_page(rows: Iterable[DatabaseRow], telemetry_path: str = "/metrics") -> bytes:
     def cell(text: object) -> str:
         return f"<td>{html.escape(str(text))}</td>"
 
@@ -105,7 +109,8 @@ def landing_page(rows: Iterable[DatabaseRow]) -> bytes:
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em 1em;text-align:left;vertical-align:top}}
 ul{{margin:0;padding-left:1em}}</style></head>
 <body><h1>pgne {html.escape(__version__)}</h1>
-<p>PostgreSQL LISTEN/NOTIFY exporter. <a href="/metrics">Metrics</a> · <a href="/-/healthy">Health</a></p>
+<p>PostgreSQL LISTEN/NOTIFY exporter. <a href="{html.escape(telemetry_path)}">Metrics</a> · \
+<a href="/-/healthy">Health</a></p>
 <table><tr><th>host</th><th>database</th><th>tag</th><th>state</th><th>triggers</th><th>last event</th>\
 <th>setup problems</th></tr>
 {''.join(body)}</table></body></html>
@@ -113,14 +118,86 @@ ul{{margin:0;padding-left:1em}}</style></head>
     return page.encode("utf-8")
 
 
-def make_handler(state_dir: str, web: WebConfig) -> type[BaseHTTPRequestHandler]:
+RELOAD_WAIT = 60.0  # the longest POST /-/reload waits for the master's loop to reload
+
+
+class _ReloadRequest:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: str | None = None
+
+
+class Lifecycle:
+    """What the HTTP threads and the master's main loop share: POST /-/reload requests and
+    readiness. An HTTP thread never reloads by itself: it queues a request, wakes the loop
+    (`wake`, which writes to the master's wakeup fd) and waits for the loop's answer."""
+
+    def __init__(self, wake: Callable[[], None] = lambda: None, enabled: bool = False):
+        self.enabled = enabled  # --web.enable-lifecycle
+        self.workers = (0, 0)  # (started once, enabled databases): one tuple, swapped atomically
+        self._wake = wake
+        self._lock = threading.Lock()
+        self._pending: list[_ReloadRequest] = []
+
+    @property
+    def ready(self) -> bool:
+        started, total = self.workers
+        return started >= total
+
+    def request_reload(self, timeout: float = RELOAD_WAIT) -> str | None:
+        """Ask the main loop for a reload and wait for it: None when done, else why it failed."""
+        request = _ReloadRequest()
+        with self._lock:
+            self._pending.append(request)
+        self._wake()
+        if not request.done.wait(timeout):
+            return f"the reload did not finish within {timeout:g} s"
+        return request.error
+
+    def take_reload_requests(self) -> list[_ReloadRequest]:
+        """For the main loop: the requests waiting now (answer each with `answer`)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        return pending
+
+    @staticmethod
+    def answer(requests: list[_ReloadRequest], error: str | None) -> None:
+        for request in requests:
+            request.error = error
+            request.done.set()
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header accepts gzip (`gzip`, `*`; not with q=0)."""
+    for item in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        if coding.lower() in ("gzip", "x-gzip", "*"):
+            for param in params:
+                name, _, value = param.partition("=")
+                if name.strip().lower() == "q":
+                    try:
+                        return float(value) > 0
+                    except ValueError:
+                        return False
+            return True
+    return False
+
+
+TEXT = "text/plain; charset=utf-8"
+MAX_POST_BODY = 65536  # a POST body pgne reads (and ignores); a larger one closes the connection
+
+
+def make_handler(state_dir: str, web: WebConfig, telemetry_path: str = "/metrics",
+                 lifecycle: Lifecycle | None = None) -> type[BaseHTTPRequestHandler]:
     renderer = MetricsRenderer(state_dir)  # its caches live as long as the server
+    lifecycle = lifecycle or Lifecycle()
+    get_paths = {telemetry_path, "/", "/-/healthy", "/-/ready"}
 
     class Handler(BaseHTTPRequestHandler):
         server_version = f"pgne/{__version__}"
         timeout = 60  # an idle or stalled client gives up its thread after this
 
-        def _authorized(self) -> bool:
+        def _authorized(self, head: bool = False) -> bool:
             if not web.users:
                 return True
             header = self.headers.get("Authorization", "")
@@ -132,38 +209,90 @@ def make_handler(state_dir: str, web: WebConfig) -> type[BaseHTTPRequestHandler]
                     sep = ""
                 if sep and web.check_password(user, password):
                     return True
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="pgne", charset="UTF-8"')
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", "13")
-            self.end_headers()
-            self.wfile.write(b"Unauthorized\n")
+            self._send(401, TEXT, b"Unauthorized\n", head,
+                       {"WWW-Authenticate": 'Basic realm="pgne", charset="UTF-8"'})
             return False
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def _get(self, head: bool) -> None:
+            """GET, and HEAD: the same status and headers, no body."""
             path = self.path.split("?", 1)[0]
             try:
-                if not self._authorized():
+                if not self._authorized(head):
                     return
-                if path == "/metrics":
+                if path == telemetry_path:
                     body, content_type = renderer.render(self.headers.get("Accept", ""), self.server.databases)
-                    self._send(200, content_type, body)
+                    headers = {"Vary": "Accept-Encoding"}
+                    if accepts_gzip(self.headers.get("Accept-Encoding", "")):
+                        body = gzip.compress(body, compresslevel=6, mtime=0)
+                        headers["Content-Encoding"] = "gzip"
+                    self._send(200, content_type, body, head, headers)
                 elif path == "/":
                     rows = database_rows(collect(state_dir, self.server.databases))
-                    self._send(200, "text/html; charset=utf-8", landing_page(rows))
+                    self._send(200, "text/html; charset=utf-8", landing_page(rows, telemetry_path), head)
                 elif path == "/-/healthy":
-                    self._send(200, "text/plain; charset=utf-8", b"OK\n")
+                    self._send(200, TEXT, b"OK\n", head)
+                elif path == "/-/ready":
+                    started, total = lifecycle.workers
+                    if started >= total:
+                        self._send(200, TEXT, b"OK\n", head)
+                    else:
+                        self._send(503, TEXT, f"Not ready: {total - started} of {total} workers have not "
+                                              "started yet.\n".encode(), head)
+                elif path == "/-/reload":
+                    self._send(405, TEXT, b"Only POST requests allowed.\n", head, {"Allow": "POST"})
                 else:
-                    self._send(404, "text/plain; charset=utf-8", b"Not found\n")
+                    self._send(404, TEXT, b"Not found\n", head)
             except BrokenPipeError:
                 pass
 
-        def _send(self, status: int, content_type: str, body: bytes) -> None:
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self._get(head=False)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._get(head=True)
+
+        def do_POST(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            try:
+                self._discard_body()
+                if not self._authorized():
+                    return
+                if path != "/-/reload":
+                    if path in get_paths:
+                        self._send(405, TEXT, b"Only GET and HEAD requests allowed.\n", False, {"Allow": "GET, HEAD"})
+                    else:
+                        self._send(404, TEXT, b"Not found\n")
+                elif not lifecycle.enabled:
+                    self._send(403, TEXT, b"Lifecycle API is not enabled.\n")
+                else:
+                    error = lifecycle.request_reload()
+                    if error is None:
+                        self._send(200, TEXT, b"OK\n")
+                    else:
+                        self._send(500, TEXT, f"failed to reload config: {error}\n".encode())
+            except BrokenPipeError:
+                pass
+
+        def _discard_body(self) -> None:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if 0 <= length <= MAX_POST_BODY:
+                self.rfile.read(length)
+            else:  # cannot know where the next request starts
+                self.close_connection = True
+
+        def _send(self, status: int, content_type: str, body: bytes, head: bool = False,
+                  headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if not head:
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             log.debug("%s %s", self.address_string(), format % args)
@@ -195,10 +324,11 @@ class _Server6(_Server):
 
 
 class MetricsServer:
-    def __init__(self, address: tuple[str, int], state_dir: str, web: WebConfig | None = None):
+    def __init__(self, address: tuple[str, int], state_dir: str, web: WebConfig | None = None,
+                 telemetry_path: str = "/metrics", lifecycle: Lifecycle | None = None):
         web = web or WebConfig()
         server_class = _Server6 if ":" in address[0] else _Server
-        self.httpd = server_class(address, make_handler(state_dir, web))
+        self.httpd = server_class(address, make_handler(state_dir, web, telemetry_path, lifecycle))
         self.httpd.ssl_context = web.ssl_context
         self.scheme = "https" if web.ssl_context else "http"
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="pgne-http", daemon=True)

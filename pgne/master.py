@@ -11,6 +11,9 @@ are kept by pid (`workers`), signal handlers only set flags and wake the main lo
 signal.set_wakeup_fd (SIGCHLD too: a worker's death is handled at once), and the loop reaps
 with waitpid(-1, WNOHANG), calls mark_process_dead(pid) for every reaped worker, and restarts
 workers with backoff.
+POST /-/reload (--web.enable-lifecycle) is done by that loop too: the HTTP thread queues it in
+the server's Lifecycle and writes to the wakeup fd (`_wake`); the loop reloads as for SIGHUP and
+answers. The loop also keeps /-/ready's counts (`_update_readiness`).
 
 A worker may die at any moment (an OOM killer, an operator's kill -9, a crash loop): before it
 has read its spec, while it creates a metrics file, while it is being reaped. Nothing about a
@@ -36,7 +39,8 @@ from pgne.address import url_host
 from pgne.compaction import compact, relabel_series
 from pgne.config import load_config
 from pgne.errors import EXIT_OK, UserError
-from pgne.http import MetricsServer
+from pgne.http import Lifecycle, MetricsServer
+from pgne.logs import for_database
 from pgne.metrics import MasterMetrics
 from pgne.model import NOTIFY, OUTBOX, Config, Database
 from pgne.protocol import EXIT_TEARDOWN_FAILED, LISTEN, TEARDOWN, WorkerSpec, encode_spec
@@ -49,6 +53,7 @@ log = logging.getLogger(__name__)
 STOP_GRACE = 5.0  # SIGTERM to workers, then SIGKILL: the master exits well within 10 s
 RESTART_BACKOFF_FIRST, RESTART_BACKOFF_MAX = 1.0, 30.0
 STABLE_AFTER = 60.0  # a worker that ran this long restarts with the first delay again
+WORKER_STARTED = 1.0  # a worker alive this long has started (for /-/ready)
 LOOP_TICK = 0.5  # the longest the main loop sleeps: compactions that wait for readers are retried
 SPEC_WRITE_TIMEOUT = 2.0  # a worker that has not read its spec by then (SIGSTOPped?) is killed
 COMPACTION_LOCK_WAIT = 1.0  # a reader that holds the state dir longer: compact at a later tick
@@ -77,16 +82,22 @@ class WorkerSlot:
 class Master:
     def __init__(self, config: Config, renderer: Renderer, listen: tuple[str, int], state_dir: str,
                  web: WebConfig | None = None, *, log_level: str = "INFO", trigger_check_interval: float = 60.0,
-                 compat_metric: bool = False):
+                 compat_metric: bool = False, log_format: str | None = None, telemetry_path: str = "/metrics",
+                 enable_lifecycle: bool = False):
         self.config = config
         self.renderer = renderer
         self.listen = listen
         self.state_dir = state_dir
         self.log_level = log_level
+        self.log_format = log_format
+        self.telemetry_path = telemetry_path
         self.trigger_check_interval = trigger_check_interval
         self.compat_metric = compat_metric
         self.metrics = MasterMetrics(__version__)
-        self.server = MetricsServer(listen, state_dir, web)
+        # POST /-/reload and /-/ready: the HTTP threads queue reloads and wake the loop (_wake)
+        self.lifecycle = Lifecycle(self._wake, enabled=enable_lifecycle)
+        self.server = MetricsServer(listen, state_dir, web, telemetry_path, self.lifecycle)
+        self.started_once: set[tuple] = set()  # keys of the databases whose worker has started (/-/ready)
         self.slots: dict[tuple, WorkerSlot] = {}  # database key -> the slot the config wants
         # pid -> slot of every worker not reaped yet (gunicorn's WORKERS), the workers of slots
         # that a reload replaced included: they are reaped (mark_process_dead) like any other.
@@ -108,6 +119,13 @@ class Master:
 
     def _on_child(self, signum: int, frame: object) -> None:
         pass  # the wakeup fd wakes the main loop, which reaps
+
+    def _wake(self) -> None:
+        """Wake the main loop from another thread (an HTTP thread's POST /-/reload)."""
+        try:
+            os.write(self.wakeup_w, b"\0")
+        except BlockingIOError:  # full: the loop is woken already
+            pass
 
     def install_signal_handlers(self) -> None:
         signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
@@ -138,6 +156,7 @@ class Master:
             outbox_switch_generation=self.outbox_switches.get(slot.database.key, 0),
             compat_metric=self.compat_metric,
             master_pid=os.getpid(),
+            log_format=self.log_format,
         )
         # The worker gets its password on stdin: variables that hold one stay with the master.
         secrets = {db.password_variable for db in self.config.databases if db.password_variable}
@@ -149,18 +168,19 @@ class Master:
         except OSError as exc:  # no fork (EAGAIN, ENOMEM): as if it had died at once
             slot.started_at = time.monotonic()
             delay = self._schedule_restart(slot)
-            log.error("%s: cannot start a worker: %s; retrying in %.0f s", name, exc.strerror or exc, delay)
+            log.error("%s: cannot start a worker: %s; retrying in %.0f s", name, exc.strerror or exc, delay,
+                      extra=for_database(name))
             return
         # stdin stays open: its EOF tells the worker that we are gone.
         slot.pid, slot.stdin, slot.status = pid, stdin, None
         slot.label_names, slot.started_at, slot.restart_at = spec.label_names, time.monotonic(), None
         self.workers[pid] = slot
-        log.info("%s: %s worker started (pid %d)", name, slot.mode, pid)
+        log.info("%s: %s worker started (pid %d)", name, slot.mode, pid, extra=for_database(name))
         if not _send_spec(stdin, encode_spec(spec)):
             # Not reading (stopped?): kill it so that the reaper restarts it. Blocking here
             # would stop the whole master. (A reader already gone is dying: the reaper sees it.)
             log.warning("%s: worker (pid %d) did not read its spec within %g s; killing it", name,
-                        pid, SPEC_WRITE_TIMEOUT)
+                        pid, SPEC_WRITE_TIMEOUT, extra=for_database(name))
             _signal(slot, signal.SIGKILL)
 
     def _schedule_restart(self, slot: WorkerSlot) -> float:
@@ -200,12 +220,13 @@ class Master:
             return
         name = slot.database.display_name
         if slot.mode == TEARDOWN and code in (0, EXIT_TEARDOWN_FAILED):
-            log.info("%s: teardown %s", name, "done" if code == 0 else "failed (see above); not retried")
+            log.info("%s: teardown %s", name, "done" if code == 0 else "failed (see above); not retried",
+                     extra=for_database(name))
             slot.restart_at = None
             return
         delay = self._schedule_restart(slot)
         how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        log.error("%s: worker (pid %d) %s; restarting in %.0f s", name, pid, how, delay)
+        log.error("%s: worker (pid %d) %s; restarting in %.0f s", name, pid, how, delay, extra=for_database(name))
 
     def _compact(self) -> None:
         """Fold reaped workers' files into *_merged.db (scrape time stays flat across restarts);
@@ -253,9 +274,11 @@ class Master:
                 self.metrics.database_up.labels(db.host_label, db.name, db.tag).set(0)
                 self.metrics.worker_restarts.labels(db.host_label, db.name).inc(0)
 
-    # -- reload (SIGHUP) -----------------------------------------------------------------------
+    # -- reload (SIGHUP, POST /-/reload) --------------------------------------------------------
 
-    def reload(self) -> None:
+    def reload(self) -> str | None:
+        """Load the config file again and apply it; None when done, else why it was refused
+        (logged; the running config stays)."""
         path = self.config.path
         try:
             config = load_config(path, self.renderer)
@@ -265,12 +288,12 @@ class Master:
                 log.error("reload: %s", line)
             log.error("reload: the config above is invalid; the running config stays")
             self.metrics.reload_ok.set(0)
-            return
+            return "\n".join(exc.lines)
         except Exception as exc:  # noqa: BLE001 - whatever a file can do to the loader, the master lives on
-            log.error("reload: %s: cannot be loaded (%s: %s); the running config stays", path,
-                      type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            reason = f"{path}: cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            log.error("reload: %s; the running config stays", reason)
             self.metrics.reload_ok.set(0)
-            return
+            return reason
         old_labels = self.config.label_names
         self.config = config
         wanted = self._slots_for(config)
@@ -286,7 +309,7 @@ class Master:
             if new is not None and slot.database.delivery == NOTIFY and new.database.delivery == OUTBOX:
                 self.outbox_switches[key] = self.outbox_switches.get(key, 0) + 1
             log.info("%s: %s in the new config", slot.database.display_name,
-                     "changed" if new else "removed")
+                     "changed" if new else "removed", extra=for_database(slot.database.display_name))
             if new is None and slot.database.perform_setup and slot.mode == LISTEN:
                 wanted[key] = WorkerSlot(dataclasses.replace(slot.database, enabled=False), TEARDOWN)
         for key, slot in wanted.items():
@@ -295,6 +318,17 @@ class Master:
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(time.time())
         log.info("reload: %s loaded", path)
+        return None
+
+    def _update_readiness(self) -> None:
+        """/-/ready: a database's worker has started once when it ran for WORKER_STARTED
+        seconds (not reaped by then); ready when every enabled database's has."""
+        now = time.monotonic()
+        listen = [slot for slot in self.slots.values() if slot.mode == LISTEN]
+        for slot in listen:
+            if slot.running and now - slot.started_at >= WORKER_STARTED:
+                self.started_once.add(slot.database.key)
+        self.lifecycle.workers = (sum(1 for slot in listen if slot.database.key in self.started_once), len(listen))
 
     # -- main loop -----------------------------------------------------------------------------
 
@@ -303,10 +337,11 @@ class Master:
         self._init_series()
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(time.time())
+        self._update_readiness()  # not ready before the server answers its first request
         self.install_signal_handlers()
         self.server.start()
-        log.info("pgne %s serving %s://%s:%d/metrics; %d worker(s); state dir %s", __version__, self.server.scheme,
-                 url_host(self.listen[0]), self.server.port, len(self.slots), self.state_dir)
+        log.info("pgne %s serving %s://%s:%d%s; %d worker(s); state dir %s", __version__, self.server.scheme,
+                 url_host(self.listen[0]), self.server.port, self.telemetry_path, len(self.slots), self.state_dir)
         try:
             while True:
                 self._start_due()
@@ -324,7 +359,13 @@ class Master:
                     self.flags.discard(signal.SIGHUP)
                     log.info("SIGHUP: reloading %s", self.config.path)
                     self.reload()
+                requests = self.lifecycle.take_reload_requests()
+                if requests:
+                    log.info("POST /-/reload: reloading %s", self.config.path)
+                    self.lifecycle.answer(requests, self.reload())
+                self._update_readiness()
         finally:
+            self.lifecycle.answer(self.lifecycle.take_reload_requests(), "pgne is stopping")
             self.shutdown()
         return EXIT_OK
 
@@ -338,7 +379,8 @@ class Master:
             time.sleep(0.05)
         for pid, slot in list(self.workers.items()):
             if self.slots.get(slot.database.key) is slot:
-                log.warning("%s: worker (pid %d) ignored SIGTERM; killing it", slot.database.display_name, pid)
+                log.warning("%s: worker (pid %d) ignored SIGTERM; killing it", slot.database.display_name, pid,
+                            extra=for_database(slot.database.display_name))
             _signal(slot, signal.SIGKILL)
         for pid in list(self.workers):
             self._reaped(*os.waitpid(pid, 0))

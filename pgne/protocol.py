@@ -30,9 +30,6 @@ WORKER_COMMAND = [sys.executable, "-m", "pgne.worker"]
 LISTEN, TEARDOWN = "listen", "teardown"  # WorkerSpec.mode
 EXIT_TEARDOWN_FAILED = 3  # the master does not restart a teardown that failed on SQL
 
-# The master and its workers write to one stderr: one format, the process named in each line.
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
-
 _LENGTH = struct.Struct("!I")
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -51,6 +48,7 @@ class WorkerSpec:
     trigger_check_interval: float = 60.0
     outbox_switch_generation: int = 0  # see pgne.outbox.OutboxExporter
     compat_metric: bool = False  # pgne run --compat-metric: pg_notify_exporter's series too
+    log_format: str | None = None  # pgne run --log.format (pgne.logs): the master's format, in every worker
 
 
 def encode_spec(spec: WorkerSpec) -> bytes:

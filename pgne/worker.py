@@ -29,9 +29,10 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
+from pgne import logs
 from pgne.errors import first_line
 from pgne.model import OUTBOX
-from pgne.protocol import EXIT_TEARDOWN_FAILED, LOG_FORMAT, TEARDOWN, WorkerSpec, die_with_parent, read_spec
+from pgne.protocol import EXIT_TEARDOWN_FAILED, TEARDOWN, WorkerSpec, die_with_parent, read_spec
 from pgne.statedir import ENV_VARIABLE
 
 # Run as `python -m pgne.worker`, this module's __name__ is "__main__": its spec names it.
@@ -476,7 +477,7 @@ def main() -> int:
     if os.getppid() != spec.master_pid:  # the master died before PR_SET_PDEATHSIG was armed
         return 0
     os.set_blocking(master_fd, False)
-    logging.basicConfig(level=spec.log_level, stream=sys.stderr, format=LOG_FORMAT)
+    logs.configure(spec.log_level, spec.log_format, database=spec.database.display_name)
     worker = Worker(spec, master_fd)
     try:
         return worker.teardown() if spec.mode == TEARDOWN else worker.listen_forever()

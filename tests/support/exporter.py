@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from support.metrics import Samples, http_get, labels_key, parse_metrics
+from support.metrics import Samples, http_get, http_request, labels_key, parse_metrics
 from support.processes import children_of, free_port, kill_session, pgne_env
 from support.waiting import DEFAULT_TIMEOUT, wait_until
 
@@ -29,7 +29,10 @@ class PgneProcess:
     whatever is left of it."""
 
     def __init__(self, config: str | os.PathLike, workdir: str | os.PathLike, *extra_args: str,
-                 log_level: str = "INFO"):
+                 log_level: str = "INFO", listen_flag: str = "--listen-address", telemetry_path: str = "/metrics"):
+        """`extra_args` follow the standard ones; `listen_flag` names the listen address (its other
+        spelling, --web.listen-address); `telemetry_path`: where scrape() finds the metrics (give
+        --web.telemetry-path in extra_args too)."""
         self.config = str(config)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -37,6 +40,8 @@ class PgneProcess:
         self.stderr_path = self.workdir / "pgne.stderr"
         self.extra_args = extra_args
         self.log_level = log_level
+        self.listen_flag = listen_flag
+        self.telemetry_path = telemetry_path
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
 
@@ -44,7 +49,7 @@ class PgneProcess:
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "pgne", "run", "-c", self.config,
-                "--listen-address", f"127.0.0.1:{self.port}", "--state-dir", str(self.state_dir),
+                self.listen_flag, f"127.0.0.1:{self.port}", "--state-dir", str(self.state_dir),
                 "--log-level", self.log_level, *self.extra_args]
 
     def spawn(self) -> subprocess.Popen:
@@ -119,9 +124,12 @@ class PgneProcess:
     def get(self, path: str, headers: Mapping[str, str] | None = None) -> tuple[int, dict, bytes]:
         return http_get(self.url(path), headers)
 
+    def request(self, method: str, path: str, headers: Mapping[str, str] | None = None) -> tuple[int, dict, bytes]:
+        return http_request(method, self.url(path), headers)
+
     def metrics_text(self) -> str:
-        status, _, body = self.get("/metrics")
-        assert status == 200, f"GET /metrics answered {status}: {body[:500]!r}"
+        status, _, body = self.get(self.telemetry_path)
+        assert status == 200, f"GET {self.telemetry_path} answered {status}: {body[:500]!r}"
         return body.decode("utf-8")
 
     def scrape(self) -> Samples:

@@ -1,6 +1,7 @@
 """Reading pgne's /metrics: the text parsed into samples, and the series of one database.
 
-- `parse_metrics()`, `http_get()`, `labels_key()`: a scrape as {(name, frozenset(labels)): value}.
+- `parse_metrics()`, `http_get()`, `labels_key()`: a scrape as {(name, frozenset(labels)): value};
+  `http_request()` for HEAD and POST.
 - `up_labels()`, `db_labels()`, `result_labels()`: the label sets of one database's series.
 - `events()`, `notifications()`: pgne_events_total / pgne_notifications_total of one database.
 - `settle()`: return once pgne has processed every notification committed before the call.
@@ -38,7 +39,13 @@ def parse_metrics(text: str) -> Samples:
 
 
 def http_get(url: str, headers: Mapping[str, str] | None = None, timeout: float = 10.0) -> tuple[int, dict, bytes]:
-    request = urllib.request.Request(url, headers=dict(headers or {}))
+    return http_request("GET", url, headers, timeout)
+
+
+def http_request(method: str, url: str, headers: Mapping[str, str] | None = None,
+                 timeout: float = 10.0) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of one request; an error status is returned, not raised."""
+    request = urllib.request.Request(url, headers=dict(headers or {}), method=method)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, dict(response.headers), response.read()
