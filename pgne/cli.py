@@ -16,6 +16,7 @@ from pgne.config import config_path, load_config
 from pgne.errors import EXIT_RUNTIME, UserError
 from pgne.protocol import LOG_FORMAT
 from pgne.render import DEFAULT_LOCK_TIMEOUT, Renderer
+from pgne.shard import shard_from_flags
 
 
 def _number_up_to(maximum: float, unit: str = "") -> Callable[[str], float]:
@@ -36,6 +37,20 @@ def _number_up_to(maximum: float, unit: str = "") -> Callable[[str], float]:
 
 _positive_seconds = _number_up_to(3600, "seconds")
 _demo_rate = _number_up_to(1000)
+
+
+def _whole_number_from(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= minimum."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is less than {minimum}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "events as pgne_events_total")
     p_run.add_argument("--trigger-check-interval", type=_positive_seconds, default=60.0, metavar="SECONDS",
                        help="how often workers check that pgne's triggers exist (default 60)")
+    # Sharding across replicas (pgne.shard): kube-state-metrics' flags, both or neither.
+    p_run.add_argument("--shard", type=_whole_number_from(0), metavar="N",
+                       help="run only the databases of shard N (0 to M-1) of --total-shards M: a stable hash of "
+                            "each database's host, port and name, modulo M, picks its shard, so M replicas "
+                            "started from one config (--shard 0 .. M-1) run every database exactly once, and "
+                            "adding a database moves no other (changing M moves most); the others are not "
+                            "served (no series, no landing-page row)")
+    p_run.add_argument("--total-shards", type=_whole_number_from(1), metavar="M",
+                       help="how many replicas share the config (with --shard)")
     sub.add_parser("status", parents=[common, select], help="compare the databases with the config")
     p_demo = sub.add_parser("demo", parents=[logs],
                             help="try pgne: a demo table, its triggers, the exporter and sample writes "
@@ -125,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
     try:
         _check_paths(args)
+        shard = shard_from_flags(args.shard, args.total_shards) if args.command == "run" else None
         if args.command == "demo":  # needs no config file
             return commands.demo(args.dsn, args.listen_address, rate=args.rate, log_level=args.log_level)
         renderer = Renderer(args.templates, lock_timeout=getattr(args, "lock_timeout", DEFAULT_LOCK_TIMEOUT))
@@ -144,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             return commands.run(config, renderer, args.listen_address, state_dir=args.state_dir,
                                 web_config_file=args.web_config_file, log_level=args.log_level,
                                 trigger_check_interval=args.trigger_check_interval,
-                                compat_metric=args.compat_metric)
+                                compat_metric=args.compat_metric, shard=shard)
         raise AssertionError(args.command)
     except UserError as exc:
         for line in exc.lines:

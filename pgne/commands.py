@@ -19,6 +19,7 @@ from pgne.drift import find_differences, read_inventory
 from pgne.errors import EXIT_OK, EXIT_RUNTIME, UserError, first_line
 from pgne.model import Config
 from pgne.render import Renderer
+from pgne.shard import Shard
 from pgne.statedir import ENV_VARIABLE, prepare_state_dir
 from pgne.webconfig import load_web_config
 
@@ -90,10 +91,11 @@ def status(config: Config, renderer: Renderer, host: str | None = None, database
 
 def run(config: Config, renderer: Renderer, listen_address: str = "0.0.0.0:9292", state_dir: str | None = None,
         web_config_file: str | None = None, log_level: str = "INFO", trigger_check_interval: float = 60.0,
-        compat_metric: bool = False) -> int:
+        compat_metric: bool = False, shard: Shard | None = None) -> int:
     """`pgne run`: the master (pgne.master) until SIGTERM/SIGINT; 0 when stopped.
 
-    `state_dir` None: $PROMETHEUS_MULTIPROC_DIR, else a private temporary directory."""
+    `state_dir` None: $PROMETHEUS_MULTIPROC_DIR, else a private temporary directory.
+    `shard` None: every database of the config, else only those of that shard (pgne.shard)."""
     renderer.check(config)
     listen = parse_listen_address(listen_address)
     if "prometheus_client" in sys.modules and not os.environ.get(ENV_VARIABLE):
@@ -106,7 +108,8 @@ def run(config: Config, renderer: Renderer, listen_address: str = "0.0.0.0:9292"
 
         try:
             master = Master(config, renderer, listen, state.path, web, log_level=log_level,
-                            trigger_check_interval=trigger_check_interval, compat_metric=compat_metric)
+                            trigger_check_interval=trigger_check_interval, compat_metric=compat_metric,
+                            shard=shard)
         except OSError as exc:
             raise UserError(f"--listen-address {listen_address}: {exc.strerror or exc}", EXIT_RUNTIME) from None
         return master.run()
