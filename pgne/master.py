@@ -121,7 +121,8 @@ class Master:
     # -- workers ---------------------------------------------------------------------------
 
     def _databases_of_shard(self, config: Config) -> tuple[Database, ...]:
-        """The config's databases that this replica runs: all, or those of its --shard."""
+        """The config's databases that this replica runs: all, or those of its --shard. (self.config
+        stays whole: pgne_events_total's label columns are the whole config's in every replica.)"""
         if self.shard is None:
             return config.databases
         return tuple(db for db in config.databases if self.shard.owns(db))
