@@ -14,6 +14,7 @@ from pgne import __version__, commands, logs
 from pgne.config import config_path, load_config
 from pgne.errors import EXIT_RUNTIME, UserError
 from pgne.render import DEFAULT_LOCK_TIMEOUT, Renderer
+from pgne.shard import shard_from_flags
 
 
 def _number_up_to(maximum: float, unit: str = "") -> Callable[[str], float]:
@@ -57,6 +58,20 @@ def _telemetry_path(text: str) -> str:
     if text in RESERVED_PATHS:
         raise argparse.ArgumentTypeError(f"{text!r} is pgne's own endpoint")
     return text
+
+
+def _whole_number_from(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= minimum."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is less than {minimum}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "events as pgne_events_total")
     p_run.add_argument("--trigger-check-interval", type=_positive_seconds, default=60.0, metavar="SECONDS",
                        help="how often workers check that pgne's triggers exist (default 60)")
+    # Sharding across replicas (pgne.shard): kube-state-metrics' flags, both or neither.
+    p_run.add_argument("--shard", type=_whole_number_from(0), metavar="N",
+                       help="run only the databases of shard N (0 to M-1) of --total-shards M: a stable hash of "
+                            "each database's host, port and name, modulo M, picks its shard, so M replicas "
+                            "started from one config (--shard 0 .. M-1) run every database exactly once, and "
+                            "adding a database moves no other (changing M moves most); the others are not "
+                            "served (no series, no landing-page row)")
+    p_run.add_argument("--total-shards", type=_whole_number_from(1), metavar="M",
+                       help="how many replicas share the config (with --shard)")
     sub.add_parser("status", parents=[common, select], help="compare the databases with the config")
     p_demo = sub.add_parser("demo", parents=[logging_options],
                             help="try pgne: a demo table, its triggers, the exporter and sample writes "
@@ -157,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_level, args.log_format)
     try:
         _check_paths(args)
+        shard = shard_from_flags(args.shard, args.total_shards) if args.command == "run" else None
         if args.command == "demo":  # needs no config file
             return commands.demo(args.dsn, args.listen_address, rate=args.rate, log_level=args.log_level,
                                  log_format=args.log_format)
@@ -178,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                                 web_config_file=args.web_config_file, log_level=args.log_level,
                                 trigger_check_interval=args.trigger_check_interval,
                                 compat_metric=args.compat_metric, log_format=args.log_format,
-                                telemetry_path=args.telemetry_path, enable_lifecycle=args.enable_lifecycle)
+                                telemetry_path=args.telemetry_path, enable_lifecycle=args.enable_lifecycle,
+                                shard=shard)
         raise AssertionError(args.command)
     except UserError as exc:
         for line in exc.lines:

@@ -19,6 +19,7 @@ from pgne.drift import find_differences, read_inventory
 from pgne.errors import EXIT_OK, EXIT_RUNTIME, UserError, first_line
 from pgne.model import Config
 from pgne.render import Renderer
+from pgne.shard import Shard
 from pgne.statedir import ENV_VARIABLE, prepare_state_dir
 from pgne.webconfig import load_web_config
 
@@ -91,12 +92,13 @@ def status(config: Config, renderer: Renderer, host: str | None = None, database
 def run(config: Config, renderer: Renderer, listen_address: str = "0.0.0.0:9292", state_dir: str | None = None,
         web_config_file: str | None = None, log_level: str = "INFO", trigger_check_interval: float = 60.0,
         compat_metric: bool = False, log_format: str | None = None, telemetry_path: str = "/metrics",
-        enable_lifecycle: bool = False) -> int:
+        enable_lifecycle: bool = False, shard: Shard | None = None) -> int:
     """`pgne run`: the master (pgne.master) until SIGTERM/SIGINT; 0 when stopped.
 
     `state_dir` None: $PROMETHEUS_MULTIPROC_DIR, else a private temporary directory.
     `log_format`: pgne.logs' (the workers get it in their spec). `telemetry_path`: where the
-    metrics are served; `enable_lifecycle`: POST /-/reload allowed."""
+    metrics are served; `enable_lifecycle`: POST /-/reload allowed. `shard` None: every database
+    of the config, else only those of that shard (pgne.shard)."""
     renderer.check(config)
     listen = parse_listen_address(listen_address)
     if "prometheus_client" in sys.modules and not os.environ.get(ENV_VARIABLE):
@@ -111,7 +113,7 @@ def run(config: Config, renderer: Renderer, listen_address: str = "0.0.0.0:9292"
             master = Master(config, renderer, listen, state.path, web, log_level=log_level,
                             trigger_check_interval=trigger_check_interval, compat_metric=compat_metric,
                             log_format=log_format, telemetry_path=telemetry_path,
-                            enable_lifecycle=enable_lifecycle)
+                            enable_lifecycle=enable_lifecycle, shard=shard)
         except OSError as exc:
             raise UserError(f"--listen-address {listen_address}: {exc.strerror or exc}", EXIT_RUNTIME) from None
         return master.run()

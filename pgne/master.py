@@ -1,7 +1,8 @@
 """`pgne run`: the master process.
 
 It serves HTTP and keeps one worker per enabled database alive (plus a one-off teardown worker
-for a disabled database with perform_setup). pgne.commands.run prepares the multiprocess
+for a disabled database with perform_setup); with --shard/--total-shards, only for the databases
+of its shard (pgne.shard), and only those are served. pgne.commands.run prepares the multiprocess
 metrics directory and sets PROMETHEUS_MULTIPROC_DIR before it imports this module: everything
 here may import prometheus_client.
 
@@ -45,6 +46,7 @@ from pgne.metrics import MasterMetrics
 from pgne.model import NOTIFY, OUTBOX, Config, Database
 from pgne.protocol import EXIT_TEARDOWN_FAILED, LISTEN, TEARDOWN, WorkerSpec, encode_spec
 from pgne.render import Renderer
+from pgne.shard import Shard
 from pgne.statedir import ENV_VARIABLE
 from pgne.webconfig import WebConfig
 
@@ -83,8 +85,9 @@ class Master:
     def __init__(self, config: Config, renderer: Renderer, listen: tuple[str, int], state_dir: str,
                  web: WebConfig | None = None, *, log_level: str = "INFO", trigger_check_interval: float = 60.0,
                  compat_metric: bool = False, log_format: str | None = None, telemetry_path: str = "/metrics",
-                 enable_lifecycle: bool = False):
+                 enable_lifecycle: bool = False, shard: Shard | None = None):
         self.config = config
+        self.shard = shard  # None: every database of the config
         self.renderer = renderer
         self.listen = listen
         self.state_dir = state_dir
@@ -135,9 +138,26 @@ class Master:
 
     # -- workers ---------------------------------------------------------------------------
 
+    def _databases_of_shard(self, config: Config) -> tuple[Database, ...]:
+        """The config's databases that this replica runs: all, or those of its --shard. (self.config
+        stays whole: pgne_events_total's label columns are the whole config's in every replica.)"""
+        if self.shard is None:
+            return config.databases
+        return tuple(db for db in config.databases if self.shard.owns(db))
+
+    def _log_shard(self, config: Config) -> None:
+        if self.shard is None:
+            return
+        mine, total = len(self._databases_of_shard(config)), len(config.databases)
+        if mine:
+            log.info("%s: this replica runs %d of the config's %d database(s)", self.shard, mine, total)
+        else:
+            log.info("%s: none of the config's %d database(s) falls in this shard; serving pgne's own "
+                     "metrics only", self.shard, total)
+
     def _slots_for(self, config: Config) -> dict[tuple, WorkerSlot]:
         slots = {}
-        for db in config.databases:
+        for db in self._databases_of_shard(config):
             if db.enabled:
                 slots[db.key] = WorkerSlot(db, LISTEN)
             elif db.perform_setup:
@@ -267,7 +287,8 @@ class Master:
         return max(0.0, min(due + [LOOP_TICK]))
 
     def _init_series(self) -> None:
-        self.server.serve_databases(frozenset((db.host_label, db.name) for db in self.config.enabled_databases))
+        self.server.serve_databases(frozenset((db.host_label, db.name) for db in self._databases_of_shard(self.config)
+                                              if db.enabled))
         for slot in self.slots.values():
             db = slot.database
             if slot.mode == LISTEN:
@@ -318,6 +339,7 @@ class Master:
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(time.time())
         log.info("reload: %s loaded", path)
+        self._log_shard(config)
         return None
 
     def _update_readiness(self) -> None:
@@ -333,6 +355,7 @@ class Master:
     # -- main loop -----------------------------------------------------------------------------
 
     def run(self) -> int:
+        self._log_shard(self.config)
         self.slots = self._slots_for(self.config)
         self._init_series()
         self.metrics.reload_ok.set(1)
