@@ -13,8 +13,9 @@ The tests run against a throwaway PostgreSQL server that the suite starts itself
 tests/conftest.py), never a server of the machine's:
 1. the whole suite on the embedded PostgreSQL 18 (PGNE_TEST_SERVER=embedded);
 2. the SQL-facing tests (tests/unit, tests/integration) again on the system's PostgreSQL
-   (/usr/lib/postgresql/N/bin, PGNE_TEST_SERVER=system) where one is installed; with CI=true
-   a missing system PostgreSQL is an error.
+   (/usr/lib/postgresql/N/bin, PGNE_TEST_SERVER=system) where one is installed, side by side
+   with the first (each picks ports in a range of its own: PGNE_FREE_PORTS); with CI=true a
+   missing system PostgreSQL is an error.
 With PYTEST ARGS, or with PGNE_TEST_DSN set (a server of your choice), there is one run only.
 
 Standard library only: this runs before anything is installed.
@@ -27,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -107,13 +109,43 @@ def system_postgres() -> str | None:
 
 
 def pytest(args: list, server: str | None) -> int:
+    say(f"python -m pytest {' '.join(args)}" + (f"  (PostgreSQL: {server})" if server else
+                                                 f"  (PostgreSQL: PGNE_TEST_DSN={os.environ.get('PGNE_TEST_DSN')})"))
+    code = run([PYTHON, "-m", "pytest", *args], pytest_env(server))
+    return 1 if code == 5 else code  # pytest's 5: no test ran, a failure here
+
+
+def pytest_env(server: str | None, ports: str | None = None) -> dict:
     env = dict(os.environ)
     if server:
         env["PGNE_TEST_SERVER"] = server
-    say(f"python -m pytest {' '.join(args)}" + (f"  (PostgreSQL: {server})" if server else
-                                                 f"  (PostgreSQL: PGNE_TEST_DSN={env.get('PGNE_TEST_DSN')})"))
-    code = run([PYTHON, "-m", "pytest", *args], env)
-    return 1 if code == 5 else code  # pytest's 5: no test ran, a failure here
+    if ports:
+        env["PGNE_FREE_PORTS"] = ports  # pgne.cluster.free_port(): this pass's own range
+    return env
+
+
+def both_passes(system: str) -> list:
+    """The embedded pass in the foreground and the system pass beside it: the suite mostly waits
+    (for servers, workers, deadlines), so the two together take little longer than the longer
+    one. Each picks ports in a range of its own; the system pass's output is shown after."""
+    args = ["-q", *SQL_FACING]
+    say(f"python -m pytest {' '.join(args)}  (PostgreSQL: system, beside the next run; its output follows it)")
+    with tempfile.TemporaryFile(mode="w+") as log:
+        side = subprocess.Popen([str(PYTHON), "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=ROOT,
+                                env=pytest_env("system", "26000-31999"), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            say("python -m pytest -q  (PostgreSQL: embedded)")
+            embedded = run([PYTHON, "-m", "pytest", "-q"], pytest_env("embedded", "20000-25999"))
+            system_code = side.wait()
+        finally:
+            if side.poll() is None:
+                side.terminate()
+                side.wait()
+        log.seek(0)
+        say(f"python -m pytest {' '.join(args)}  (PostgreSQL: system): its output")
+        sys.stdout.write(log.read())
+        sys.stdout.flush()
+    return [1 if code == 5 else code for code in (embedded, system_code)]
 
 
 def test(args: list) -> int:
@@ -129,11 +161,11 @@ def test(args: list) -> int:
     system = system_postgres()
     if system is None and os.environ.get("CI") == "true":
         fail("CI tests both the embedded and the system PostgreSQL, and /usr/lib/postgresql/*/bin has none", 1)
-    codes = [pytest(["-q"], "embedded")]
     if system is None:
+        codes = [pytest(["-q"], "embedded")]
         say("no system PostgreSQL under /usr/lib/postgresql: the tests ran on the embedded PostgreSQL 18 only")
     else:
-        codes.append(pytest(["-q", *SQL_FACING], "system"))
+        codes = both_passes(system)
     runs = ["whole suite on the embedded PostgreSQL"] + ([f"{' '.join(SQL_FACING)} on PostgreSQL {system}"]
                                                         if system else [])
     for what, code in zip(runs, codes):

@@ -19,6 +19,7 @@ import contextlib
 import glob
 import os
 import pwd
+import random
 import re
 import shutil
 import socket
@@ -126,11 +127,26 @@ def require_embedded() -> Binaries:
     return found
 
 
+PORTS_VARIABLE = "PGNE_FREE_PORTS"  # "LOW-HIGH": free_port() picks in that range only
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    A port is free only until someone binds it: two processes that pick ports at once (the test
+    suite's two passes side by side, see dev.py) are kept apart by giving each its own range in
+    $PGNE_FREE_PORTS (below 32768, where the kernel takes no ports for outgoing connections)."""
+    low, _, high = os.environ.get(PORTS_VARIABLE, "").partition("-")
+    ports = range(int(low), int(high) + 1) if high else range(0)
+    candidates = random.sample(ports, min(len(ports), 200)) if high else [0]
+    for port in candidates:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise ClusterError(f"no free port in {PORTS_VARIABLE}={low}-{high}")
 
 
 def _server_user() -> pwd.struct_passwd | None:
