@@ -11,11 +11,13 @@ runs as root and they are missing; elsewhere it names the packages to install.
 
 The tests run against a throwaway PostgreSQL server that the suite starts itself (see
 tests/conftest.py), never a server of the machine's:
-1. the whole suite on the embedded PostgreSQL 18 (PGNE_TEST_SERVER=embedded);
+1. the whole suite on the embedded PostgreSQL 18 (PGNE_TEST_SERVER=embedded), as two runs:
+   tests/unit with tests/integration, and tests/reliability;
 2. the SQL-facing tests (tests/unit, tests/integration) again on the system's PostgreSQL
-   (/usr/lib/postgresql/N/bin, PGNE_TEST_SERVER=system) where one is installed, side by side
-   with the first (each picks ports in a range of its own: PGNE_FREE_PORTS); with CI=true a
+   (/usr/lib/postgresql/N/bin, PGNE_TEST_SERVER=system) where one is installed; with CI=true a
    missing system PostgreSQL is an error.
+The three runs go side by side (the suite mostly waits), each picking ports in a range of its
+own (PGNE_FREE_PORTS); the output of the second and third follows the first's.
 With PYTEST ARGS, or with PGNE_TEST_DSN set (a server of your choice), there is one run only.
 
 Standard library only: this runs before anything is installed.
@@ -124,28 +126,35 @@ def pytest_env(server: str | None, ports: str | None = None) -> dict:
     return env
 
 
-def both_passes(system: str) -> list:
-    """The embedded pass in the foreground and the system pass beside it: the suite mostly waits
-    (for servers, workers, deadlines), so the two together take little longer than the longer
-    one. Each picks ports in a range of its own; the system pass's output is shown after."""
-    args = ["-q", *SQL_FACING]
-    say(f"python -m pytest {' '.join(args)}  (PostgreSQL: system, beside the next run; its output follows it)")
-    with tempfile.TemporaryFile(mode="w+") as log:
-        side = subprocess.Popen([str(PYTHON), "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=ROOT,
-                                env=pytest_env("system", "26000-31999"), stdout=log, stderr=subprocess.STDOUT)
-        try:
-            say("python -m pytest -q  (PostgreSQL: embedded)")
-            embedded = run([PYTHON, "-m", "pytest", "-q"], pytest_env("embedded", "20000-25999"))
-            system_code = side.wait()
-        finally:
-            if side.poll() is None:
-                side.terminate()
-                side.wait()
-        log.seek(0)
-        say(f"python -m pytest {' '.join(args)}  (PostgreSQL: system): its output")
-        sys.stdout.write(log.read())
-        sys.stdout.flush()
-    return [1 if code == 5 else code for code in (embedded, system_code)]
+def side_by_side(passes: list) -> list:
+    """Run the passes (label, server, pytest args, port range) at once: the first in the
+    foreground, the others beside it with their output shown after it. The suite mostly waits
+    (for servers, workers, deadlines), so together they take little longer than the longest;
+    each picks ports in a range of its own (PGNE_FREE_PORTS) so that they never race for one."""
+    sides = []
+    try:
+        for label, server, args, ports in passes[1:]:
+            say(f"python -m pytest -q {' '.join(args)}  (PostgreSQL: {server}; beside the next run, output after it)")
+            log = tempfile.TemporaryFile(mode="w+")
+            sides.append((label, log, subprocess.Popen(
+                [str(PYTHON), "-m", "pytest", "-p", "no:cacheprovider", "-q", *args], cwd=ROOT,
+                env=pytest_env(server, ports), stdout=log, stderr=subprocess.STDOUT)))
+        label, server, args, ports = passes[0]
+        say(f"python -m pytest -q {' '.join(args)}  (PostgreSQL: {server})")
+        codes = [run([PYTHON, "-m", "pytest", "-q", *args], pytest_env(server, ports))]
+        for label, log, process in sides:
+            codes.append(process.wait())
+            log.seek(0)
+            say(f"{label}: its output")
+            sys.stdout.write(log.read())
+            sys.stdout.flush()
+    finally:
+        for _, log, process in sides:
+            if process.poll() is None:
+                process.terminate()
+                process.wait()
+            log.close()
+    return [1 if code == 5 else code for code in codes]  # pytest's 5: no test ran, a failure here
 
 
 def test(args: list) -> int:
@@ -161,13 +170,16 @@ def test(args: list) -> int:
     system = system_postgres()
     if system is None and os.environ.get("CI") == "true":
         fail("CI tests both the embedded and the system PostgreSQL, and /usr/lib/postgresql/*/bin has none", 1)
+    passes = [("tests/unit tests/integration on the embedded PostgreSQL", "embedded", list(SQL_FACING),
+               "20000-23999"),
+              ("tests/reliability on the embedded PostgreSQL", "embedded", ["tests/reliability"], "24000-27999")]
+    if system is not None:
+        passes.append((f"{' '.join(SQL_FACING)} on PostgreSQL {system}", "system", list(SQL_FACING),
+                       "28000-31999"))
+    codes = side_by_side(passes)
     if system is None:
-        codes = [pytest(["-q"], "embedded")]
         say("no system PostgreSQL under /usr/lib/postgresql: the tests ran on the embedded PostgreSQL 18 only")
-    else:
-        codes = both_passes(system)
-    runs = ["whole suite on the embedded PostgreSQL"] + ([f"{' '.join(SQL_FACING)} on PostgreSQL {system}"]
-                                                        if system else [])
+    runs = [label for label, _, _, _ in passes]
     for what, code in zip(runs, codes):
         say(f"{what}: {'passed' if code == 0 else f'FAILED (pytest exit {code})'}")
     return 0 if all(code == 0 for code in codes) else 1
