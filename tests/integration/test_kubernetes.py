@@ -7,8 +7,8 @@ the kubelet's `..data` link layout; the emptyDir state directory).
 What differs from a pod, and nothing else (support.kubernetes.Pod.argv):
 - the pod's file system is a directory per pod: an absolute path under a mountPath, in the args
   and in the config's password_file, is that path under the pod's directory;
-- the pod IP is a loopback address per pod (127.0.0.10 + ordinal): `--web.listen-address=:9292`
-  (every address) listens on that address, port 9292 as given;
+- the pod IP is a loopback address per pod (127.A.B.1 + ordinal, A.B random):
+  `--web.listen-address=:9292` (every address) listens on that address, port 9292 as given;
 - the image's `pgne` console script (pgne.cli:main) is `python -m pgne` (the same function);
 - the config's databases point at the test server: host, port and dbname (the test's
   databases); user `pgne` and the Secret's password are used as they are (the test creates the
@@ -32,7 +32,17 @@ import pytest
 import yaml
 from psycopg2 import sql
 from support.databases import Database, query
-from support.kubernetes import Pod, PodPgne, container, flags, manifests, probe_target, scrape_target
+from support.kubernetes import (
+    Pod,
+    PodPgne,
+    container,
+    flags,
+    listen_port,
+    manifests,
+    pod_addresses,
+    probe_target,
+    scrape_target,
+)
 from support.metrics import http_get
 from support.processes import run_pgne
 from support.waiting import wait_until
@@ -121,8 +131,8 @@ def test_the_statefulset_pods_run_pgne_as_the_manifests_say_and_serve_every_data
     assert check.stdout == (f"{shipped.path(config_flag)}: valid: 2 hosts, 4 databases (4 enabled), "
                             "4 monitors (4 enabled), 8 triggers\n")
 
-    pods = [Pod(resources, ordinal, tmp_path / f"pgne-{ordinal}", f"127.0.0.{10 + ordinal}")
-            for ordinal in range(replicas)]
+    pods = [Pod(resources, ordinal, tmp_path / f"pgne-{ordinal}", address)
+            for ordinal, address in enumerate(pod_addresses(replicas, listen_port(spec)))]
     for pod in pods:
         pod.mount(pod_config(target))
         check = run_pgne("check", "-c", pod.path(config_flag))

@@ -2,17 +2,20 @@
 would start it, without a cluster.
 
 - `manifests()`: every resource of the directory by kind; `container()`, `flags()`,
-  `named_port()`, `probe_target()`, `scrape_target()` read what pgne is given and where it is
+  `listen_port()`, `named_port()`, `probe_target()`, `scrape_target()` read what pgne is given and where it is
   probed and scraped.
 - `Pod`: one ordinal of the StatefulSet: a root directory that stands for its file system (the
   ConfigMap's and Secret's keys written at their mountPaths in the kubelet's layout, emptyDirs
-  as empty directories), a loopback address that stands for its pod IP, its environment (the
-  downward API's pod-index label) and its argv (`$(VAR)` expanded as the kubelet does).
+  as empty directories), a loopback address that stands for its pod IP (`pod_addresses()`),
+  its environment (the downward API's pod-index label) and its argv (`$(VAR)` expanded as the
+  kubelet does).
 - `PodPgne`: that argv run as a `PgneProcess`.
 """
 from __future__ import annotations
 
+import random
 import re
+import socket
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -56,6 +59,11 @@ def flags(args: list[str]) -> dict[str, str]:
     return dict(arg.split("=", 1) for arg in args if arg.startswith("--") and "=" in arg)
 
 
+def listen_port(spec: Mapping[str, Any]) -> int:
+    """The port of the container's `--web.listen-address=HOST:PORT`."""
+    return int(flags(spec["args"])["--web.listen-address"].rsplit(":", 1)[1])
+
+
 def named_port(spec: Mapping[str, Any], port: int | str) -> int:
     """A container port given by number or by name, as a probe or a Service's targetPort gives it."""
     if isinstance(port, int):
@@ -96,6 +104,26 @@ def write_volume(directory: Path, files: Mapping[str, str]) -> None:
         (payload / key).write_text(text, encoding="utf-8")
         (directory / key).symlink_to(Path("..data") / key)
     (directory / "..data").symlink_to(payload.name)
+
+
+def pod_addresses(count: int, port: int, tries: int = 50) -> list[str]:
+    """`count` loopback addresses (127.A.B.1 ..), standing for pod IPs, on which `port` is free:
+    A.B is random, so that two test runs side by side (dev.py's) each have their own."""
+    for _ in range(tries):
+        prefix = f"127.{random.randrange(1, 255)}.{random.randrange(0, 256)}"
+        addresses = [f"{prefix}.{ordinal + 1}" for ordinal in range(count)]
+        if all(_bindable(address, port) for address in addresses):
+            return addresses
+    raise AssertionError(f"no loopback addresses with port {port} free in {tries} tries")
+
+
+def _bindable(address: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
 
 
 class Pod:
@@ -174,7 +202,7 @@ class PodPgne(PgneProcess):
         self.host = pod.address
 
     def listen_port(self) -> int:
-        return int(flags(self.pod.spec["args"])["--web.listen-address"].rsplit(":", 1)[1])
+        return listen_port(self.pod.spec)
 
     def environment(self) -> dict[str, str]:
         return pgne_env(**self.pod.environment())

@@ -17,6 +17,7 @@ from support.kubernetes import (
     POD_INDEX_LABEL,
     container,
     flags,
+    listen_port,
     manifest_files,
     manifests,
     named_port,
@@ -69,8 +70,7 @@ def test_the_service_monitor_scrapes_the_service_port_and_path_pgne_serves(resou
     assert [p["name"] for p in service["spec"]["ports"]] == [endpoint["port"]] == ["metrics"]
     assert endpoint["path"] == flags(spec["args"]).get("--web.telemetry-path", "/metrics") == "/metrics"
     assert endpoint["interval"] == "30s"
-    listen_port = int(flags(spec["args"])["--web.listen-address"].rsplit(":", 1)[1])
-    assert scrape_target(resources) == (listen_port, "/metrics") == (9292, "/metrics")
+    assert scrape_target(resources) == (listen_port(spec), "/metrics") == (9292, "/metrics")
 
 
 def test_every_resource_carries_the_same_label_and_the_selectors_match_the_pods(resources):
@@ -104,11 +104,10 @@ def test_each_pod_takes_its_shard_from_its_ordinal_and_the_shard_count_is_the_re
 
 def test_probes_ask_pgne_liveness_and_readiness_endpoints_on_its_listen_port(resources):
     spec = container(resources["StatefulSet"])
-    listen_port = int(flags(spec["args"])["--web.listen-address"].rsplit(":", 1)[1])
-    assert spec["ports"] == [{"name": "metrics", "containerPort": listen_port, "protocol": "TCP"}]
-    assert probe_target(spec, "livenessProbe") == (listen_port, "/-/healthy")
-    assert probe_target(spec, "readinessProbe") == (listen_port, "/-/ready")
-    assert named_port(spec, resources["Service"]["spec"]["ports"][0]["targetPort"]) == listen_port
+    assert spec["ports"] == [{"name": "metrics", "containerPort": listen_port(spec), "protocol": "TCP"}]
+    assert probe_target(spec, "livenessProbe") == (listen_port(spec), "/-/healthy")
+    assert probe_target(spec, "readinessProbe") == (listen_port(spec), "/-/ready")
+    assert named_port(spec, resources["Service"]["spec"]["ports"][0]["targetPort"]) == listen_port(spec)
 
 
 def test_config_passwords_and_state_are_where_the_volumes_put_them(resources):
