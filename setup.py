@@ -56,6 +56,9 @@ setup(
             "hypothesis>=6",
             "supervisor>=4.2",
             "ruff>=0.4",
+            # deploy/kubernetes/ validated offline (tests/unit/test_kubernetes_manifests.py): the
+            # Kubernetes schemas it ships are its version's, so pinned.
+            "kubernetes-validate==1.37.0",
         ],
     },
     entry_points={"console_scripts": ["pgne = pgne.cli:main"]},

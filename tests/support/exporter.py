@@ -42,6 +42,7 @@ class PgneProcess:
         self.log_level = log_level
         self.listen_flag = listen_flag
         self.telemetry_path = telemetry_path
+        self.host = "127.0.0.1"  # where url() finds pgne
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
 
@@ -52,11 +53,18 @@ class PgneProcess:
                 self.listen_flag, f"127.0.0.1:{self.port}", "--state-dir", str(self.state_dir),
                 "--log-level", self.log_level, *self.extra_args]
 
+    def listen_port(self) -> int:
+        """The port that command() makes pgne listen on, picked at each spawn."""
+        return free_port()
+
+    def environment(self) -> dict[str, str]:
+        return pgne_env()
+
     def spawn(self) -> subprocess.Popen:
         """Start the master without waiting for anything."""
-        self.port = free_port()
+        self.port = self.listen_port()
         with open(self.stderr_path, "ab") as stderr:
-            self.process = subprocess.Popen(self.command(), cwd=self.workdir, env=pgne_env(),
+            self.process = subprocess.Popen(self.command(), cwd=self.workdir, env=self.environment(),
                                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                             stderr=stderr, start_new_session=True)
         SPAWNED.append(self)  # conftest kills whatever a test leaves running, even if it failed early
@@ -119,7 +127,7 @@ class PgneProcess:
     # -- HTTP ---------------------------------------------------------------------------------
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def get(self, path: str, headers: Mapping[str, str] | None = None) -> tuple[int, dict, bytes]:
         return http_get(self.url(path), headers)
