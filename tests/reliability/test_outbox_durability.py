@@ -304,12 +304,12 @@ def test_outbox_totals_are_exact_through_pgne_kills_and_a_database_crash(durable
     def worker_of(proc: PgneProcess, not_pid: int | None = None) -> int:
         def found():
             observe(proc)
-            pids = [p for p in proc.child_pids() if p != not_pid]
+            pids = [p for p in proc.worker_pids() if p != not_pid]
             return pids[0] if pids else None
         return wait_until(found, 30, "pgne's worker", proc.describe)
 
     def kill_master(proc: PgneProcess) -> PgneProcess:
-        workers = proc.child_pids()
+        workers = proc.worker_pids()
         proc.send_signal(signal.SIGKILL)
         proc.process.wait(10)
         wait_gone(workers, 5 + 1, "the workers of a SIGKILLed master to exit by themselves")
