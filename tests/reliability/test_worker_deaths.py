@@ -82,8 +82,8 @@ class Killer(threading.Thread):
             time.sleep(0.0005)
 
 
-def test_workers_killed_every_few_hundred_ms_for_25_s_never_stop_the_master_and_counts_stay_exact(
-        pg_database_factory, tmp_path):
+def two_databases_counting(pg_database_factory, tmp_path) -> tuple[PgneProcess, object, object]:
+    """A real `pgne run` with a notify and an outbox database, each of which has counted 7 rows."""
     notify_db, outbox_db = pg_database_factory(), pg_database_factory()
     for db in (notify_db, outbox_db):
         run_sql(db, TABLES)
@@ -91,10 +91,16 @@ def test_workers_killed_every_few_hundred_ms_for_25_s_never_stop_the_master_and_
     path.write_text(config_text(outbox_entry(notify_db, [ONE], delivery=None, perform_setup=True),
                                 outbox_entry(outbox_db, [ONE], perform_setup=True)))
     proc = PgneProcess(path, tmp_path / "pgne").start(timeout=60)
-    run_sql(notify_db, "INSERT INTO one (code) SELECT 'alpha' FROM generate_series(1, 7)")
-    run_sql(outbox_db, "INSERT INTO one (code) SELECT 'alpha' FROM generate_series(1, 7)")
+    for db in (notify_db, outbox_db):
+        run_sql(db, "INSERT INTO one (code) SELECT 'alpha' FROM generate_series(1, 7)")
     proc.wait_for_value("pgne_events_total", insert_labels(notify_db, "alpha"), 7)
     wait_drained(proc, outbox_db, {("INSERT", "one", "alpha"): 7})
+    return proc, notify_db, outbox_db
+
+
+def test_workers_killed_every_few_hundred_ms_for_25_s_never_stop_the_master_and_counts_stay_exact(
+        pg_database_factory, tmp_path):
+    proc, notify_db, outbox_db = two_databases_counting(pg_database_factory, tmp_path)
 
     killer = Killer(proc.pid, STORM)
     killer.start()
@@ -275,17 +281,7 @@ def test_a_killed_forkserver_takes_its_workers_and_a_new_one_forks_their_success
     with it (PR_SET_PDEATHSIG, or the master kills them: two workers of one database never count
     at once), the master says so, starts a new forkserver with the next worker, and counts stay
     exact (outbox: the rows committed meanwhile too). The master never exits."""
-    notify_db, outbox_db = pg_database_factory(), pg_database_factory()
-    for db in (notify_db, outbox_db):
-        run_sql(db, TABLES)
-    path = tmp_path / "events_config.yml"
-    path.write_text(config_text(outbox_entry(notify_db, [ONE], delivery=None, perform_setup=True),
-                                outbox_entry(outbox_db, [ONE], perform_setup=True)))
-    proc = PgneProcess(path, tmp_path / "pgne").start(timeout=60)
-    for db in (notify_db, outbox_db):
-        run_sql(db, "INSERT INTO one (code) SELECT 'alpha' FROM generate_series(1, 7)")
-    proc.wait_for_value("pgne_events_total", insert_labels(notify_db, "alpha"), 7)
-    wait_drained(proc, outbox_db, {("INSERT", "one", "alpha"): 7})
+    proc, notify_db, outbox_db = two_databases_counting(pg_database_factory, tmp_path)
     [forkserver] = [pid for pid in children_of(proc.pid) if children_of(pid)]
     old_workers = proc.worker_pids()
     assert len(old_workers) == 2 and set(children_of(forkserver)) == set(old_workers)
