@@ -166,8 +166,32 @@ def _environment_without(names: Iterable[str]) -> Iterator[None]:
 
 
 def _run_worker(module: str, channel: multiprocessing.connection.Connection) -> None:
-    """A worker's first code, in the forkserver's child: the preloaded objects go to the
-    permanent generation, so that the worker's garbage collections never write to (and so
-    never copy) the pages it shares with the forkserver and the other workers."""
+    """A worker's first code, in the forkserver's child.
+
+    It keeps only the descriptors it uses (stdio, its spec pipe): multiprocessing hands every
+    child the write end of the forkserver's "alive" pipe (and the resource tracker's), and a
+    worker holding it keeps the forkserver alive after the master's death, so PR_SET_PDEATHSIG
+    never fires and a worker blocked in libpq (a drain waiting for a lock) outlives the master.
+    Then the preloaded objects go to the permanent generation, so that the worker's garbage
+    collections never write to (and so never copy) the pages it shares with the forkserver and
+    the other workers."""
+    _close_all_but({0, 1, 2, channel.fileno(), *_fileno(sys.stdin)})
     gc.freeze()
     sys.exit(importlib.import_module(module).main(channel.fileno()))
+
+
+def _fileno(stream) -> list[int]:
+    try:
+        return [stream.fileno()]
+    except (AttributeError, ValueError, OSError):
+        return []
+
+
+def _close_all_but(keep: set[int]) -> None:
+    for name in os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:  # the listing's own descriptor, closed already
+                pass
