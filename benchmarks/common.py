@@ -76,6 +76,7 @@ class Cluster(cluster_module.ThrowawayCluster):
     def __init__(self):
         super().__init__(BINARIES, durable=True, prefix="pgne-bench-cluster-", settings={
             "shared_buffers": "'256MB'",
+            "max_connections": "300",  # fleet: 200 workers at once
             # no checkpoint in the middle of a timed statement; run.py checkpoints between runs
             "max_wal_size": "'4GB'", "checkpoint_timeout": "'30min'",
         })
@@ -160,7 +161,8 @@ FAST_RESTART_BOOT = (
 class Pgne:
     """A `pgne run` subprocess serving /metrics on a free port, with its own state dir."""
 
-    def __init__(self, config_path: str, workdir: str, fast_restarts: bool = False, log_level: str = "WARNING"):
+    def __init__(self, config_path: str, workdir: str, fast_restarts: bool = False, log_level: str = "WARNING",
+                 env: dict[str, str] | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.state_dir = self.workdir / "state"
@@ -170,7 +172,7 @@ class Pgne:
         command = [sys.executable, *boot, "run", "-c", config_path, "--listen-address", f"127.0.0.1:{self.port}",
                    "--state-dir", str(self.state_dir), "--log-level", log_level]
         with open(self.stderr_path, "ab") as stderr:
-            self.process = subprocess.Popen(command, cwd=self.workdir, env=pgne_env(), stdin=subprocess.DEVNULL,
+            self.process = subprocess.Popen(command, cwd=self.workdir, env=env or pgne_env(), stdin=subprocess.DEVNULL,
                                             stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
         wait_until(self._healthy, 60, "pgne's /-/healthy", interval=0.02)
 
@@ -201,7 +203,8 @@ class Pgne:
             return response.read().decode("utf-8")
 
     def workers(self) -> list[int]:
-        return children_of(self.pid)
+        """The children of the master's forkserver (its only child that has children)."""
+        return [pid for child in children_of(self.pid) for pid in children_of(child)]
 
     def wait_up(self, databases: int, timeout: float = 120) -> None:
         def all_up() -> bool:

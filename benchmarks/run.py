@@ -7,10 +7,12 @@
     python benchmarks/run.py --output /tmp/B.md --note "taken on a shared machine"
 
 Benchmarks: bulk, pgbench (write-path overhead), instructions (the same, counted by valgrind),
-consumption, latency, scale (the metrics side). Needs the PostgreSQL server binaries (initdb,
-pg_ctl, pgbench) under /usr/lib/postgresql/*/bin, and valgrind for `instructions`; run as root,
-the cluster runs as the `postgres` OS user. Never touches another server. Not part of CI's
-pass/fail: a MISS does not change the exit status, a benchmark that crashes does (1).
+consumption, latency, scale (the metrics side), fleet (memory, start-up and scrape with 1 to
+200 databases; `--fleet-baseline REV` runs pgne at git revision REV beside it). Needs the
+PostgreSQL server binaries (initdb, pg_ctl, pgbench) under /usr/lib/postgresql/*/bin, and
+valgrind for `instructions`; run as root, the cluster runs as the `postgres` OS user. Never
+touches another server. Not part of CI's pass/fail: a MISS does not change the exit status, a
+benchmark that crashes does (1).
 """
 from __future__ import annotations
 
@@ -35,18 +37,20 @@ for path in (str(REPO), str(REPO / "tests"), str(BENCH_DIR)):
 
 import common  # noqa: E402
 import consumption  # noqa: E402
+import fleet  # noqa: E402
 import instructions  # noqa: E402
 import latency  # noqa: E402
 import metrics_scale  # noqa: E402
 import write_path  # noqa: E402
 
-NAMES = ("bulk", "pgbench", "instructions", "consumption", "latency", "scale")
+NAMES = ("bulk", "pgbench", "instructions", "consumption", "latency", "scale", "fleet")
 FULL = {
     "bulk_rows": 200_000, "bulk_reps": 9, "instr_transactions": 1_000, "instr_rows": 200_000,
     "pgbench_seconds": 5, "pgbench_reps": 5,
     "consume_n": 200_000, "consume_reps": 5,
     "latency_rate": 500, "latency_seconds": 20, "latency_reps": 3,
     "scale_databases": 20, "scale_series": 10_000, "scale_restarts": 500, "scrapes": 15,
+    "fleet_counts": (1, 20, 200),
 }
 QUICK = {
     "bulk_rows": 20_000, "bulk_reps": 1, "instr_transactions": 50, "instr_rows": 2_000,
@@ -54,6 +58,7 @@ QUICK = {
     "consume_n": 20_000, "consume_reps": 1,
     "latency_rate": 500, "latency_seconds": 2, "latency_reps": 1,
     "scale_databases": 4, "scale_series": 1_000, "scale_restarts": 8, "scrapes": 3,
+    "fleet_counts": (1, 20, 22),
 }
 HISTORY = BENCH_DIR / "history.md"  # before/after measurements of the fixes, kept by hand
 
@@ -104,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"), help="default: BENCHMARKS.md at the repo root")
     parser.add_argument("--note", action="append", default=[], help="a line for the report's header (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the cluster's and pgne's directories")
+    parser.add_argument("--fleet-baseline", metavar="REV",
+                        help="fleet: also run pgne as it was at this git revision, side by side")
     args = parser.parse_args(argv)
     p = QUICK if args.quick else FULL
     chosen = args.only or list(NAMES)
@@ -130,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                                            p["latency_reps"]),
             "scale": lambda: metrics_scale.run(cluster, workdir, p["scale_databases"], p["scale_series"],
                                                p["scale_restarts"], p["scrapes"]),
+            "fleet": lambda: fleet.run(cluster, workdir, p["fleet_counts"], p["scrapes"], args.fleet_baseline),
         }
         for name in NAMES:
             if name not in chosen:

@@ -6,12 +6,12 @@ of its shard (pgne.shard), and only those are served. pgne.commands.run prepares
 metrics directory and sets PROMETHEUS_MULTIPROC_DIR before it imports this module: everything
 here may import prometheus_client.
 
-Workers are started with fork+exec (pgne.protocol.WORKER_COMMAND), so no lock held by the HTTP
-thread or prometheus_client is ever inherited. As in gunicorn's arbiter, the running workers
-are kept by pid (`workers`), signal handlers only set flags and wake the main loop through
-signal.set_wakeup_fd (SIGCHLD too: a worker's death is handled at once), and the loop reaps
-with waitpid(-1, WNOHANG), calls mark_process_dead(pid) for every reaped worker, and restarts
-workers with backoff.
+Workers are forked by a forkserver (pgne.launcher), so no lock held by the HTTP thread or
+prometheus_client is ever inherited, and they share the code it imported. As in gunicorn's
+arbiter, the running workers are kept by pid (`workers`), signal handlers only set flags and
+wake the main loop through signal.set_wakeup_fd, and the loop also wakes when a worker ends (its
+sentinel: a worker's death is handled at once), calls mark_process_dead(pid) for every ended
+worker, and restarts workers with backoff.
 POST /-/reload (--web.enable-lifecycle) is done by that loop too: the HTTP thread queues it in
 the server's Lifecycle and writes to the wakeup fd (`_wake`); the loop reloads as for SIGHUP and
 answers. The loop also keeps /-/ready's counts (`_update_readiness`).
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from prometheus_client.multiprocess import mark_process_dead
 
-from pgne import __version__, protocol
+from pgne import __version__, launcher
 from pgne.address import url_host
 from pgne.compaction import compact, relabel_series
 from pgne.config import load_config
@@ -47,7 +47,6 @@ from pgne.model import NOTIFY, OUTBOX, Config, Database
 from pgne.protocol import EXIT_TEARDOWN_FAILED, LISTEN, TEARDOWN, WorkerSpec, encode_spec
 from pgne.render import Renderer
 from pgne.shard import Shard
-from pgne.statedir import ENV_VARIABLE
 from pgne.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -68,8 +67,8 @@ class WorkerSlot:
     database: Database
     mode: str  # protocol.LISTEN or protocol.TEARDOWN
     pid: int | None = None  # of the last worker started; None: never started
-    stdin: int = -1  # the write end of its stdin pipe, open until it is reaped
-    status: int | None = None  # its exit status once reaped (-N: killed by signal N)
+    worker: launcher.StartedWorker | None = None  # the last worker started, until it has ended
+    status: int | None = None  # its exit status once ended (-N: killed by signal N)
     label_names: tuple[str, ...] = ()  # the label columns it writes pgne_events_total with
     started_at: float = 0.0
     restart_at: float | None = 0.0  # when to (re)start; None: do not
@@ -77,8 +76,8 @@ class WorkerSlot:
 
     @property
     def running(self) -> bool:
-        """Started and not reaped yet (so its pid is still its own: safe to signal)."""
-        return self.pid is not None and self.status is None
+        """Started and not ended yet."""
+        return self.worker is not None
 
 
 class Master:
@@ -120,9 +119,6 @@ class Master:
     def _on_signal(self, signum: int, frame: object) -> None:
         self.flags.add(signum)  # only a flag: the main loop acts on it
 
-    def _on_child(self, signum: int, frame: object) -> None:
-        pass  # the wakeup fd wakes the main loop, which reaps
-
     def _wake(self) -> None:
         """Wake the main loop from another thread (an HTTP thread's POST /-/reload)."""
         try:
@@ -134,7 +130,6 @@ class Master:
         signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
-        signal.signal(signal.SIGCHLD, self._on_child)
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -175,28 +170,26 @@ class Master:
             trigger_check_interval=self.trigger_check_interval,
             outbox_switch_generation=self.outbox_switches.get(slot.database.key, 0),
             compat_metric=self.compat_metric,
-            master_pid=os.getpid(),
             log_format=self.log_format,
         )
-        # The worker gets its password on stdin: variables that hold one stay with the master.
+        # The worker gets its password on its pipe: variables that hold one stay with the master.
         secrets = {db.password_variable for db in self.config.databases if db.password_variable}
-        env = {name: value for name, value in os.environ.items() if name not in secrets}
-        env[ENV_VARIABLE] = self.state_dir
         name = slot.database.display_name
         try:
-            pid, stdin = _start_worker(env)
-        except OSError as exc:  # no fork (EAGAIN, ENOMEM): as if it had died at once
+            worker = launcher.start_worker(hidden=secrets)
+        except (OSError, EOFError) as exc:  # no fork (EAGAIN, ENOMEM), no forkserver: as if it had died at once
             slot.started_at = time.monotonic()
             delay = self._schedule_restart(slot)
-            log.error("%s: cannot start a worker: %s; retrying in %.0f s", name, exc.strerror or exc, delay,
+            log.error("%s: cannot start a worker: %s; retrying in %.0f s", name, getattr(exc, "strerror", None) or exc, delay,
                       extra=for_database(name))
             return
-        # stdin stays open: its EOF tells the worker that we are gone.
-        slot.pid, slot.stdin, slot.status = pid, stdin, None
+        # its pipe stays open: its EOF tells the worker that we are gone.
+        pid = worker.pid
+        slot.pid, slot.worker, slot.status = pid, worker, None
         slot.label_names, slot.started_at, slot.restart_at = spec.label_names, time.monotonic(), None
         self.workers[pid] = slot
         log.info("%s: %s worker started (pid %d)", name, slot.mode, pid, extra=for_database(name))
-        if not _send_spec(stdin, encode_spec(spec)):
+        if not _send_spec(worker.stdin, encode_spec(spec)):
             # Not reading (stopped?): kill it so that the reaper restarts it. Blocking here
             # would stop the whole master. (A reader already gone is dying: the reaper sees it.)
             log.warning("%s: worker (pid %d) did not read its spec within %g s; killing it", name,
@@ -212,30 +205,31 @@ class Master:
         slot.restart_at = time.monotonic() + delay
         return delay
 
-    def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            if os.WIFSTOPPED(status) or os.WIFCONTINUED(status):  # only reported under a tracer
-                continue
-            self._reaped(pid, status)
+    def _wait(self, timeout: float) -> None:
+        """Until a signal (or POST /-/reload) wakes us, a worker ends, or `timeout` seconds."""
+        sentinels = [slot.worker.sentinel for slot in self.workers.values()]
+        launcher.wait_for([self.wakeup_r, *sentinels], timeout)
+        try:
+            os.read(self.wakeup_r, 512)
+        except BlockingIOError:
+            pass
 
-    def _reaped(self, pid: int, status: int) -> None:
+    def _reap(self, timeout: float = 0.0) -> None:
+        """Handle the workers that have ended (waiting up to `timeout` for one)."""
+        for worker in launcher.ended([slot.worker for slot in self.workers.values()], timeout):
+            self._reaped(worker.pid, worker.exitcode())
+
+    def _reaped(self, pid: int, code: int) -> None:
         try:
             mark_process_dead(pid, self.state_dir)
         except OSError as exc:  # its live gauges keep their last value until the next start
             log.warning("cannot remove the live gauges of process %d: %s", pid, exc)
-        slot = self.workers.pop(pid, None)
+        slot = self.workers.pop(pid)
         # with the label columns it wrote pgne_events_total with (see _compact)
-        self.uncompacted.append((pid, slot.label_names if slot else self.config.label_names))
-        if slot is None:
-            return
-        slot.status = code = os.waitstatus_to_exitcode(status)
-        _close_pipe(slot)
+        self.uncompacted.append((pid, slot.label_names))
+        slot.status = code
+        worker, slot.worker = slot.worker, None
+        worker.release()
         if self.stopping or self.slots.get(slot.database.key) is not slot:  # stopping, or retired by a reload
             return
         name = slot.database.display_name
@@ -245,7 +239,10 @@ class Master:
             slot.restart_at = None
             return
         delay = self._schedule_restart(slot)
-        how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        if worker.lost:
+            how = "was lost: the forkserver that forked it died (a new one starts with the next worker)"
+        else:
+            how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
         log.error("%s: worker (pid %d) %s; restarting in %.0f s", name, pid, how, delay, extra=for_database(name))
 
     def _compact(self) -> None:
@@ -278,8 +275,8 @@ class Master:
                 self._spawn(slot)
 
     def _sleep_time(self) -> float:
-        """Until the next due restart, at most LOOP_TICK. Signals wake the loop at once: SIGCHLD
-        when a worker dies, also the predecessor that a replacement waits for (not counted here)."""
+        """Until the next due restart, at most LOOP_TICK. A worker's end wakes the loop at once
+        (_wait), also the predecessor's that a replacement waits for (not counted here)."""
         now = time.monotonic()
         running = {slot.database.key for slot in self.workers.values()}
         due = [slot.restart_at - now for key, slot in self.slots.items()
@@ -368,11 +365,7 @@ class Master:
         try:
             while True:
                 self._start_due()
-                select.select([self.wakeup_r], [], [], self._sleep_time())
-                try:
-                    os.read(self.wakeup_r, 512)
-                except BlockingIOError:
-                    pass
+                self._wait(self._sleep_time())
                 self._reap()
                 self._compact()
                 if self.flags & {signal.SIGTERM, signal.SIGINT}:
@@ -398,46 +391,19 @@ class Master:
             _signal(slot, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE
         while time.monotonic() < deadline and self.workers:
-            self._reap()
-            time.sleep(0.05)
+            self._reap(timeout=deadline - time.monotonic())
         for pid, slot in list(self.workers.items()):
             if self.slots.get(slot.database.key) is slot:
                 log.warning("%s: worker (pid %d) ignored SIGTERM; killing it", slot.database.display_name, pid,
                             extra=for_database(slot.database.display_name))
             _signal(slot, signal.SIGKILL)
-        for pid in list(self.workers):
-            self._reaped(*os.waitpid(pid, 0))
+        while self.workers:
+            self._reap(timeout=None)
         self.server.stop()
 
 
-def _start_worker(env: dict[str, str]) -> tuple[int, int]:
-    """Start protocol.WORKER_COMMAND with a pipe as its stdin: (its pid, the pipe's write end).
-
-    posix_spawn, not subprocess.Popen: a Popen object reaps its child by itself (poll(),
-    wait(), its __del__ and subprocess's cleanup of dropped ones), and a worker reaped there is
-    never seen by _reap's waitpid(-1): no mark_process_dead, no restart, and a pid it may then
-    waitpid on can be a new worker's. Our descriptors are not inheritable (Python's default):
-    the worker gets only the pipe's read end as its stdin, never the write end (its EOF is how
-    it learns that we are gone).
-    """
-    command = protocol.WORKER_COMMAND
-    read_end, write_end = os.pipe()
-    if read_end == 0:  # our own stdin was closed: dup2(0, 0) would leave it close-on-exec
-        os.set_inheritable(read_end, True)
-    try:
-        # the signals that subprocess restores too (Python ignores them at its start)
-        pid = os.posix_spawnp(command[0], command, env, file_actions=[(os.POSIX_SPAWN_DUP2, read_end, 0)],
-                              setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
-    except BaseException:
-        os.close(write_end)
-        raise
-    finally:
-        os.close(read_end)
-    return pid, write_end
-
-
 def _send_spec(fd: int, data: bytes) -> bool:
-    """Write the spec into the worker's stdin; False if it did not read it within
+    """Write the spec into the worker's pipe; False if it did not read it within
     SPEC_WRITE_TIMEOUT (a spec larger than the pipe's buffer waits for the worker to read).
     True also when the worker is gone (EPIPE): it is exiting, and the reaper will see it."""
     os.set_blocking(fd, False)
@@ -450,22 +416,15 @@ def _send_spec(fd: int, data: bytes) -> bool:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            select.select([], [fd], [], remaining)
+            poller = select.poll()  # not select(): with hundreds of workers, fds pass FD_SETSIZE
+            poller.register(fd, select.POLLOUT)
+            poller.poll(remaining * 1000)
         except OSError:  # BrokenPipeError: it is dead already
             return True
     return True
 
 
-def _close_pipe(slot: WorkerSlot) -> None:
-    if slot.stdin >= 0:
-        os.close(slot.stdin)  # unbuffered: nothing to flush into a dead pipe
-        slot.stdin = -1
-
-
 def _signal(slot: WorkerSlot, signum: int) -> None:
-    """Signal the slot's worker if it is not reaped yet (only then is its pid still its own)."""
-    if slot.running:
-        try:
-            os.kill(slot.pid, signum)
-        except ProcessLookupError:
-            pass
+    """Signal the slot's worker if it has not ended."""
+    if slot.worker is not None:
+        slot.worker.signal(signum)

@@ -1,11 +1,12 @@
 """The master-worker protocol: how a worker is started, what it is told, how it answers.
 
-- The master starts a worker as WORKER_COMMAND (fork+exec: nothing of the master's threads or
-  locks is inherited), with PROMETHEUS_MULTIPROC_DIR in its environment and a pipe as its stdin.
-- It writes the WorkerSpec on that pipe (encode_spec: a 4-byte big-endian length, then the
-  pickled spec; the password travels here, never in argv or the environment); the worker reads
-  it with read_spec(). The pipe then stays open: its write end is held only by the master, so
-  EOF tells the worker that the master is gone.
+- The master has a worker forked from its forkserver (pgne.launcher: nothing of the master's
+  threads or locks is inherited), which runs `WORKER_MODULE.main(fd)`: `fd` is the read end of a
+  pipe of the worker's own, PROMETHEUS_MULTIPROC_DIR is in its environment.
+- The master writes the WorkerSpec on that pipe (encode_spec: a 4-byte big-endian length, then
+  the pickled spec; the password travels here, never in argv or the environment); the worker
+  reads it with read_spec(). The pipe then stays open: its write end is held only by the master,
+  so EOF tells the worker that the master is gone.
 - A worker LISTENs (and counts) until it is stopped, or TEARs DOWN a disabled database's setup
   and exits: 0 when done, EXIT_TEARDOWN_FAILED when the SQL failed (the master does not retry
   it). Any other exit is a crash, restarted with backoff.
@@ -19,13 +20,13 @@ import ctypes
 import os
 import pickle
 import struct
-import sys
 from dataclasses import dataclass
 
 from pgne.model import Database
 
-# How a worker is started; tests replace it with stand-ins that exit as they are told.
-WORKER_COMMAND = [sys.executable, "-m", "pgne.worker"]
+# The module whose main(fd) a worker runs (the forkserver imports it ahead); tests replace it
+# with stand-ins that exit as they are told.
+WORKER_MODULE = "pgne.worker"
 
 LISTEN, TEARDOWN = "listen", "teardown"  # WorkerSpec.mode
 EXIT_TEARDOWN_FAILED = 3  # the master does not restart a teardown that failed on SQL
@@ -44,7 +45,6 @@ class WorkerSpec:
     template_dirs: tuple[str, ...]
     lock_timeout: float
     log_level: str
-    master_pid: int
     trigger_check_interval: float = 60.0
     outbox_switch_generation: int = 0  # see pgne.outbox.OutboxExporter
     compat_metric: bool = False  # pgne run --compat-metric: pg_notify_exporter's series too

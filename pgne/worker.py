@@ -1,9 +1,11 @@
 """One worker process per database: connect, (set up,) LISTEN, count.
 
-Started by the master as `python -m pgne.worker`, its WorkerSpec on stdin (pgne.protocol: the
-spec, its encoding, the modes and exit codes). stdin then stays open: its write end is held
-only by the master, so EOF means the master is gone. PR_SET_PDEATHSIG covers the moments the
-worker is blocked in libpq (which retries on EINTR and cannot be interrupted).
+Forked by the master's forkserver (pgne.launcher), which imported this module ahead (so every
+import is at the top: the workers share it), it reads its WorkerSpec on a pipe of its own
+(pgne.protocol: the spec, its encoding, the modes and exit codes). The pipe then stays open:
+its write end is held only by the master, so EOF means the master is gone. PR_SET_PDEATHSIG
+covers the moments the worker is blocked in libpq (which retries on EINTR and cannot be
+interrupted).
 
 SIGTERM keeps its default action: the worker dies at once, even inside a blocking libpq call.
 Counts are written to the multiprocess files at every increment, so nothing is lost.
@@ -21,7 +23,6 @@ import random
 import select
 import signal
 import socket
-import sys
 import threading
 import time
 
@@ -30,9 +31,15 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from pgne import logs
+from pgne.apply import apply_on_connection
+from pgne.drift import installed_triggers, possible_problems, read_inventory, setup_problems
 from pgne.errors import first_line
+from pgne.metrics import WorkerMetrics  # PROMETHEUS_MULTIPROC_DIR is in our environment
 from pgne.model import OUTBOX
+from pgne.outbox import OutboxExporter
+from pgne.payload import COUNTED, Router
 from pgne.protocol import EXIT_TEARDOWN_FAILED, TEARDOWN, WorkerSpec, die_with_parent, read_spec
+from pgne.render import Renderer
 from pgne.statedir import ENV_VARIABLE
 
 # Run as `python -m pgne.worker`, this module's __name__ is "__main__": its spec names it.
@@ -64,7 +71,7 @@ KEEPALIVE_OPTIONS = {
 }
 
 class MasterGone(Exception):
-    """stdin reached EOF: the master exited."""
+    """The spec pipe reached EOF: the master exited."""
 
 
 class NotPrimary(Exception):
@@ -94,10 +101,6 @@ class Backoff:
 
 class Worker:
     def __init__(self, spec: WorkerSpec, master_fd: int):
-        from pgne.metrics import WorkerMetrics  # PROMETHEUS_MULTIPROC_DIR is in our environment
-        from pgne.payload import COUNTED, Router
-        from pgne.render import Renderer
-
         self.spec = spec
         self.db = spec.database
         self.name = self.db.display_name
@@ -107,8 +110,6 @@ class Worker:
         self.classify = self.router.classifier()  # memoized: most payloads are not JSON-parsed again
         self.outbox = None
         if self.db.delivery == OUTBOX:
-            from pgne.outbox import OutboxExporter
-
             # Reads what earlier workers exported *before* this one writes anything.
             self.outbox = OutboxExporter(self.router, None, os.environ[ENV_VARIABLE],
                                          self.db.host_label, self.db.name, spec.outbox_switch_generation)
@@ -162,8 +163,6 @@ class Worker:
                 self.sleep(delay)
 
     def setup(self, conn) -> bool:
-        from pgne.apply import apply_on_connection
-
         with _Deadline(conn, self.name, "the setup", SETUP_TIMEOUT):
             result = apply_on_connection(conn, self.db, self.renderer)
         if result.ok:
@@ -331,8 +330,6 @@ class Worker:
     def check_triggers(self, conn) -> None:
         """pgne_setup_problem and pgne_trigger_installed, from one read of the catalogs: after
         every (re)connect (and its perform_setup), then every --trigger-check-interval."""
-        from pgne.drift import installed_triggers, read_inventory
-
         try:
             with _Deadline(conn, self.name, "the trigger check"):
                 inventory = read_inventory(conn, self.db)
@@ -355,8 +352,6 @@ class Worker:
     def report_problems(self, inventory) -> None:
         """Every possible setup problem of the config gets its series (1 while it exists); each
         one is logged when it appears and when it is gone."""
-        from pgne.drift import possible_problems, setup_problems
-
         found = {d.object_id: d.what for d in setup_problems(inventory, self.db)}
         for key in possible_problems(self.db):
             problem, schema, table, column = key
@@ -469,12 +464,15 @@ class _Deadline:
                 sock.close()
 
 
-def main() -> int:
+def main(master_fd: int) -> int:
+    """Run the worker whose spec the master writes on `master_fd` (pgne.launcher calls this)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the master decides
-    die_with_parent(signal.SIGKILL)  # when the master's (main) thread exits
-    master_fd = sys.stdin.fileno()
-    spec = read_spec(master_fd)
-    if os.getppid() != spec.master_pid:  # the master died before PR_SET_PDEATHSIG was armed
+    # When our parent, the forkserver, exits (it does when the master does). Had it died before
+    # this, the master kills us itself (pgne.launcher.StartedWorker.exitcode).
+    die_with_parent(signal.SIGKILL)
+    try:
+        spec = read_spec(master_fd)
+    except EOFError:  # the master is gone already
         return 0
     os.set_blocking(master_fd, False)
     logs.configure(spec.log_level, spec.log_format, database=spec.database.display_name)
@@ -485,6 +483,3 @@ def main() -> int:
         log.info("%s: the master is gone; exiting", worker.name)
         return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -100,10 +100,10 @@ def _logs_of_a_run(db, write_config, tmp_path, pgne_processes, *args: str, **opt
     proc.wait_for_value("pgne_events_total", event_labels(db, "beta"), 1)
     proc.send_signal(signal.SIGHUP)
     wait_until(lambda: "loaded" in proc.stderr_text(), 30, "the reload to be logged", proc.describe)
-    [worker] = proc.child_pids()
+    [worker] = proc.worker_pids()
     proc.send_signal(signal.SIGHUP)  # nothing changed: the same worker stays
     os.kill(worker, signal.SIGKILL)
-    wait_until(lambda: proc.child_pids() not in ([], [worker]), 30, "the worker to be restarted", proc.describe)
+    wait_until(lambda: proc.worker_pids() not in ([], [worker]), 30, "the worker to be restarted", proc.describe)
     proc.wait_for_value("pgne_database_up", up_labels(db), 1)
     assert proc.stop()[0] == 0
     text = proc.stderr_text()
@@ -182,15 +182,15 @@ def test_reload_by_post_is_done_when_it_answers_200_and_an_invalid_config_answer
     proc = PgneProcess(config, tmp_path / "pgne", "--web.enable-lifecycle")
     pgne_processes.append(proc)
     proc.start()
-    [worker_a] = proc.child_pids()
+    [worker_a] = proc.worker_pids()
 
     write_config(a, [MONITOR], tag=TAG, perform_setup=True, also=[(b, [MONITOR], {"tag": TAG, "perform_setup": True})])
     status, _, body = proc.request("POST", "/-/reload")
     assert (status, body) == (200, b"OK\n")
     # done when it answered: b's series are there at once, and its worker started
     assert proc.value("pgne_database_up", up_labels(b)) in (0, 1)
-    wait_until(lambda: len(proc.child_pids()) == 2, 30, "b's worker", proc.describe)
-    assert worker_a in proc.child_pids()
+    wait_until(lambda: len(proc.worker_pids()) == 2, 30, "b's worker", proc.describe)
+    assert worker_a in proc.worker_pids()
     assert "POST /-/reload: reloading" in proc.stderr_text()
     proc.wait_for_value("pgne_database_up", up_labels(b), 1)
 
@@ -200,7 +200,7 @@ def test_reload_by_post_is_done_when_it_answers_200_and_an_invalid_config_answer
     assert proc.value("pgne_config_last_reload_successful", {}) == 0
     run_sql(b, "INSERT INTO one (code) VALUES ('alpha')")
     proc.wait_for_value("pgne_events_total", event_labels(b, "alpha"), 1)  # the old config counts on
-    assert worker_a in proc.child_pids() and proc.process.poll() is None
+    assert worker_a in proc.worker_pids() and proc.process.poll() is None
 
 
 def test_reload_and_every_endpoint_are_behind_basic_auth(table, write_config, tmp_path, pgne_processes):
@@ -253,7 +253,7 @@ def test_ready_is_503_until_every_workers_first_start_then_200_even_for_an_unrea
     status, body = answers[0][1:]
     assert status == 503 and re.fullmatch(rb"Not ready: [12] of 2 workers have not started yet\.\n", body)
     assert answers[-1][2] == b"OK\n"
-    assert len(proc.child_pids()) == 2
+    assert len(proc.worker_pids()) == 2
     assert proc.get("/-/healthy")[0] == 200
 
 

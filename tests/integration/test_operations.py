@@ -59,7 +59,7 @@ def test_sighup_restarts_only_changed_databases_and_tears_down_removed_ones(tmp_
                                                                             pgne_processes):
     a, b = two_databases
     config, pgne = start_pgne(tmp_path, pgne_processes, a)
-    (worker_a,) = pgne.child_pids()
+    (worker_a,) = pgne.worker_pids()
     run_sql(a.dsn, "INSERT INTO orders (supplier) SELECT 'acme' FROM generate_series(1, 7)")
     pgne.wait_for_value("pgne_events_total", events_labels(a, "acme"), 7)
 
@@ -68,13 +68,13 @@ def test_sighup_restarts_only_changed_databases_and_tears_down_removed_ones(tmp_
     pgne.send_signal(signal.SIGHUP)
     pgne.wait_for_value("pgne_database_up", {"host": b.host_label, "database": b.name, "tag": "it"}, 1)
     assert pgne.value("pgne_config_last_reload_successful", {}) == 1
-    assert worker_a in pgne.child_pids()
+    assert worker_a in pgne.worker_pids()
     run_sql(b.dsn, "INSERT INTO orders (supplier) VALUES ('globex'), ('initech')")
     run_sql(a.dsn, "INSERT INTO orders (supplier) VALUES ('acme')")
     pgne.wait_for_value("pgne_events_total", events_labels(b, "globex"), 1)
     pgne.wait_for_value("pgne_events_total", events_labels(b, "other"), 1)
     pgne.wait_for_value("pgne_events_total", events_labels(a, "acme"), 8)
-    (worker_b,) = [p for p in pgne.child_pids() if p != worker_a]
+    (worker_b,) = [p for p in pgne.worker_pids() if p != worker_a]
 
     # b changes (a new monitor), a stays: only b's worker restarts; b's counts continue.
     invoices = dict(ORDERS, table="invoices")
@@ -82,10 +82,10 @@ def test_sighup_restarts_only_changed_databases_and_tears_down_removed_ones(tmp_
                               database_entry(b, [ORDERS, invoices])))
     pgne.send_signal(signal.SIGHUP)
     # Replaced, and reaped by the master: until then the old worker's `up` file still says 1.
-    wait_until(lambda: len(pgne.child_pids()) == 2 and worker_b not in pgne.child_pids()
+    wait_until(lambda: len(pgne.worker_pids()) == 2 and worker_b not in pgne.worker_pids()
                and not (pgne.state_dir / f"gauge_livemax_{worker_b}.db").exists(), 30,
                "b's worker to be replaced", pgne.describe)
-    assert worker_a in pgne.child_pids()
+    assert worker_a in pgne.worker_pids()
     pgne.wait_all_up()
     run_sql(b.dsn, "INSERT INTO invoices (supplier) VALUES ('acme')", "INSERT INTO orders (supplier) VALUES ('globex')")
     pgne.wait_for_value("pgne_events_total", events_labels(b, "acme", table="invoices"), 1)
@@ -97,7 +97,7 @@ def test_sighup_restarts_only_changed_databases_and_tears_down_removed_ones(tmp_
     pgne.send_signal(signal.SIGHUP)
     wait_until(lambda: query(b.dsn, "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgne'") == [(0,)],
                30, "b's schema pgne to be torn down", pgne.describe)
-    wait_until(lambda: pgne.child_pids() == [worker_a], 30, "only a's worker left", pgne.describe)
+    wait_until(lambda: pgne.worker_pids() == [worker_a], 30, "only a's worker left", pgne.describe)
     assert [key for key in pgne.scrape() if ("database", b.name) in key[1]] == []  # b is gone from /metrics
     assert pgne.value("pgne_events_total", events_labels(a, "acme")) == 8
     assert pgne.value("pgne_worker_restarts_total", {"host": a.host_label, "database": a.name}) == 0
@@ -106,7 +106,7 @@ def test_sighup_restarts_only_changed_databases_and_tears_down_removed_ones(tmp_
 def test_sighup_with_an_invalid_config_keeps_the_running_one(tmp_path, two_databases, pgne_processes):
     a, _ = two_databases
     config, pgne = start_pgne(tmp_path, pgne_processes, a)
-    workers = pgne.child_pids()
+    workers = pgne.worker_pids()
     first_reload = pgne.value("pgne_config_last_reload_success_timestamp_seconds", {})
 
     config.write_text(config.read_text().replace("- insert", "- upsert"))
@@ -114,7 +114,7 @@ def test_sighup_with_an_invalid_config_keeps_the_running_one(tmp_path, two_datab
     pgne.wait_for_value("pgne_config_last_reload_successful", {}, 0)
     assert "'upsert' is not one of insert, update, delete, truncate" in pgne.stderr_text()
     assert pgne.value("pgne_config_last_reload_success_timestamp_seconds", {}) == first_reload
-    assert pgne.child_pids() == workers
+    assert pgne.worker_pids() == workers
     run_sql(a.dsn, "INSERT INTO orders (supplier) VALUES ('acme'), ('acme')")
     pgne.wait_for_value("pgne_events_total", events_labels(a, "acme"), 2)
 
@@ -122,7 +122,7 @@ def test_sighup_with_an_invalid_config_keeps_the_running_one(tmp_path, two_datab
     pgne.send_signal(signal.SIGHUP)
     pgne.wait_for_value("pgne_config_last_reload_successful", {}, 1)
     assert pgne.value("pgne_config_last_reload_success_timestamp_seconds", {}) > first_reload
-    assert pgne.child_pids() == workers  # the database entry did not change
+    assert pgne.worker_pids() == workers  # the database entry did not change
 
 
 # --------------------------------------------------------------------------- drift

@@ -285,9 +285,9 @@ def test_a_sighup_switch_from_notify_to_outbox_keeps_counting_the_new_rows_also_
         assert exported(proc, db)[("INSERT", "one", "alpha")] == 5 + 3
 
         # A restarted outbox worker of the same switch adds nothing more: no flat counter, no double count.
-        (worker,) = proc.child_pids()
+        (worker,) = proc.worker_pids()
         os.kill(worker, signal.SIGKILL)
-        wait_until(lambda: proc.child_pids() not in ([], [worker]), 30, "a new worker", proc.describe)
+        wait_until(lambda: proc.worker_pids() not in ([], [worker]), 30, "a new worker", proc.describe)
         insert_codes(db.dsn, ["alpha"] * 2)
         wait_until(lambda: exported(proc, db).get(("INSERT", "one", "alpha")) == 5 + 3 + 2, 30, "10 alpha",
                    proc.describe)
@@ -706,13 +706,13 @@ def test_exported_counter_never_goes_backwards_across_a_worker_sigkill_and_a_res
     stop = threading.Event()
     try:
         proc.start()
-        (worker,) = proc.child_pids()
+        (worker,) = proc.worker_pids()
         thread = writer_thread(db.dsn, 1, errors, stop=stop)
         wait_until(lambda: watch.scrape_quietly(proc) and sum(exported(proc, db).values()) > 100,
                    30, "some rows counted", proc.describe)
         # SIGKILL the worker mid-write: the master restarts it; the counts stay
         os.kill(worker, signal.SIGKILL)
-        wait_until(lambda: watch.scrape_quietly(proc) is not None and proc.child_pids() not in ([], [worker]),
+        wait_until(lambda: watch.scrape_quietly(proc) is not None and proc.worker_pids() not in ([], [worker]),
                    15, "a new worker", proc.describe)
         restarted = sum(exported(proc, db).values())
         wait_until(lambda: watch.scrape_quietly(proc) and sum(exported(proc, db).values()) > restarted + 100,

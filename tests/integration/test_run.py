@@ -22,7 +22,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from support.databases import run_sql, throwaway_database
 from support.exporter import PgneProcess
 from support.metrics import parse_metrics
-from support.processes import free_port, pgne_env, process_gone, wait_gone
+from support.processes import children_of, free_port, pgne_env, process_gone, wait_gone
 from support.waiting import wait_until
 
 CHANNEL = "pg_notify_exporter"
@@ -219,7 +219,7 @@ def test_an_event_not_configured_for_the_table_is_not_counted_and_creates_no_ser
 
 def test_bad_payloads_are_counted_by_result_never_as_events_and_the_worker_keeps_counting(exporter, tables):
     db = tables
-    [worker] = exporter.child_pids()
+    [worker] = exporter.worker_pids()
     invalid = [
         "not json at all",
         '[{"table": "one", "action": "INSERT"}]',
@@ -238,14 +238,14 @@ def test_bad_payloads_are_counted_by_result_never_as_events_and_the_worker_keeps
     exporter.wait_for_values({("pgne_notifications_total", frozenset(result_labels(db, r).items())): n
                               for r, n in expected.items()})
     assert events(exporter, db) == expected_events(INSERT_one_beta=3)
-    assert exporter.child_pids() == [worker]
+    assert exporter.worker_pids() == [worker]
     assert exporter.value("pgne_worker_restarts_total", db_labels(db)) == 0
     # and it keeps counting real events
     run_sql(db, "INSERT INTO one (code) VALUES ('beta'), ('gamma')")
     exporter.wait_for_value("pgne_events_total", event_labels(db, "INSERT", "one", "gamma"), 1)
     settle(exporter, db)
     assert events(exporter, db) == expected_events(INSERT_one_beta=4, INSERT_one_gamma=1)
-    assert exporter.child_pids() == [worker]
+    assert exporter.worker_pids() == [worker]
 
 
 def test_pg_notify_exporter_payloads_are_counted_and_raw_values_become_other(exporter, tables):
@@ -268,7 +268,7 @@ def test_pg_notify_exporter_payloads_are_counted_and_raw_values_become_other(exp
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_sigterm_or_sigint_stops_the_workers_and_the_master_exits_0_within_10_s(exporter, tables, signum):
-    workers = exporter.child_pids()
+    workers = exporter.worker_pids()
     assert len(workers) == 1
     code, seconds = exporter.stop(signum)
     assert code == 0, exporter.describe()
@@ -281,11 +281,11 @@ def test_a_killed_worker_is_restarted_and_its_counts_are_kept(exporter, tables):
     db = tables
     run_sql(db, "INSERT INTO one (code) SELECT 'alpha' FROM generate_series(1, 7)")
     exporter.wait_for_value("pgne_events_total", event_labels(db, "INSERT", "one", "alpha"), 7)
-    [old] = exporter.child_pids()
+    [old] = exporter.worker_pids()
     os.kill(old, signal.SIGKILL)
     # down (0, not absent) while it is away, then a new worker, up again
     exporter.wait_for_value("pgne_database_up", up_labels(db), 0)
-    new = wait_until(lambda: [p for p in exporter.child_pids() if p != old], 30, "a new worker",
+    new = wait_until(lambda: [p for p in exporter.worker_pids() if p != old], 30, "a new worker",
                      exporter.describe)
     assert len(new) == 1 and process_gone(old)
     exporter.wait_for_value("pgne_database_up", up_labels(db), 1)
@@ -295,16 +295,20 @@ def test_a_killed_worker_is_restarted_and_its_counts_are_kept(exporter, tables):
     exporter.wait_for_value("pgne_events_total", event_labels(db, "INSERT", "one", "alpha"), 12)
     settle(exporter, db)
     assert events(exporter, db) == expected_events(INSERT_one_alpha=12)
-    assert exporter.child_pids() == new
+    assert exporter.worker_pids() == new
 
 
 def test_workers_exit_within_5_s_when_the_master_is_killed(exporter, tables):
-    workers = exporter.child_pids()
-    assert len(workers) == 1 and listening_backends(tables) == 1
+    """The workers, and the forkserver and resource tracker the master started, all end by
+    themselves when the master is SIGKILLed (nobody tells them)."""
+    workers = exporter.worker_pids()
+    helpers = children_of(exporter.pid)  # the forkserver and multiprocessing's resource tracker
+    assert len(workers) == 1 and len(helpers) == 2 and listening_backends(tables) == 1
     killed = time.monotonic()
     exporter.send_signal(signal.SIGKILL)
     exporter.process.wait(10)
-    wait_gone(workers, 5, "the workers to exit after the master was killed")
+    wait_gone(workers + helpers, 5, "the workers, the forkserver and the resource tracker to exit after the master "
+              "was killed")
     remaining = max(0.1, 5 - (time.monotonic() - killed))
     wait_until(lambda: listening_backends(tables) == 0, remaining,
                "no backend with application_name='pgne' 5 s after the master was killed")
@@ -326,7 +330,7 @@ def test_database_up_is_0_not_absent_while_the_database_is_unreachable(pg_databa
         zero = {k: v for k, v in samples.items()
                 if k[0] == "pgne_events_total" and ("database", db.name) in k[1]}
         assert len(zero) == 4 and set(zero.values()) == {0}
-        assert len(proc.child_pids()) == 1
+        assert len(proc.worker_pids()) == 1
         assert "cannot connect" in proc.stderr_text()
         code, seconds = proc.stop(signal.SIGTERM)  # also while a worker waits to retry
         assert code == 0 and seconds < 10
@@ -413,13 +417,13 @@ def test_sighup_adds_or_changes_a_database_and_leaves_the_unchanged_one_running(
         proc.start()
         run_sql(a, "INSERT INTO one (code) VALUES ('alpha'), ('beta'), ('beta')")
         proc.wait_for_value("pgne_events_total", event_labels(a, "INSERT", "one", "beta"), 2)
-        [worker_a] = proc.child_pids()
+        [worker_a] = proc.worker_pids()
 
         write_standard(write_config, a, also=[(b, [ONE], {"tag": TAG, "perform_setup": True})])
         proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: len(proc.child_pids()) == 2, 30, "a worker for the added database", proc.describe)
+        wait_until(lambda: len(proc.worker_pids()) == 2, 30, "a worker for the added database", proc.describe)
         proc.wait_for_value("pgne_database_up", up_labels(b), 1)
-        assert worker_a in proc.child_pids()
+        assert worker_a in proc.worker_pids()
         assert proc.value("pgne_config_last_reload_successful", {}) == 1
         assert proc.value("pgne_database_up", up_labels(a)) == 1
         assert events(proc, a) == expected_events(INSERT_one_alpha=1, INSERT_one_beta=2)
@@ -430,22 +434,22 @@ def test_sighup_adds_or_changes_a_database_and_leaves_the_unchanged_one_running(
         proc.wait_for_value("pgne_events_total", event_labels(a, "INSERT", "one", "alpha"), 2)
         settle(proc, a)
         assert events(proc, a) == expected_events(INSERT_one_alpha=2, INSERT_one_beta=2)
-        assert worker_a in proc.child_pids()
+        assert worker_a in proc.worker_pids()
         assert proc.value("pgne_worker_restarts_total", db_labels(a)) == 0
 
         # change b's monitor: b's worker restarts (its counts stay), a's does not
-        [worker_b] = [p for p in proc.child_pids() if p != worker_a]
+        [worker_b] = [p for p in proc.worker_pids() if p != worker_a]
         changed = dict(ONE, events=["insert", "delete"])
         write_standard(write_config, a, also=[(b, [changed], {"tag": TAG, "perform_setup": True})])
         proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: len(proc.child_pids()) == 2 and not os.path.exists(f"/proc/{worker_b}"), 30,
+        wait_until(lambda: len(proc.worker_pids()) == 2 and not os.path.exists(f"/proc/{worker_b}"), 30,
                    "b's worker to be replaced and reaped", proc.describe)
         # reaped by the master, which called mark_process_dead(): the old worker's
         # pgne_database_up 1 no longer counts, so 1 below is the new worker listening
         assert not (proc.state_dir / f"gauge_livemax_{worker_b}.db").exists()
         proc.wait_for_value("pgne_database_up", up_labels(b), 1)
         assert proc.value("pgne_events_total", event_labels(b, "DELETE", "one", "other")) == 0
-        assert worker_a in proc.child_pids()
+        assert worker_a in proc.worker_pids()
         assert proc.value("pgne_config_last_reload_successful", {}) == 1
         assert proc.value("pgne_events_total", event_labels(b, "INSERT", "one", "gamma")) == 2  # kept
         run_sql(b, "DELETE FROM one WHERE code = 'gamma'")
@@ -460,7 +464,7 @@ def test_sighup_with_an_invalid_config_keeps_the_old_one_running(exporter, table
     db = tables
     run_sql(db, "INSERT INTO one (code) VALUES ('gamma')")
     exporter.wait_for_value("pgne_events_total", event_labels(db, "INSERT", "one", "gamma"), 1)
-    [worker] = exporter.child_pids()
+    [worker] = exporter.worker_pids()
     good = exporter.value("pgne_config_last_reload_success_timestamp_seconds", {})
 
     path = write_standard(write_config, db, [dict(ONE, events=["insert", "upsert"]), TWO, THREE])
@@ -476,5 +480,5 @@ def test_sighup_with_an_invalid_config_keeps_the_old_one_running(exporter, table
     exporter.wait_for_value("pgne_events_total", event_labels(db, "INSERT", "one", "gamma"), 2)
     settle(exporter, db)
     assert events(exporter, db) == expected_events(INSERT_one_gamma=2)
-    assert exporter.child_pids() == [worker]
+    assert exporter.worker_pids() == [worker]
     assert exporter.process.poll() is None

@@ -100,7 +100,7 @@ def test_after_sighup_an_added_database_is_run_by_its_shard_only_and_no_other_mo
     owner = {db.name: shard_of(key(db), total) for db in databases}
     replicas = start_replicas(tmp_path, config, total, {i: [db for db in first if owner[db.name] == i]
                                                         for i in range(total)})
-    workers = [sorted(replica.child_pids()) for replica in replicas]
+    workers = [sorted(replica.worker_pids()) for replica in replicas]
 
     # one more enabled database, and a disabled one with perform_setup (a teardown worker)
     write_config(path, first + [added], disabled=[disabled])
@@ -119,7 +119,7 @@ def test_after_sighup_an_added_database_is_run_by_its_shard_only_and_no_other_mo
         if owner[disabled.name] == i:
             wait_until(lambda r=replica: f"{teardown} done" in r.stderr_text(), 30, "the teardown", replica.describe)
         assert_serves_exactly(replica, own[i], [db for db in databases if db not in own[i]])
-        assert set(workers[i]) <= set(replica.child_pids())  # the first databases' workers kept running
+        assert set(workers[i]) <= set(replica.worker_pids())  # the first databases' workers kept running
         log = replica.stderr_text()
         assert (f"{teardown} worker started" in log) == (owner[disabled.name] == i)
         assert (f"{added.host}:{added.port}/{added.name}: listen worker started" in log) == (added in own[i])
@@ -143,6 +143,6 @@ def test_a_shard_without_databases_serves_pgne_own_metrics_and_says_so(tmp_path)
     assert samples[("pgne_config_last_reload_successful", frozenset())] == 1
     assert not [name for name, _ in samples if name == "pgne_database_up"]
     assert "not_here" not in replica.metrics_text() and "not_here" not in replica.get("/")[2].decode()
-    assert replica.child_pids() == []
+    assert replica.worker_pids() == []
     assert (f"shard {empty} of {total} (--shard {empty} --total-shards {total}): none of the config's 2 "
             "database(s) falls in this shard; serving pgne's own metrics only") in replica.stderr_text()

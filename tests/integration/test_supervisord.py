@@ -32,8 +32,12 @@ MONITOR = {"table": "one", "enabled": True, "function": "notification_with_paylo
 
 
 def _runs_pgne(argv: list[str]) -> bool:
-    """`pgne ...`, `python -m pgne ...` (the master) or `python -m pgne.worker` (a worker)."""
-    return any(arg in ("pgne", "pgne.worker") or arg.endswith("/pgne") for arg in argv)
+    """`pgne ...`, `python -m pgne ...` (the master), its forkserver and the workers forked from
+    it (`python -c 'from multiprocessing.forkserver import main; main(..., ['__main__',
+    'pgne.worker'], ...)'`), and multiprocessing's resource tracker that the master starts with
+    the forkserver."""
+    return any(arg == "pgne" or arg.endswith("/pgne") or "'pgne.worker'" in arg
+               or arg.startswith("from multiprocessing.resource_tracker import main") for arg in argv)
 
 
 def marked_processes(marker: str, exclude: set[int]) -> dict[int, str]:
@@ -191,7 +195,7 @@ def test_the_shipped_supervisord_program_runs_counts_exactly_and_stops_every_pro
         ours = marked_processes(marker, exclude={sv.process.pid})
         master = int(sv.ctl("pid", "pgne").stdout.strip())
         assert master in ours, (master, ours)
-        assert len(ours) == 2, ours  # the master and the one worker
+        assert len(ours) == 4, ours  # the master, its forkserver and resource tracker, the one worker
 
         # `supervisorctl signal HUP pgne` (the reload the shipped file documents) reaches the
         # master only: the config is unchanged, so the worker keeps running

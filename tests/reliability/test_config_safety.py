@@ -174,7 +174,7 @@ def test_sighup_with_any_invalid_config_is_logged_and_ignored_and_the_old_config
     try:
         pgne.start()
         pgne.wait_for_value("pgne_database_up", up, 1)
-        workers = pgne.child_pids()
+        workers = pgne.worker_pids()
         rows = 0
         for what, (make_invalid, message) in cases.items():
             log_before = len(pgne.stderr_text().splitlines())
@@ -194,7 +194,7 @@ def test_sighup_with_any_invalid_config_is_logged_and_ignored_and_the_old_config
             assert errors[1].endswith("reload: the config above is invalid; the running config stays"), what
             assert "Traceback" not in pgne.stderr_text()
             assert pgne.process.poll() is None, what
-            assert pgne.child_pids() == workers, what
+            assert pgne.worker_pids() == workers, what
             assert pgne.value("pgne_config_last_reload_success_timestamp_seconds", {}) == reloaded_at
 
             run_sql(db, "INSERT INTO t VALUES ('x')")
@@ -205,7 +205,7 @@ def test_sighup_with_any_invalid_config_is_logged_and_ignored_and_the_old_config
             pgne.send_signal(signal.SIGHUP)
             pgne.wait_for_value("pgne_config_last_reload_successful", {}, 1, timeout=30)
             assert pgne.value("pgne_config_last_reload_success_timestamp_seconds", {}) > reloaded_at
-            assert pgne.child_pids() == workers, what  # the same config: no worker restarts
+            assert pgne.worker_pids() == workers, what  # the same config: no worker restarts
             record(f"SIGHUP with {what}: refused after (s)", seconds)
         assert pgne.value("pgne_events_total", counted) == len(cases)
         code, _ = pgne.stop()

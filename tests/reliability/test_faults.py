@@ -141,7 +141,7 @@ def test_database_down_at_start_is_retried_and_counted_from_when_it_is_up(cluste
         time.sleep(0.5)
     assert scrapes >= 20
     assert reconnects >= 3, "backoff 1, 2, 4, 8 s: at least 3 retries in 20 s"
-    assert proc.process.poll() is None and len(proc.child_pids()) == 1
+    assert proc.process.poll() is None and len(proc.worker_pids()) == 1
     assert "cannot connect" in proc.stderr_text()
 
     cluster.start()
@@ -262,10 +262,10 @@ def test_killed_worker_is_restarted_with_backoff_and_no_count_is_lost_or_reset(c
     delays = []
     total = 3
     for round_ in (1, 2):
-        [old] = proc.child_pids()
+        [old] = proc.worker_pids()
         killed = Stopwatch()
         os.kill(old, signal.SIGKILL)
-        new = wait_until(lambda o=old: [p for p in proc.child_pids() if p != o], 30,
+        new = wait_until(lambda o=old: [p for p in proc.worker_pids() if p != o], 30,
                          "a new worker", proc.describe)
         delays.append(killed.elapsed())
         assert len(new) == 1
@@ -286,7 +286,7 @@ def test_killed_worker_is_restarted_with_backoff_and_no_count_is_lost_or_reset(c
 
 def test_killed_master_leaves_no_worker_and_no_listen_backend_after_5_s(cluster, db, make_pgne):
     proc = make_pgne(db).start(timeout=60)
-    workers = proc.child_pids()
+    workers = proc.worker_pids()
     assert len(workers) == 1 and len(pgne_backends(db)) == 1
     killed = Stopwatch()
     proc.send_signal(signal.SIGKILL)
@@ -302,7 +302,7 @@ def test_killed_master_leaves_no_worker_and_no_listen_backend_after_5_s(cluster,
 
 def test_sigterm_under_write_load_exits_0_within_10_s(cluster, db, make_pgne):
     proc = make_pgne(db).start(timeout=60)
-    workers = proc.child_pids()
+    workers = proc.worker_pids()
     writer = BackgroundWriter(db, "INSERT INTO one (code) VALUES ('beta')")
     writer.start()
     try:
@@ -330,7 +330,7 @@ def test_backlog_of_200000_notifications_in_one_transaction_is_counted_exactly(c
     proc = make_pgne(db).start(timeout=60)
     insert_one(db, "alpha")
     assert_counts(proc, db, expected(INSERT_one_alpha=1))
-    [worker] = proc.child_pids()
+    [worker] = proc.worker_pids()
     os.kill(worker, signal.SIGSTOP)
     try:
         clock = Stopwatch()
@@ -348,7 +348,7 @@ def test_backlog_of_200000_notifications_in_one_transaction_is_counted_exactly(c
     record("backlog: 200,000 notifications counted after the worker resumed", drained.elapsed())
     counted = proc.value("pgne_notifications_total", result_labels(db, "counted"))
     assert counted == 200002
-    assert proc.child_pids() == [worker]
+    assert proc.worker_pids() == [worker]
     assert proc.value("pgne_worker_restarts_total", db_labels(db)) == 0
     assert proc.value("pgne_database_up", up_labels(db)) == 1
 

@@ -365,7 +365,7 @@ class Exporter:
         self.results: Counter = Counter({r: 0 for r in RESULTS})
         self.series: Counter = Counter({key: 0 for key in CONFIGURED})
         self.sender = psycopg2.connect(db.dsn)
-        [self.worker] = proc.child_pids()
+        [self.worker] = proc.worker_pids()
         self.broken: list[str] | None = None
         self.last_batch: list[str] = []
 
@@ -416,7 +416,7 @@ class Exporter:
         assert events == {k: float(v) for k, v in self.series.items()}  # and no series beyond the config
         stamps = {labels for (name, labels) in samples if name == "pgne_last_event_timestamp_seconds"}
         assert len(stamps) <= len(CONFIGURED)
-        assert self.proc.child_pids() == [self.worker], "the worker was replaced"
+        assert self.proc.worker_pids() == [self.worker], "the worker was replaced"
         assert self.proc.process.poll() is None
 
     def close(self) -> None:

@@ -30,7 +30,7 @@ from support.exporter import PgneProcess
 from support.faults import record
 from support.metrics import MonotonicWatch
 from support.outbox import OTHER, WHITELIST, backlog_rows, exported, outbox_config, whitelisted
-from support.processes import process_gone, wait_gone
+from support.processes import children_of, process_gone, wait_gone
 from support.waiting import wait_until
 
 WRITERS = 8
@@ -304,12 +304,12 @@ def test_outbox_totals_are_exact_through_pgne_kills_and_a_database_crash(durable
     def worker_of(proc: PgneProcess, not_pid: int | None = None) -> int:
         def found():
             observe(proc)
-            pids = [p for p in proc.child_pids() if p != not_pid]
+            pids = [p for p in proc.worker_pids() if p != not_pid]
             return pids[0] if pids else None
         return wait_until(found, 30, "pgne's worker", proc.describe)
 
     def kill_master(proc: PgneProcess) -> PgneProcess:
-        workers = proc.child_pids()
+        workers = proc.worker_pids()
         proc.send_signal(signal.SIGKILL)
         proc.process.wait(10)
         wait_gone(workers, 5 + 1, "the workers of a SIGKILLed master to exit by themselves")
@@ -425,3 +425,32 @@ def test_outbox_totals_are_exact_through_pgne_kills_and_a_database_crash(durable
         for run in runs:
             run.kill_leftovers()
         observe.close()
+
+
+def test_a_worker_blocked_in_a_drain_ends_within_5_s_of_its_masters_sigkill(pg_database, tmp_path):
+    """A drain waiting for a row lock on pgne.totals cannot notice its master's death (libpq
+    waits for the server); only PR_SET_PDEATHSIG ends it, which fires when the forkserver exits,
+    which it does when no one holds its "alive" pipe: the workers must not (multiprocessing hands
+    it to every child; pgne.launcher closes it)."""
+    run_sql(pg_database, TABLES)
+    config = tmp_path / "events_config.yml"
+    config.write_text(outbox_config(pg_database, [ONE], perform_setup=True, drain_interval=0.05))
+    proc = PgneProcess(config, tmp_path / "pgne").start(timeout=60)
+    run_sql(pg_database, "INSERT INTO one (writer, code) VALUES (0, 'alpha')")
+    wait_until(lambda: exported(proc, pg_database).get(("INSERT", "one", "alpha")) == 1, 30, "the first row counted",
+               proc.describe)
+    locker = psycopg2.connect(pg_database.dsn)
+    try:
+        with locker.cursor() as cur:
+            cur.execute("SELECT FROM pgne.totals FOR UPDATE")  # the next drain waits for this transaction
+        run_sql(pg_database, "INSERT INTO one (writer, code) VALUES (0, 'alpha')")
+        wait_until(lambda: pgne_lock_waits(pg_database), 30, "the drain blocked on pgne.totals", proc.describe)
+        everyone = [*proc.worker_pids(), *children_of(proc.pid)]  # the worker, the forkserver, the resource tracker
+        assert len(everyone) == 3
+        proc.send_signal(signal.SIGKILL)
+        proc.process.wait(10)
+        wait_gone(everyone, 5, "the blocked worker, the forkserver and the resource tracker to end")
+    finally:
+        locker.close()  # the server notices its gone client once the lock is granted
+        proc.kill_leftovers()
+    wait_until(lambda: not pgne_lock_waits(pg_database), 5, "no pgne backend waiting any more")

@@ -90,13 +90,13 @@ def wait_series(proc: PgneProcess, db, expected: dict, watch: MonotonicWatch, wh
 
 def reload(proc: PgneProcess, path, db, monitors) -> None:
     """SIGHUP with a new config; returns once the new worker has set up and drained."""
-    before = set(proc.child_pids())
+    before = set(proc.worker_pids())
     write_config(path, db, monitors)
     proc.send_signal(signal.SIGHUP)
     up = {"host": db.host_label, "database": db.name, "tag": "rel"}
 
     def new_worker_up() -> bool:
-        children = set(proc.child_pids())
+        children = set(proc.worker_pids())
         return bool(children) and not children & before and proc.value("pgne_database_up", up) == 1
 
     wait_until(new_worker_up, 30, "the new worker to drain", proc.describe)
@@ -256,7 +256,7 @@ def test_notify_to_outbox_sighup_switch_keeps_its_count_across_restarts_of_pgne(
             run_sql(db, "INSERT INTO two (note) VALUES ('o')")
         proc.wait_for_value("pgne_events_total", labels, 110)
         if how == "sigkill":  # the master alone: its workers exit by themselves
-            workers = proc.child_pids()
+            workers = proc.worker_pids()
             proc.process.kill()
             proc.process.wait()
             wait_gone(workers, 10, "the workers of the killed master")

@@ -23,7 +23,7 @@ from support.configs import config_text, database_entry
 from support.databases import Database, create_database, query, run_sql
 from support.exporter import PgneProcess
 from support.metrics import events, settle, up_labels, wait_value
-from support.processes import free_port, pgne_env
+from support.processes import children_of, free_port, pgne_env
 from support.waiting import wait_until
 
 HBA = """\
@@ -129,14 +129,23 @@ def proc_file(pid: int, name: str) -> bytes:
 
 def inspect_processes(proc: PgneProcess, environ_too: bool) -> int:
     """Check argv (and the workers' environment) of the master and every worker; their number."""
-    workers = proc.child_pids()
-    for pid in [proc.pid, *workers]:
+    workers = proc.worker_pids()
+    everyone = [proc.pid, *forkserver_and_tracker(proc), *workers]
+    for pid in everyone:
         assert_no_secret(f"/proc/{pid}/cmdline", proc_file(pid, "cmdline"))
         assert_no_secret(f"/proc/{pid}/comm", proc_file(pid, "comm"))
     if environ_too:
-        for pid in [proc.pid, *workers]:
+        for pid in everyone:
             assert_no_secret(f"/proc/{pid}/environ", proc_file(pid, "environ"))
     return len(workers)
+
+
+def forkserver_and_tracker(proc: PgneProcess) -> list[int]:
+    """The master's own children: the forkserver that forks the workers, and multiprocessing's
+    resource tracker."""
+    pids = children_of(proc.pid)
+    assert len(pids) == 2, pids
+    return pids
 
 
 def inspect_outputs(proc: PgneProcess) -> None:
@@ -256,10 +265,10 @@ def test_env_var_secret_never_in_logs_argv_errors_or_metrics(secured, tmp_path, 
         wait_value(proc, "pgne_database_up", up_labels(reader), lambda v: v == 1, 30, "app listening")
         wait_until(lambda: "password authentication failed" in proc.stderr_text(), 30,
                    "the failed connection in the log", proc.describe)
-        # the master's environment holds the variable (the user put it there); the workers' does not:
-        # they get the password on stdin
+        # the master's environment holds the variable (the user put it there); the workers' and the
+        # forkserver's do not: the workers get the password on their spec pipe
         assert inspect_processes(proc, environ_too=False) == 2
-        for pid in proc.child_pids():
+        for pid in [*forkserver_and_tracker(proc), *proc.worker_pids()]:
             assert_no_secret(f"/proc/{pid}/environ", proc_file(pid, "environ"))
             assert WRONG_SECRET.encode() not in proc_file(pid, "environ")
         inspect_outputs(proc)

@@ -48,7 +48,7 @@ def test_a_hot_standby_is_one_clear_line_and_database_down_until_promoted_then_c
         text = proc.stderr_text()
         assert text.count(STANDBY_LINE) == 1, proc.describe()
         assert "Traceback" not in text and "setup failed" not in text
-        assert proc.process.poll() is None and len(proc.child_pids()) == 1
+        assert proc.process.poll() is None and len(proc.worker_pids()) == 1
 
         primary.stop()  # the failover: the old primary is gone, the standby takes its place
         promoted = Stopwatch()

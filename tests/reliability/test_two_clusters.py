@@ -122,7 +122,7 @@ def test_two_clusters_with_database_app_in_outbox_mode_export_both_across_restar
 
         proc.start()
         wait_until(lambda: (events(proc, first), events(proc, second)) == (4, 7), 30, "4 and 7", proc.describe)
-        for worker in proc.child_pids():  # restarted workers read back what is exported, per database
+        for worker in proc.worker_pids():  # restarted workers read back what is exported, per database
             os.kill(worker, signal.SIGKILL)
         insert_and_wait(proc, apps, (10, 20), (14, 27), timeout=60)
         restarts = {db.host_label: proc.value("pgne_worker_restarts_total", {"host": db.host_label, "database": "app"})

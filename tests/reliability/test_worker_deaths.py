@@ -42,6 +42,14 @@ def insert_labels(db, code: str) -> dict[str, str]:
             "schema": "public", "table": "one", "code": code}
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(child) for child in f.read().split()]
+    except FileNotFoundError:  # gone, or no CONFIG_PROC_CHILDREN
+        return children_of(pid)
+
+
 class Killer(threading.Thread):
     """SIGKILLs the master's workers every 0.2-0.4 s; a new worker is killed after a random
     delay drawn from [0, 0.4) s, a quarter of them at once (before it has read its spec)."""
@@ -53,13 +61,10 @@ class Killer(threading.Thread):
         self.rng = random.Random(12)
 
     def children(self) -> list[int]:
-        """The master's children, read the fast way (workers are forked by its main thread):
-        fast enough to see a worker between fork and exec."""
-        try:
-            with open(f"/proc/{self.master_pid}/task/{self.master_pid}/children") as f:
-                return [int(pid) for pid in f.read().split()]
-        except FileNotFoundError:
-            return children_of(self.master_pid)
+        """The workers: the children of the master's children (its forkserver's), read the fast
+        way (each forks from its main thread): fast enough to see a worker before it has read
+        its spec."""
+        return [worker for child in _children(self.master_pid) for worker in _children(child)]
 
     def run(self) -> None:
         clock = Stopwatch()
@@ -77,8 +82,8 @@ class Killer(threading.Thread):
             time.sleep(0.0005)
 
 
-def test_workers_killed_every_few_hundred_ms_for_25_s_never_stop_the_master_and_counts_stay_exact(
-        pg_database_factory, tmp_path):
+def two_databases_counting(pg_database_factory, tmp_path) -> tuple[PgneProcess, object, object]:
+    """A real `pgne run` with a notify and an outbox database, each of which has counted 7 rows."""
     notify_db, outbox_db = pg_database_factory(), pg_database_factory()
     for db in (notify_db, outbox_db):
         run_sql(db, TABLES)
@@ -86,10 +91,16 @@ def test_workers_killed_every_few_hundred_ms_for_25_s_never_stop_the_master_and_
     path.write_text(config_text(outbox_entry(notify_db, [ONE], delivery=None, perform_setup=True),
                                 outbox_entry(outbox_db, [ONE], perform_setup=True)))
     proc = PgneProcess(path, tmp_path / "pgne").start(timeout=60)
-    run_sql(notify_db, "INSERT INTO one (code) SELECT 'alpha' FROM generate_series(1, 7)")
-    run_sql(outbox_db, "INSERT INTO one (code) SELECT 'alpha' FROM generate_series(1, 7)")
+    for db in (notify_db, outbox_db):
+        run_sql(db, "INSERT INTO one (code) SELECT 'alpha' FROM generate_series(1, 7)")
     proc.wait_for_value("pgne_events_total", insert_labels(notify_db, "alpha"), 7)
     wait_drained(proc, outbox_db, {("INSERT", "one", "alpha"): 7})
+    return proc, notify_db, outbox_db
+
+
+def test_workers_killed_every_few_hundred_ms_for_25_s_never_stop_the_master_and_counts_stay_exact(
+        pg_database_factory, tmp_path):
+    proc, notify_db, outbox_db = two_databases_counting(pg_database_factory, tmp_path)
 
     killer = Killer(proc.pid, STORM)
     killer.start()
@@ -138,7 +149,7 @@ def test_a_stopped_worker_neither_blocks_the_master_nor_its_shutdown(pg_database
     path = tmp_path / "events_config.yml"
     path.write_text(config_text(outbox_entry(pg_database, [ONE], delivery=None, perform_setup=True)))
     proc = PgneProcess(path, tmp_path / "pgne").start(timeout=60)
-    [worker] = proc.child_pids()
+    [worker] = proc.worker_pids()
     os.kill(worker, signal.SIGSTOP)
     try:
         run_sql(pg_database, "INSERT INTO one (code) SELECT 'beta' FROM generate_series(1, 5)")
@@ -158,18 +169,22 @@ def test_a_stopped_worker_neither_blocks_the_master_nor_its_shutdown(pg_database
 
 FAKE_WORKER = """
 import os, sys, time
-how = os.environ["PGNE_TEST_WORKER"]
-if how == "hang":  # never reads its spec, never exits: a worker stopped right at its start
-    time.sleep(3600)
-if how.startswith("read:"):
-    sys.stdin.buffer.read(4)
-sys.exit(int(how.rsplit(":", 1)[1]))
+
+
+def main(spec_fd):
+    how = os.environ["PGNE_TEST_WORKER"]
+    if how == "hang":  # never reads its spec, never exits: a worker stopped right at its start
+        time.sleep(3600)
+    if how.startswith("read:"):
+        os.read(spec_fd, 4)
+    return int(how.rsplit(":", 1)[1])
 """
 
 RUN_WITH_FAKE_WORKERS = """
 import sys
+sys.path.insert(0, {directory!r})  # the forkserver gets the master's sys.path
 from pgne import protocol
-protocol.WORKER_COMMAND = [sys.executable, "-c", {fake!r}]
+protocol.WORKER_MODULE = "pgne_fake_worker"
 from pgne.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -186,7 +201,8 @@ def fake_workers_pgne(db, tmp_path, monkeypatch, how: str, big: bool = False) ->
     path = tmp_path / "events_config.yml"
     path.write_text(config_text(outbox_entry(db, monitors, delivery=None)))
     proc = PgneProcess(path, tmp_path / "pgne")
-    script = RUN_WITH_FAKE_WORKERS.format(fake=FAKE_WORKER)
+    (tmp_path / "pgne_fake_worker.py").write_text(FAKE_WORKER)
+    script = RUN_WITH_FAKE_WORKERS.format(directory=str(tmp_path))
     proc.command = lambda: [sys.executable, "-c", script, "run", "-c", proc.config, "--listen-address",
                             f"127.0.0.1:{proc.port}", "--state-dir", str(proc.state_dir)]
     monkeypatch.setenv("PGNE_TEST_WORKER", how)  # pgne_env() passes it on
@@ -226,16 +242,17 @@ RUN_WITH_A_LONG_TICK = """
 import os, sys
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[sys.argv.index("--state-dir") + 1]  # before pgne.master
 from pgne import master
-master.LOOP_TICK = 3600.0  # the master wakes only for a signal (SIGCHLD among them) or a due restart
+master.LOOP_TICK = 3600.0  # the master wakes only for a signal, a worker's end or a due restart
 from pgne.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
 def test_a_worker_crash_wakes_the_master_at_once_which_logs_it_and_restarts_the_worker(pg_database, tmp_path):
-    """SIGCHLD is among the master's wake-up signals: with no periodic tick left (an hour), a
-    worker killed with SIGKILL is still reaped, logged with its status and restarted after its
-    1 s backoff, and its database shows up again; without SIGCHLD the master would sleep on."""
+    """A worker's end wakes the master (it waits on the workers' sentinels): with no periodic
+    tick left (an hour), a worker killed with SIGKILL is still reaped, logged with its status and
+    restarted after its 1 s backoff, and its database shows up again; otherwise the master would
+    sleep on."""
     run_sql(pg_database, TABLES)
     path = tmp_path / "events_config.yml"
     path.write_text(config_text(outbox_entry(pg_database, [ONE], delivery=None, perform_setup=True)))
@@ -243,16 +260,49 @@ def test_a_worker_crash_wakes_the_master_at_once_which_logs_it_and_restarts_the_
     proc.command = lambda: [sys.executable, "-c", RUN_WITH_A_LONG_TICK, "run", "-c", proc.config,
                             "--listen-address", f"127.0.0.1:{proc.port}", "--state-dir", str(proc.state_dir)]
     proc.start(timeout=60)
-    [worker] = proc.child_pids()
+    [worker] = proc.worker_pids()
     os.kill(worker, signal.SIGKILL)
     wait_until(lambda: f"worker (pid {worker}) killed by signal 9; restarting in 1 s" in proc.stderr_text(),
                30, "the master to log the worker's death")
-    [new_worker] = wait_until(lambda: [pid for pid in proc.child_pids() if pid != worker] or None, 30,
+    [new_worker] = wait_until(lambda: [pid for pid in proc.worker_pids() if pid != worker] or None, 30,
                               "a new worker")
-    assert f"listen worker started (pid {new_worker})" in proc.stderr_text()
+    wait_until(lambda: f"listen worker started (pid {new_worker})" in proc.stderr_text(), 30,
+               "the master to log the new worker")  # the forkserver forks it before the master logs
     wait_value(proc, "pgne_database_up", {**db_labels(pg_database), "tag": TAG}, lambda v: v == 1, 30,
                "the database up again")
     assert proc.value("pgne_worker_restarts_total", db_labels(pg_database)) == 1
     run_sql(pg_database, "INSERT INTO one (code) VALUES ('alpha')")
     proc.wait_for_value("pgne_events_total", insert_labels(pg_database, "alpha"), 1)
     assert proc.stop()[0] == 0, proc.describe()
+
+
+def test_a_killed_forkserver_takes_its_workers_and_a_new_one_forks_their_successors(pg_database_factory, tmp_path):
+    """The forkserver (the master's child that forks every worker) SIGKILLed: its workers end
+    with it (PR_SET_PDEATHSIG, or the master kills them: two workers of one database never count
+    at once), the master says so, starts a new forkserver with the next worker, and counts stay
+    exact (outbox: the rows committed meanwhile too). The master never exits."""
+    proc, notify_db, outbox_db = two_databases_counting(pg_database_factory, tmp_path)
+    [forkserver] = [pid for pid in children_of(proc.pid) if children_of(pid)]
+    old_workers = proc.worker_pids()
+    assert len(old_workers) == 2 and set(children_of(forkserver)) == set(old_workers)
+
+    os.kill(forkserver, signal.SIGKILL)
+    run_sql(outbox_db, "INSERT INTO one (code) SELECT 'beta' FROM generate_series(1, 5)")  # while no worker runs
+    wait_until(lambda: all(process_gone(pid) for pid in old_workers), 30, "the old workers to be gone")
+    new_workers = wait_until(lambda: (lambda pids: pids if len(pids) == 2 else None)(proc.worker_pids()), 30,
+                             "two new workers", proc.describe)
+    assert not set(new_workers) & set(old_workers)
+    proc.wait_all_up(timeout=60)
+    for pid in old_workers:
+        assert (f"worker (pid {pid}) was lost: the forkserver that forked it died (a new one starts with the "
+                "next worker); restarting in 1 s") in proc.stderr_text(), proc.describe()
+    assert sum(proc.value("pgne_worker_restarts_total", db_labels(db)) for db in (notify_db, outbox_db)) == 2
+
+    for db in (notify_db, outbox_db):
+        run_sql(db, "INSERT INTO one (code) SELECT 'gamma' FROM generate_series(1, 11)")
+    proc.wait_for_value("pgne_events_total", insert_labels(notify_db, "gamma"), 11)
+    assert proc.value("pgne_events_total", insert_labels(notify_db, "alpha")) == 7
+    wait_drained(proc, outbox_db, {("INSERT", "one", "alpha"): 7, ("INSERT", "one", "beta"): 5,
+                                   ("INSERT", "one", "gamma"): 11})
+    assert proc.process.poll() is None and "Traceback" not in proc.stderr_text(), proc.describe(80)
+    assert proc.stop()[0] == 0

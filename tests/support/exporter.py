@@ -107,8 +107,10 @@ class PgneProcess:
     def pid(self) -> int:
         return self.process.pid
 
-    def child_pids(self) -> list[int]:
-        return children_of(self.pid)
+    def worker_pids(self) -> list[int]:
+        """The workers: the children of the master's forkserver (the master's only child with
+        children; its other one, multiprocessing's resource tracker, has none)."""
+        return sorted(pid for child in children_of(self.pid) for pid in children_of(child))
 
     def send_signal(self, signum: int) -> None:
         os.kill(self.pid, signum)

@@ -205,7 +205,10 @@ class PodPgne(PgneProcess):
         return listen_port(self.pod.spec)
 
     def environment(self) -> dict[str, str]:
-        return pgne_env(**self.pod.environment())
+        """The container's env; and where the pod has a /tmp of its own, TMPDIR points there (a
+        process here would use the machine's /tmp)."""
+        own_tmp = any(m["mountPath"] == "/tmp" for m in self.pod.spec["volumeMounts"])
+        return pgne_env(**self.pod.environment(), **({"TMPDIR": str(self.pod.path("/tmp"))} if own_tmp else {}))
 
     def command(self) -> list[str]:
         return self.pod.argv()
