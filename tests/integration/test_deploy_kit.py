@@ -304,7 +304,8 @@ CONFIG = """\
 @pytest.fixture
 def pgne_exposition(pg_database, tmp_path):
     """The samples of a real `pgne run` on a throwaway database with a table `orders`
-    (label column `supplier`), once its worker listens and has checked its triggers."""
+    (label column `supplier`), once its worker listens, has checked its triggers and has read
+    the notification queue's usage."""
     pg_database.execute("CREATE TABLE public.orders (id bigserial PRIMARY KEY, supplier text, amount int)")
     config = tmp_path / "events_config.yml"
     config.write_text(CONFIG.format(host=pg_database.host, name=pg_database.name, user=pg_database.user,
@@ -330,7 +331,8 @@ def pgne_exposition(pg_database, tmp_path):
             names = {name for name, _, _ in samples}
             up = [v for name, labels, v in samples
                   if name == "pgne_database_up" and labels["database"] == pg_database.name]
-            if up == [1.0] and "pgne_trigger_installed" in names:
+            # the trigger check runs before LISTEN, the first heartbeat (queue usage) right after
+            if up == [1.0] and {"pgne_trigger_installed", "pgne_notify_queue_usage_ratio"} <= names:
                 break
             if time.monotonic() > deadline:
                 stderr.seek(0)
