@@ -98,7 +98,8 @@ class WorkerMetrics:
                                         DATABASE_LABELS + ("schema", "table", "event"), "mostrecent")
         # one series per problem the config allows for (pgne.drift.possible_problems): 1 while it exists
         self.setup_problem = _gauge("pgne_setup_problem", "1 while pgne cannot set the database up as configured "
-                                    "(problem: missing_table, missing_label_column, notify_refused), else 0.",
+                                    "(problem: missing_table, missing_label_column, notify_refused, legacy_trigger, "
+                                    "missing_observed_column, observed_column_not_numeric), else 0.",
                                     DATABASE_LABELS + ("schema", "table", "column", "problem"), "livemostrecent")
         if outbox:  # only databases with delivery: outbox have these series
             self.outbox_backlog = _gauge("pgne_outbox_backlog_rows", "Rows in pgne.event_log not yet drained.",
