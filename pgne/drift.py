@@ -23,6 +23,9 @@ from pgne.model import EVENTS, NOTIFY, OUTBOX, Database, Monitor
 from pgne.render import SCHEMA, TRIGGER_SPECS, Renderer, function_name, trigger_name
 
 OUTBOX_TABLES = ("event_log", "totals")
+# Added to both when a monitor of an outbox database observes a column (columns_to_observe): an
+# install made before that lacks it, and is complete without it until a column is observed.
+OBSERVED_COLUMN = "observed"
 TRIGGER_NAMES = tuple(trigger_name(e) for e in EVENTS)
 
 _TRIGGERS_SQL = """
@@ -172,6 +175,7 @@ class Inventory:
     max_prepared_transactions: int = 0
     legacy: tuple[LegacyTrigger, ...] = ()  # pg_notify_exporter's triggers on the monitored tables
     extras: tuple[ExtraObject, ...] = ()  # what `apply --prune` drops
+    observed_tables: frozenset[str] = frozenset()  # tables in schema pgne with a column `observed`
 
 
 @functools.lru_cache(maxsize=1)
@@ -209,6 +213,10 @@ def read_inventory(conn, database: Database, renderer: Renderer | None = None) -
         cur.execute("SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
                     "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'", (SCHEMA,))
         schema_tables = frozenset(row[0] for row in cur.fetchall())
+        cur.execute("SELECT c.relname FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+                    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+                    "AND a.attname = %s AND NOT a.attisdropped", (SCHEMA, OBSERVED_COLUMN))
+        observed_tables = frozenset(row[0] for row in cur.fetchall())
         existing = set()
         columns, numeric = {}, {}
         for monitor in database.monitors:
@@ -225,7 +233,7 @@ def read_inventory(conn, database: Database, renderer: Renderer | None = None) -
         max_prepared = cur.fetchone()[0]
     legacy = read_legacy_triggers(conn, database, renderer) if database.enabled else ()
     return Inventory(schema_exists, functions, triggers, frozenset(existing), schema_tables, columns, numeric,
-                     max_prepared, legacy, read_extra_objects(conn, database, renderer))
+                     max_prepared, legacy, read_extra_objects(conn, database, renderer), observed_tables)
 
 
 def setup_problems(inventory: Inventory, database: Database) -> list[Difference]:
@@ -293,6 +301,9 @@ def find_differences(inventory: Inventory, database: Database, renderer: Rendere
     if database.enabled and database.delivery == OUTBOX:
         diffs += [Difference("missing", f"table {SCHEMA}.{table}") for table in OUTBOX_TABLES
                   if table not in inventory.schema_tables]
+        if any(m.observed_columns for m in database.enabled_monitors):
+            diffs += [Difference("missing", f"column {SCHEMA}.{table}.{OBSERVED_COLUMN}") for table in OUTBOX_TABLES
+                      if table in inventory.schema_tables and table not in inventory.observed_tables]
     for monitor in database.monitors:
         fn = function_name(monitor)
         table = monitor.qualified_name

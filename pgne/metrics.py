@@ -102,6 +102,27 @@ class ObservedSeries:
         self.exact_sum = Decimal(0)  # what this process added to `_sum`, exactly
         self.skipped = skipped
 
+    def raise_to(self, observation: Observation, exported: dict) -> None:
+        """Raise the buckets and skipped counters to `observation`'s totals, given what is
+        `exported` ({"buckets": {le: cumulative}, "skipped": {reason: n}}, updated here);
+        never lowers one. The caller writes `_sum`."""
+        bounds = [floatToGoString(b) for b in observation.column.buckets] + ["+Inf"]
+        wanted = (*observation.buckets, observation.count)
+        shown = exported["buckets"]
+        wanted_below = old_below = new_below = 0.0  # cumulative values of the bucket below
+        for value, le, cumulative in zip(self.buckets, bounds, wanted):
+            old = shown.get(le, 0.0)
+            gain = (cumulative - wanted_below) - (old - old_below)  # each file holds per-bucket values
+            if gain > 0:
+                value.inc(gain)
+            shown[le] = new_below + (old - old_below) + max(gain, 0)
+            wanted_below, old_below, new_below = cumulative, old, shown[le]
+        for counter, reason, total in zip(self.skipped, SKIPPED_REASONS, (observation.null, observation.not_finite)):
+            gain = total - exported["skipped"].get(reason, 0.0)
+            if gain > 0:
+                counter.inc(gain)
+                exported["skipped"][reason] = total
+
     def add(self, observation: Observation) -> None:
         previous = 0
         for value, cumulative in zip(self.buckets, observation.buckets):

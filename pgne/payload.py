@@ -74,10 +74,12 @@ def _count_value(value: object) -> bool:
     return type(value) is int and 0 <= value <= MAX_COUNT
 
 
-def parse_observation(column: ObservedColumn, raw: object) -> Observation | None:
-    """An Observation of `column` from a payload's `values` entry (or an outbox row's); None
+def parse_observation(column: ObservedColumn, raw: object, lenient: bool = False) -> Observation | None:
+    """An Observation of `column` from a payload's `values` entry (or an outbox total's); None
     if it is malformed: not an object, counts that are not integers from 0 to 2^53, a sum that is
-    not a finite decimal, a configured bucket missing, or buckets that are not cumulative."""
+    not a finite decimal, a configured bucket missing, or buckets that are not cumulative.
+    `lenient` (durable outbox totals, which predate a bound added to the config since): a
+    missing bound holds what the bound below it holds."""
     if type(raw) is not dict:
         return None
     count, total, null, not_finite = raw.get("count"), raw.get("sum", 0), raw.get("null", 0), raw.get("not_finite", 0)
@@ -106,6 +108,12 @@ def parse_observation(column: ObservedColumn, raw: object) -> Observation | None
             except (ValueError, OverflowError):
                 continue  # not a bound of ours: ignored, like keys pgne does not know
         buckets = tuple(by_bound.get(bound) for bound in column.buckets)
+        if lenient:
+            filled, below = [], 0
+            for n in buckets:
+                below = below if n is None else n
+                filled.append(below)
+            buckets = tuple(filled)
         previous = 0
         for n in buckets:
             if not _count_value(n) or n < previous or n > count:
@@ -205,6 +213,10 @@ class Router:
             value = value_as_text(data.get(column)) if data else None
             labels.append(value if value in whitelist else OTHER)
         return (operation, route.schema, route.table, *labels), count
+
+    @property
+    def observes(self) -> bool:
+        return any(route.observed for route in self._routes.values())
 
     def observed_columns(self, key: tuple) -> tuple[ObservedColumn, ...]:
         """The columns observed for a series key (none for TRUNCATE: no row images)."""

@@ -6,21 +6,26 @@ column (missing, not numeric) in `apply` and `status`."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
+import psycopg2
 from support.configs import config_text, database_entry
-from support.databases import host_label, run_sql
+from support.databases import host_label, query, run_sql
 from support.exporter import PgneProcess, apply_in_process, status_in_process
 from support.metrics import settle
 from support.observed import (
     MONITORS,
     ORDERS,
     TABLES,
+    WORKLOAD,
     as_exported,
     expected_histograms,
     exported_histograms,
     nonzero,
     run_workload,
+    wait_histograms,
 )
+from support.outbox import outbox_entry
 
 
 def write(tmp_path, text: str):
@@ -47,6 +52,23 @@ def test_notify_histograms_equal_sql_over_the_committed_rows(pg_database, tmp_pa
     assert len(exported) == 3 * 3 + 2
     assert exported[("pgne_observed_euros", "UPDATE", "orders", "other", "amount")]["buckets"].keys() == {
         "-100.0", "0.0", "10.0", "100.0", "1000.5", "+Inf"}
+
+
+def test_outbox_histograms_equal_sql_and_are_durable_across_a_restart_of_pgne(pg_database, tmp_path):
+    pg_database.execute(TABLES)
+    config = write(tmp_path, config_text(outbox_entry(pg_database, MONITORS, perform_setup=True)))
+    with PgneProcess(config, tmp_path / "pgne").running() as proc:
+        run_workload(pg_database.dsn)
+        expected = expected_histograms(pg_database.dsn)
+        wait_histograms(proc, pg_database, expected)
+    # pgne.totals keeps each sum exactly, as text: the 38-digit numeric is not rounded
+    [[total]] = query(pg_database.dsn, "SELECT observed->'amount'->>'sum' FROM pgne.totals "
+                                       "WHERE operation = 'INSERT' AND labels->>'supplier' = 'acme'")
+    assert Decimal(total) == expected[("pgne_observed_euros", "INSERT", "orders", "acme", "amount")]["sum"]
+    run_workload(pg_database.dsn, WORKLOAD[:2])  # while pgne is stopped: counted when it is back
+    expected = expected_histograms(pg_database.dsn)
+    with PgneProcess(config, tmp_path / "pgne-again").running() as proc:  # a new state dir: from pgne.totals
+        wait_histograms(proc, pg_database, expected)
 
 
 def test_a_payload_with_values_from_the_application_is_counted_and_bad_values_are_skipped(pg_database, tmp_path):
@@ -85,3 +107,50 @@ def test_apply_and_status_report_a_missing_or_non_numeric_observed_column(pg_dat
     status = status_in_process(config)
     assert status.code == 1
     assert "observed column not numeric" in status.stdout and "missing observed column" in status.stdout
+
+
+def test_outbox_observing_statements_assign_no_subtransaction_id(pg_database, tmp_path):
+    pg_database.execute(TABLES)
+    config = write(tmp_path, config_text(outbox_entry(pg_database, MONITORS)))
+    assert apply_in_process(config).code == 0
+    conn = psycopg2.connect(pg_database.dsn)
+    try:
+        with conn.cursor() as cur:
+            for i in range(200):
+                cur.execute("INSERT INTO orders (supplier, amount) VALUES ('acme', %s)", (i,))
+            cur.execute("SELECT pg_backend_pid(), pg_current_xact_id_if_assigned() IS NOT NULL")
+            pid, assigned = cur.fetchone()
+            assert assigned
+            [row] = query(pg_database.dsn, "SELECT s.subxact_count, s.subxact_overflowed "
+                                           "FROM pg_stat_get_backend_idset() AS b (id), "
+                                           "pg_stat_get_backend_subxact(b.id) AS s "
+                                           "WHERE pg_stat_get_backend_pid(b.id) = %s", (pid,))
+            assert row == (0, False)  # the EXCEPTION blocks wrote nothing: no subtransaction got an XID
+        conn.commit()
+    finally:
+        conn.close()
+    [[rows, observed]] = query(pg_database.dsn, "SELECT count(*), sum((observed->'amount'->>'count')::int) "
+                                                "FROM pgne.event_log")
+    assert (rows, observed) == (200, 200)
+
+
+def test_an_outbox_install_from_before_columns_to_observe_is_in_sync_until_a_column_is_observed(pg_database, tmp_path):
+    pg_database.execute(TABLES)
+    plain = [{k: v for k, v in m.items() if k != "columns_to_observe"} for m in MONITORS]
+    config = write(tmp_path, config_text(outbox_entry(pg_database, plain)))
+    assert apply_in_process(config).code == 0
+    assert query(pg_database.dsn, "SELECT count(*) FROM pg_attribute WHERE attname = 'observed' "
+                                  "AND attrelid IN ('pgne.event_log'::regclass, 'pgne.totals'::regclass)") == [(0,)]
+    assert status_in_process(config).code == 0  # an install without the column is not broken
+    config = write(tmp_path, config_text(outbox_entry(pg_database, MONITORS)))
+    status = status_in_process(config)
+    assert status.code == 1
+    rows = [line.split()[1:] for line in status.stdout.splitlines()[1:]]
+    assert ["missing", "column", "pgne.event_log.observed"] in rows
+    assert ["missing", "column", "pgne.totals.observed"] in rows
+    assert apply_in_process(config).code == 0
+    assert status_in_process(config).code == 0
+    # added without a rewrite: nullable, no default (the tables keep their relfilenode)
+    assert query(pg_database.dsn, "SELECT count(*) FROM pg_attribute WHERE attname = 'observed' AND NOT attnotnull "
+                                  "AND NOT atthasdef AND attrelid IN ('pgne.event_log'::regclass, "
+                                  "'pgne.totals'::regclass)") == [(2,)]

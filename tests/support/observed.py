@@ -13,6 +13,7 @@ from typing import Mapping
 import psycopg2
 
 from support.databases import host_label, query
+from support.waiting import wait_until
 
 BUCKETS = (-100, 0, 10, 100, 1000.5)
 SUPPLIERS = ("acme", "globex")
@@ -148,3 +149,17 @@ def as_exported(expected: Mapping[Key, dict]) -> dict[Key, dict]:
 def nonzero(histograms: Mapping[Key, dict]) -> dict[Key, dict]:
     """Only the histograms that observed or skipped a row (pgne pre-creates the others at 0)."""
     return {k: h for k, h in histograms.items() if h["count"] or h["null"] or h["not_finite"]}
+
+
+def wait_histograms(proc, db, expected: Mapping[Key, dict], timeout: float = 30.0) -> dict[Key, dict]:
+    """Poll until the non-zero histograms `proc` exports for `db` equal `expected` (as_exported);
+    return them."""
+    want = as_exported(expected)
+    seen: dict = {}
+
+    def done():
+        seen["exported"] = nonzero(exported_histograms(proc.scrape(), db))
+        return seen["exported"] if seen["exported"] == want else None
+
+    return wait_until(done, timeout, "the exported histograms to equal SQL's",
+                      lambda: f"exported: {seen.get('exported')}\nexpected: {want}\n{proc.describe()}")

@@ -71,6 +71,7 @@ def monitor(schema: str, table: str) -> Monitor:
     (RICH_FIXTURE, render_outbox_file, "rich_outbox.sql"),  # the same config with delivery: outbox
     (RICH_FIXTURE, render_prune_file, "rich_prune.sql"),  # the scripts of `apply --prune`
     (OBSERVED_FIXTURE, render_file, "observed.sql"),  # columns_to_observe
+    (OBSERVED_FIXTURE, render_outbox_file, "observed_outbox.sql"),
 ])
 def test_golden(fixture, render, golden):
     sql = render(fixture)
