@@ -40,13 +40,19 @@ def test_notify_histograms_equal_sql_over_the_committed_rows(pg_database, tmp_pa
     with PgneProcess(config, tmp_path / "pgne").running() as proc:
         run_workload(pg_database.dsn)
         settle(proc, pg_database)
-        exported = exported_histograms(proc.scrape(), pg_database)
+        samples = proc.scrape()
+        exported = exported_histograms(samples, pg_database)
     expected = expected_histograms(pg_database.dsn)
     assert nonzero(exported) == as_exported(expected)
+    # every row counted is observed or skipped: _count + null + not_finite = pgne_events_total
+    events = {(d["operation"], d["table"], d.get("supplier", "")): value for (name, labels), value in samples.items()
+              if name == "pgne_events_total" for d in [dict(labels)]}
+    assert {k[1:4]: h["count"] + h["null"] + h["not_finite"] for k, h in exported.items()} == events
     # the numeric with many digits is in acme's INSERT sum, exact in PostgreSQL (and exported as
     # the float64 nearest to that exact sum, above)
     acme = expected[("pgne_observed_euros", "INSERT", "orders", "acme", "amount")]
-    assert str(acme["sum"]).endswith("35600")  # 2 x MANY_DIGITS' last decimals: nothing rounded
+    assert str(acme["sum"]) == "24691357802469144188.49691357802469135600"  # as the README shows it
+    assert exported[("pgne_observed_euros", "INSERT", "orders", "acme", "amount")]["sum"] == 2.4691357802469143e+19
     assert len(acme["sum"].as_tuple().digits) > 17  # more than a float64 holds
     # every configured series exists from the start: 3 operations x 3 label values + 2 for lines
     assert len(exported) == 3 * 3 + 2
