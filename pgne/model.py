@@ -56,8 +56,10 @@ class ObservedColumn:
 
     @property
     def bounds(self) -> tuple[str, ...]:
-        """Each bucket's bound as the SQL numeric constant and payload key pgne writes for it."""
-        return tuple(repr(float(b)) for b in self.buckets)
+        """Each bucket's bound as the SQL constant and payload key pgne writes for it: an integer
+        where the bound is one (so that an integer column is compared as integers, not converted
+        to numeric for every row and bound), else the float's shortest decimal (a numeric constant)."""
+        return tuple(str(int(b)) if b.is_integer() and abs(b) < 2**63 else repr(b) for b in self.buckets)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ def test_observed_columns_with_buckets_and_units_are_read_in_config_order():
     assert monitor.observed_columns == (ObservedColumn("amount", (10.0, 100.5, 1000.0), "euros"),
                                         ObservedColumn("qty", (), None))
     assert [c.family for c in monitor.observed_columns] == ["pgne_observed_euros", "pgne_observed_values"]
-    assert monitor.observed_columns[0].bounds == ("10.0", "100.5", "1000.0")
+    assert monitor.observed_columns[0].bounds == ("10", "100.5", "1000")  # integers where whole
     assert cfg.observes
 
 

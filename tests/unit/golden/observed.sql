@@ -29,10 +29,10 @@ BEGIN
         || '", "data" : {"supplier" : ' || pg_catalog.to_json("pgne-g"."pgne-1")::pg_catalog.text
         || '}, "count" : ' || "pgne-g"."pgne-n"::pg_catalog.text
         || ', "values" : {"amount" : {"count" : ' || "pgne-g"."pgne-c1"::pg_catalog.text || ', "sum" : "' || "pgne-g"."pgne-s1"::pg_catalog.text || '"'
-        || ', "buckets" : {"-100.0" : ' || "pgne-g"."pgne-b1-1"::pg_catalog.text
-        || ', "0.0" : ' || "pgne-g"."pgne-b1-2"::pg_catalog.text
-        || ', "10.0" : ' || "pgne-g"."pgne-b1-3"::pg_catalog.text
-        || ', "100.0" : ' || "pgne-g"."pgne-b1-4"::pg_catalog.text
+        || ', "buckets" : {"-100" : ' || "pgne-g"."pgne-b1-1"::pg_catalog.text
+        || ', "0" : ' || "pgne-g"."pgne-b1-2"::pg_catalog.text
+        || ', "10" : ' || "pgne-g"."pgne-b1-3"::pg_catalog.text
+        || ', "100" : ' || "pgne-g"."pgne-b1-4"::pg_catalog.text
         || ', "1000.5" : ' || "pgne-g"."pgne-b1-5"::pg_catalog.text
         || ', "1e+20" : ' || "pgne-g"."pgne-b1-6"::pg_catalog.text || '}'
         || ', "null" : ' || "pgne-g"."pgne-z1"::pg_catalog.text || ', "not_finite" : ' || "pgne-g"."pgne-x1"::pg_catalog.text || '}'
@@ -44,10 +44,10 @@ BEGIN
           "pgne-r"."pgne-1",
           pg_catalog.count("pgne-r"."pgne-v1") AS "pgne-c1",
           COALESCE(pg_catalog.sum("pgne-r"."pgne-v1"), 0) AS "pgne-s1",
-          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= -100.0) AS "pgne-b1-1",
-          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 0.0) AS "pgne-b1-2",
-          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 10.0) AS "pgne-b1-3",
-          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 100.0) AS "pgne-b1-4",
+          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= -100) AS "pgne-b1-1",
+          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 0) AS "pgne-b1-2",
+          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 10) AS "pgne-b1-3",
+          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 100) AS "pgne-b1-4",
           pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 1000.5) AS "pgne-b1-5",
           pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 1e+20) AS "pgne-b1-6",
           pg_catalog.count(*) - pg_catalog.count("pgne-r"."pgne-o1") AS "pgne-z1",
@@ -77,10 +77,10 @@ BEGIN
         || '", "data" : {"supplier" : ' || pg_catalog.to_json("pgne-g"."pgne-1")::pg_catalog.text
         || '}, "count" : ' || "pgne-g"."pgne-n"::pg_catalog.text
         || ', "values" : {"amount" : {"count" : ' || "pgne-g"."pgne-c1"::pg_catalog.text || ', "sum" : "' || "pgne-g"."pgne-s1"::pg_catalog.text || '"'
-        || ', "buckets" : {"-100.0" : ' || "pgne-g"."pgne-b1-1"::pg_catalog.text
-        || ', "0.0" : ' || "pgne-g"."pgne-b1-2"::pg_catalog.text
-        || ', "10.0" : ' || "pgne-g"."pgne-b1-3"::pg_catalog.text
-        || ', "100.0" : ' || "pgne-g"."pgne-b1-4"::pg_catalog.text
+        || ', "buckets" : {"-100" : ' || "pgne-g"."pgne-b1-1"::pg_catalog.text
+        || ', "0" : ' || "pgne-g"."pgne-b1-2"::pg_catalog.text
+        || ', "10" : ' || "pgne-g"."pgne-b1-3"::pg_catalog.text
+        || ', "100" : ' || "pgne-g"."pgne-b1-4"::pg_catalog.text
         || ', "1000.5" : ' || "pgne-g"."pgne-b1-5"::pg_catalog.text
         || ', "1e+20" : ' || "pgne-g"."pgne-b1-6"::pg_catalog.text || '}'
         || ', "null" : ' || "pgne-g"."pgne-z1"::pg_catalog.text || ', "not_finite" : ' || "pgne-g"."pgne-x1"::pg_catalog.text || '}'
@@ -92,10 +92,10 @@ BEGIN
           "pgne-r"."pgne-1",
           pg_catalog.count("pgne-r"."pgne-v1") AS "pgne-c1",
           COALESCE(pg_catalog.sum("pgne-r"."pgne-v1"), 0) AS "pgne-s1",
-          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= -100.0) AS "pgne-b1-1",
-          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 0.0) AS "pgne-b1-2",
-          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 10.0) AS "pgne-b1-3",
-          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 100.0) AS "pgne-b1-4",
+          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= -100) AS "pgne-b1-1",
+          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 0) AS "pgne-b1-2",
+          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 10) AS "pgne-b1-3",
+          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 100) AS "pgne-b1-4",
           pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 1000.5) AS "pgne-b1-5",
           pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 1e+20) AS "pgne-b1-6",
           pg_catalog.count(*) - pg_catalog.count("pgne-r"."pgne-o1") AS "pgne-z1",
@@ -132,7 +132,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:88c41de5065081a4571a32707d51d60fdcd63cdc7e949cb9cb5adcdff2422d35';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:ac398f41a8bd779c6d32f9ec1f10f568ed99a8dd63a5942da603b99af5506d14';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger

@@ -53,7 +53,7 @@ BEGIN
              pg_catalog.array_agg("pgne-g"."pgne-n"),
              pg_catalog.array_agg(pg_catalog.jsonb_build_object(
                'amount', pg_catalog.jsonb_build_object('count', "pgne-g"."pgne-c1", 'sum', "pgne-g"."pgne-s1"::pg_catalog.text,
-                 'buckets', pg_catalog.jsonb_build_object('-100.0', "pgne-g"."pgne-b1-1", '0.0', "pgne-g"."pgne-b1-2", '10.0', "pgne-g"."pgne-b1-3", '100.0', "pgne-g"."pgne-b1-4", '1000.5', "pgne-g"."pgne-b1-5", '1e+20', "pgne-g"."pgne-b1-6"),
+                 'buckets', pg_catalog.jsonb_build_object('-100', "pgne-g"."pgne-b1-1", '0', "pgne-g"."pgne-b1-2", '10', "pgne-g"."pgne-b1-3", '100', "pgne-g"."pgne-b1-4", '1000.5', "pgne-g"."pgne-b1-5", '1e+20', "pgne-g"."pgne-b1-6"),
                  'null', "pgne-g"."pgne-z1", 'not_finite', "pgne-g"."pgne-x1"),
                'Qty "x"', pg_catalog.jsonb_build_object('count', "pgne-g"."pgne-c2", 'sum', "pgne-g"."pgne-s2"::pg_catalog.text,
                  'null', "pgne-g"."pgne-z2", 'not_finite', "pgne-g"."pgne-x2")))
@@ -63,10 +63,10 @@ BEGIN
           "pgne-r"."pgne-1",
           pg_catalog.count("pgne-r"."pgne-v1") AS "pgne-c1",
           COALESCE(pg_catalog.sum("pgne-r"."pgne-v1"), 0) AS "pgne-s1",
-          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= -100.0) AS "pgne-b1-1",
-          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 0.0) AS "pgne-b1-2",
-          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 10.0) AS "pgne-b1-3",
-          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 100.0) AS "pgne-b1-4",
+          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= -100) AS "pgne-b1-1",
+          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 0) AS "pgne-b1-2",
+          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 10) AS "pgne-b1-3",
+          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 100) AS "pgne-b1-4",
           pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 1000.5) AS "pgne-b1-5",
           pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 1e+20) AS "pgne-b1-6",
           pg_catalog.count(*) - pg_catalog.count("pgne-r"."pgne-o1") AS "pgne-z1",
@@ -95,7 +95,7 @@ BEGIN
              pg_catalog.array_agg("pgne-g"."pgne-n"),
              pg_catalog.array_agg(pg_catalog.jsonb_build_object(
                'amount', pg_catalog.jsonb_build_object('count', "pgne-g"."pgne-c1", 'sum', "pgne-g"."pgne-s1"::pg_catalog.text,
-                 'buckets', pg_catalog.jsonb_build_object('-100.0', "pgne-g"."pgne-b1-1", '0.0', "pgne-g"."pgne-b1-2", '10.0', "pgne-g"."pgne-b1-3", '100.0', "pgne-g"."pgne-b1-4", '1000.5', "pgne-g"."pgne-b1-5", '1e+20', "pgne-g"."pgne-b1-6"),
+                 'buckets', pg_catalog.jsonb_build_object('-100', "pgne-g"."pgne-b1-1", '0', "pgne-g"."pgne-b1-2", '10', "pgne-g"."pgne-b1-3", '100', "pgne-g"."pgne-b1-4", '1000.5', "pgne-g"."pgne-b1-5", '1e+20', "pgne-g"."pgne-b1-6"),
                  'null', "pgne-g"."pgne-z1", 'not_finite', "pgne-g"."pgne-x1"),
                'Qty "x"', pg_catalog.jsonb_build_object('count', "pgne-g"."pgne-c2", 'sum', "pgne-g"."pgne-s2"::pg_catalog.text,
                  'null', "pgne-g"."pgne-z2", 'not_finite', "pgne-g"."pgne-x2")))
@@ -105,10 +105,10 @@ BEGIN
           "pgne-r"."pgne-1",
           pg_catalog.count("pgne-r"."pgne-v1") AS "pgne-c1",
           COALESCE(pg_catalog.sum("pgne-r"."pgne-v1"), 0) AS "pgne-s1",
-          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= -100.0) AS "pgne-b1-1",
-          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 0.0) AS "pgne-b1-2",
-          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 10.0) AS "pgne-b1-3",
-          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 100.0) AS "pgne-b1-4",
+          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= -100) AS "pgne-b1-1",
+          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 0) AS "pgne-b1-2",
+          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 10) AS "pgne-b1-3",
+          pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 100) AS "pgne-b1-4",
           pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 1000.5) AS "pgne-b1-5",
           pg_catalog.count(*) FILTER (WHERE "pgne-r"."pgne-v1" <= 1e+20) AS "pgne-b1-6",
           pg_catalog.count(*) - pg_catalog.count("pgne-r"."pgne-o1") AS "pgne-z1",
@@ -156,7 +156,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:c0f784779a25e6ba5406dfd52f402234342bad269d70302c666503f00ff8d14d';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:a7e59765caf39ae34baa668735a578e30fd850040ca6e7307bdf53eaad071b27';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
