@@ -407,7 +407,6 @@ class Worker:
             self.metrics.notifications[result].inc(n)
         return batch
 
-
     def _collect_observations(self, key: tuple, observations, observed: dict) -> None:
         """Add a payload's observations (None: malformed values) to the batch's, per series."""
         if observations is None:
@@ -417,7 +416,6 @@ class Worker:
             at = (key, observation.column.name)
             earlier = observed.get(at)
             observed[at] = observation if earlier is None else earlier.plus(observation)
-
 
 def _woken_per_commit(batch: list, conn) -> bool:
     """A batch of a notification or two, with nothing more waiting: the worker was woken by a
