@@ -9,6 +9,7 @@ import json
 from decimal import Decimal
 
 import psycopg2
+import pytest
 from support.configs import config_text, database_entry
 from support.databases import host_label, query, run_sql
 from support.exporter import PgneProcess, apply_in_process, status_in_process
@@ -26,6 +27,7 @@ from support.observed import (
     wait_histograms,
 )
 from support.outbox import outbox_entry
+from support.waiting import wait_until
 
 
 def write(tmp_path, text: str):
@@ -160,3 +162,35 @@ def test_an_outbox_install_from_before_columns_to_observe_is_in_sync_until_a_col
     assert query(pg_database.dsn, "SELECT count(*) FROM pg_attribute WHERE attname = 'observed' AND NOT attnotnull "
                                   "AND NOT atthasdef AND attrelid IN ('pgne.event_log'::regclass, "
                                   "'pgne.totals'::regclass)") == [(2,)]
+
+
+ODD_NAMES = ("observed", "n", "count", "labels", "seq", "pgne-v1", "pgne-r", "tg_op", "sum")
+
+
+@pytest.mark.parametrize("delivery", ["notify", "outbox"])
+def test_observed_columns_named_like_the_templates_identifiers_are_observed_exactly(pg_database, tmp_path, delivery):
+    columns = ", ".join(f'"{name}" int' for name in ODD_NAMES)
+    pg_database.execute(f"CREATE TABLE odd (id serial, {columns})")
+    monitor = {"table": "odd", "enabled": True, "function": "notification_with_payload",
+               "columns_to_observe": [{"name": name, "buckets": [1]} for name in ODD_NAMES],
+               "events": ["insert", "delete"]}
+    entry = (outbox_entry(pg_database, [monitor], perform_setup=True) if delivery == "outbox"
+             else database_entry(pg_database, [monitor]))
+    config = write(tmp_path, config_text(entry))
+    with PgneProcess(config, tmp_path / "pgne").running() as proc:
+        values = ", ".join(str(i) for i in range(len(ODD_NAMES)))
+        run_sql(pg_database, f"INSERT INTO odd ({', '.join(f'{chr(34)}{n}{chr(34)}' for n in ODD_NAMES)}) "
+                             f"SELECT {values} FROM generate_series(1, 3)", "DELETE FROM odd WHERE id = 1")
+
+        def observed():
+            found = {}
+            for (name, items), value in proc.scrape().items():
+                labels = dict(items)
+                if name == "pgne_observed_values_sum" and labels.get("database") == pg_database.name:
+                    found[(labels["operation"], labels["column"])] = value
+            return found
+
+        want = {**{("INSERT", name): 3.0 * i for i, name in enumerate(ODD_NAMES)},
+                **{("DELETE", name): 1.0 * i for i, name in enumerate(ODD_NAMES)}}
+        wait_until(lambda: observed() == want, 30, "every odd column observed", lambda: f"{observed()}")
+    assert "WARNING" not in proc.stderr_text()
