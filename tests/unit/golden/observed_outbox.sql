@@ -30,9 +30,22 @@ CREATE TABLE IF NOT EXISTS "pgne".totals (
 REVOKE ALL ON "pgne".event_log, "pgne".totals FROM PUBLIC;
 -- columns_to_observe: each group's histograms ({"column": {"count", "sum" (exact, as text),
 -- "buckets", "null", "not_finite"}}). Nullable, no default: adding it rewrites no row of a
--- table that existed before.
-ALTER TABLE "pgne".event_log ADD COLUMN IF NOT EXISTS observed jsonb;
-ALTER TABLE "pgne".totals ADD COLUMN IF NOT EXISTS observed jsonb;
+-- table that existed before. Only where it is missing: ALTER TABLE locks pgne.event_log, which
+-- the application's writes to monitored tables insert into.
+DO $pgne$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_attribute
+                 WHERE attrelid = '"pgne".event_log'::pg_catalog.regclass
+                   AND attname = 'observed' AND NOT attisdropped) THEN
+    ALTER TABLE "pgne".event_log ADD COLUMN observed jsonb;
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_attribute
+                 WHERE attrelid = '"pgne".totals'::pg_catalog.regclass
+                   AND attname = 'observed' AND NOT attisdropped) THEN
+    ALTER TABLE "pgne".totals ADD COLUMN observed jsonb;
+  END IF;
+END
+$pgne$;
 
 -- "sales.orders": "notification_with_payload" on INSERT, UPDATE, DELETE, TRUNCATE
 CREATE OR REPLACE FUNCTION "pgne"."sales_orders_74609b9789"()
