@@ -378,11 +378,21 @@ def _build_observed(raw: dict, where: str, label_columns: list[LabelColumn], err
     return observed
 
 
-def _observed_label_collisions(path: str, monitors: list[Monitor]) -> list[str]:
+def _raw_monitors(data: Any):
+    """Every monitor mapping of the raw data, whatever else is wrong around it."""
+    for host_entry in data if isinstance(data, list) else []:
+        for entries in host_entry.values() if isinstance(host_entry, dict) else []:
+            for entry in entries if isinstance(entries, list) else []:
+                monitors = entry.get("monitors") if isinstance(entry, dict) else None
+                yield from (m for m in (monitors if isinstance(monitors, list) else []) if isinstance(m, dict))
+
+
+def _observed_label_collisions(path: str, data: Any, monitors: list[Monitor]) -> list[str]:
     """The histograms add the labels `column` and `le` to those of pgne_events_total, whose label
-    names are the config's label columns: in a config that observes a column, no label column
-    may be named so (a config that observes nothing keeps them)."""
-    if not any(m.observed_columns for m in monitors):
+    names are the config's label columns: in a config that observes a column (columns_to_observe
+    given anywhere, valid or not), no label column may be named so (a config that observes
+    nothing keeps them)."""
+    if not any(m.get("columns_to_observe") for m in _raw_monitors(data)):
         return []
     return [f"{path}: {m.location} > columns_to_label[{i}]: label column {c.name!r} collides with the "
             f"label {c.name!r} of the histograms of columns_to_observe (they add: {', '.join(OBSERVED_LABELS)})"
@@ -412,7 +422,7 @@ def _build(path: str, data: Any, templates: TemplateCatalog, base_dir: Path,
                                            validity, seen_databases, errors, monitors)
                 if database is not None:
                     databases.append(database)
-    return databases, errors + _observed_label_collisions(path, monitors)
+    return databases, errors + _observed_label_collisions(path, data, monitors)
 
 
 def _build_database(path: str, data: Any, at: tuple, entry: dict, number: int, templates: TemplateCatalog,

@@ -115,3 +115,14 @@ def test_an_observed_column_name_over_63_bytes():
     name = "a" * 64
     assert errors(observe(f"      - name: {name}\n")) == [
         f"{MON} > columns_to_observe[0]: column {name!r} is longer than 63 bytes"]
+
+
+def test_every_error_of_columns_to_observe_is_reported_at_once():
+    text = observe("      - name: amount\n        buckets: [10, 5]\n      - {buckets: [1]}\n",
+                   labels="      - le: [a]\n")
+    assert errors(text) == [
+        f"{MON} > columns_to_observe[1]: 'name' is required",
+        f"{MON} > columns_to_observe[0] > buckets[1]: 5 is not greater than 10: buckets are sorted and unique",
+        f"{MON} > columns_to_label[0]: label column 'le' collides with the label 'le' of the histograms of "
+        f"columns_to_observe (they add: column, le)",
+    ]
