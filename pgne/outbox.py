@@ -30,9 +30,11 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Callable
 
+from prometheus_client.utils import floatToGoString
+
 from pgne.compaction import SERIES_BUILTINS
 from pgne.model import LABEL_NAME_RE, OBSERVED_PREFIX, value_as_text
-from pgne.payload import EXACT, Router, parse_observation
+from pgne.payload import EXACT, Observation, Router, parse_observation
 from pgne.statedir import collect, exclusive
 
 log = logging.getLogger(__name__)
@@ -261,6 +263,8 @@ class OutboxExporter:
                 rows = self._missing_totals(conn)
                 if rows:
                     cur.execute(ADD_SQL, [list(column) for column in zip(*rows)])
+                if self.observing:  # the histograms too, on the rows raised (or there) just now
+                    _add_observed(cur, self._missing_histograms(conn))
                 cur.execute("COMMIT")
             except BaseException:
                 if not conn.closed:
@@ -283,12 +287,40 @@ class OutboxExporter:
             operation, schema, table, *labels = key
             if missing <= 0 or type(self.router.key_for(f"{schema}.{table}", operation, None)[0]) is str:
                 continue
-            extras = labels.pop() if len(labels) > len(self.router.label_names) else ()
-            row_labels = {name: v for name, v in zip(self.router.label_names, labels) if v}
-            row_labels.update(extras)
             last_event = datetime.fromtimestamp(self._exported_last.get(key, 0.0), timezone.utc)
-            rows.append((f"{schema}.{table}", operation, json.dumps(row_labels, sort_keys=True), missing, last_event))
+            rows.append((*self._row_key(key), missing, last_event))
         return rows
+
+    def _row_key(self, key: tuple) -> tuple[str, str, str]:
+        """(table_name, operation, labels as JSON) of the pgne.totals row of a series key."""
+        operation, schema, table, *labels = key
+        extras = labels.pop() if len(labels) > len(self.router.label_names) else ()
+        row_labels = {name: v for name, v in zip(self.router.label_names, labels) if v}
+        row_labels.update(extras)
+        return f"{schema}.{table}", operation, json.dumps(row_labels, sort_keys=True)
+
+    def _missing_histograms(self, conn) -> dict[tuple, dict]:
+        """What to add to pgne.totals' histograms ({row key: {column: histogram}}) so that each
+        exported histogram's totals reach what is exported (a series whose `_count` the totals
+        already reach is left as it is: raising to, never adding twice)."""
+        totals = self._read_totals(conn)[0]
+        missing: dict[tuple, dict] = {}
+        for (key, name), shown in self.exported_observed.items():
+            column = next((c for c in self.router.observed_columns(key) if c.name == name), None)
+            if column is None:
+                continue
+            have = parse_observation(column, totals.get(key, (0, 0.0, {}))[2].get(name), lenient=True) \
+                or Observation(column, 0, Decimal(0), (0,) * len(column.buckets))
+            count = int(shown["buckets"].get("+Inf", 0.0))
+            if count <= have.count:
+                continue
+            buckets = {bound: max(0, int(shown["buckets"].get(floatToGoString(b), 0.0)) - n)
+                       for b, bound, n in zip(column.buckets, column.bounds, have.buckets)}
+            missing.setdefault(self._row_key(key), {})[name] = {
+                "count": count - have.count, "sum": str(EXACT.subtract(Decimal(repr(shown["sum"])), have.sum)),
+                "buckets": buckets, "null": max(0, int(shown["skipped"].get("null", 0.0)) - have.null),
+                "not_finite": max(0, int(shown["skipped"].get("not_finite", 0.0)) - have.not_finite)}
+        return missing
 
     def drain(self, conn, progress: Callable[[], None] = lambda: None) -> int:
         """Move every committed event_log row into totals; returns the number of rows moved.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import signal
 
-from support.configs import config_text
+from support.configs import config_text, database_entry
 from support.exporter import PgneProcess
 from support.observed import MONITORS, TABLES, expected_histograms, run_workload, wait_histograms
 from support.outbox import outbox_entry
@@ -87,3 +87,31 @@ def test_outbox_histograms_are_exact_through_worker_and_master_kills(pg_database
     finally:
         for run in runs:
             run.kill_leftovers()
+
+
+def test_a_sighup_switch_from_notify_to_outbox_keeps_the_histograms_across_restarts_of_pgne(pg_database, tmp_path):
+    """The notify worker's histograms are folded into pgne.totals at the switch, as its counts are:
+    the histograms continue from them, and a restarted pgne (fresh state dir) serves the same."""
+    pg_database.execute(TABLES)
+    config = tmp_path / "events_config.yml"
+    config.write_text(config_text(database_entry(pg_database, MONITORS)), encoding="utf-8")
+    proc = PgneProcess(config, tmp_path / "pgne")
+    try:
+        proc.start()
+        run_workload(pg_database.dsn, STEP[:2])
+        wait_histograms(proc, pg_database, expected_histograms(pg_database.dsn))
+        config.write_text(config_text(outbox_entry(pg_database, MONITORS, perform_setup=True)), encoding="utf-8")
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "draining pgne.event_log" in proc.stderr_text(), 30, "the outbox worker", proc.describe)
+        run_workload(pg_database.dsn, STEP[1:])
+        wait_histograms(proc, pg_database, expected_histograms(pg_database.dsn))
+        assert proc.stop()[0] == 0
+    finally:
+        proc.kill_leftovers()
+    proc = PgneProcess(config, tmp_path / "pgne-restarted")  # nothing kept on disk
+    try:
+        proc.start()
+        run_workload(pg_database.dsn, STEP[3:])
+        wait_histograms(proc, pg_database, expected_histograms(pg_database.dsn))
+    finally:
+        proc.kill_leftovers()
