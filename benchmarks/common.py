@@ -102,17 +102,19 @@ class Cluster(cluster_module.ThrowawayCluster):
 def config_yaml(cluster: Cluster, databases: Sequence[dict]) -> str:
     """events_config.yml text: one host (the bench cluster), `databases` as entries.
 
-    Each entry: name, monitors (list of (table, label column or None, values, events)), and
-    optional delivery / perform_setup.
+    Each entry: name, monitors (list of (table, label column or None, values, events), and
+    optionally a fifth element: columns_to_observe), and optional delivery / perform_setup.
     """
     entries = []
     for db in databases:
         monitors = []
-        for table, column, values, events in db["monitors"]:
+        for table, column, values, events, *observe in db["monitors"]:
             monitor = {"table": table, "enabled": True,
                        "function": "notification_with_payload" if column else "simple_event_notification"}
             if column:
                 monitor["columns_to_label"] = [{column: list(values)}]
+            if observe:
+                monitor["columns_to_observe"] = observe[0]
             monitors.append({**monitor, "events": list(events)})
         database = Database(db["name"], port=cluster.port, password="unused")
         entries.append(database_entry(database, monitors, tag=db.get("tag", "bench"),

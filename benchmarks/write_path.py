@@ -84,8 +84,12 @@ NONE, NOTIFY, OUTBOX, PNE = "no trigger", "pgne notify", "pgne outbox", "pg_noti
 FLOOR = "floor: pgne's trigger shell doing nothing"
 NOTIFY_WORK_MEM = "pgne notify, session work_mem 64MB"
 UNHEARD = "pgne notify, nobody listening"
+# the notify trigger that also observes `amount` (columns_to_observe) with 10 buckets: its cost is
+# compared with the count-only notify trigger's (issue 15: at most +10%)
+OBSERVE = "pgne notify, observing amount (10 buckets)"
+OBSERVED = [{"name": "amount", "buckets": [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000], "unit": "units"}]
 DATABASES = {NONE: "bw_none", NOTIFY: "bw_notify", OUTBOX: "bw_outbox", PNE: "bw_pne", FLOOR: "bw_floor",
-             UNHEARD: "bw_unheard"}
+             UNHEARD: "bw_unheard", OBSERVE: "bw_observe"}
 
 
 def setup(cluster: Cluster, workdir: str) -> str:
@@ -96,9 +100,11 @@ def setup(cluster: Cluster, workdir: str) -> str:
     for variant, db in DATABASES.items():
         cluster.create_database(db, TABLE_DDL + {PNE: PNE_TRIGGER, FLOOR: FLOOR_TRIGGER}.get(variant, ""))
     monitors = [(table, "code", CODES, ["insert"]) for table in ("bulk_events", "row_events")]
+    observing = [(table, "code", CODES, ["insert"], OBSERVED) for table in ("bulk_events", "row_events")]
     run_config = [
         {"name": DATABASES[NOTIFY], "monitors": monitors},
         {"name": DATABASES[OUTBOX], "monitors": monitors, "delivery": "outbox"},
+        {"name": DATABASES[OBSERVE], "monitors": observing},
     ]
     apply_path, run_path = (os.path.join(workdir, name) for name in ("write_path_apply.yml", "write_path.yml"))
     with open(apply_path, "w") as f:
@@ -117,7 +123,7 @@ def _rotate(items: list, k: int) -> list:
 def bulk(cluster: Cluster, workdir: str, rows: int, reps: int) -> Section:
     started = time.monotonic()
     setup(cluster, workdir)
-    variants = [NONE, NOTIFY, OUTBOX, PNE, FLOOR, NOTIFY_WORK_MEM]
+    variants = [NONE, NOTIFY, OUTBOX, PNE, FLOOR, NOTIFY_WORK_MEM, OBSERVE]
     times: dict[str, list[float]] = {v: [] for v in variants}
     conns = {v: cluster.connect(DATABASES.get(v, DATABASES[NOTIFY])) for v in variants}
     with conns[NOTIFY_WORK_MEM].cursor() as cur:
@@ -146,6 +152,8 @@ def bulk(cluster: Cluster, workdir: str, rows: int, reps: int) -> Section:
     for variant in (NOTIFY, OUTBOX):
         figures.append(Figure(variant, "ms", times[variant], baseline=base, target=f"<= 1.10x {NONE}",
                               check=lambda f: f.ratio <= 1.10, paired=True))
+    figures.append(Figure(OBSERVE, "ms", times[OBSERVE], baseline=figures[1], target=f"<= 1.10x {NOTIFY}",
+                          check=lambda f: f.ratio <= 1.10, paired=True))
     figures.append(Figure(PNE, "ms", times[PNE], baseline=base, target="(reference)", paired=True))
     figures.append(Figure(FLOOR, "ms", times[FLOOR], baseline=base, target="(reference: the floor)", paired=True))
     figures.append(Figure(NOTIFY_WORK_MEM, "ms", times[NOTIFY_WORK_MEM], baseline=base, target="(reference)",
@@ -163,6 +171,8 @@ with `pg_notify(json_build_object('table', TG_TABLE_NAME, 'action', TG_OP, 'data
 row_to_json(NEW), 'timestamp', now()))`. One database per variant, same table (no index);
 TRUNCATE and CHECKPOINT before every run; the order of the variants rotates between
 repetitions; nothing LISTENs during these runs (the notify queue is written either way).
+"Observing amount": the same notify trigger with `columns_to_observe` on `amount` (integer,
+0-999) with 10 buckets (1 to 1000), compared with the count-only notify trigger.
 References: the floor, pgne's trigger shell doing nothing (`AFTER INSERT ... FOR EACH STATEMENT`
 with a transition table, `SECURITY DEFINER`, `SET search_path`, an `EXCEPTION` block: what SPEC
 and issue 8 require of every pgne trigger; PostgreSQL copies every new row into the transition
@@ -201,7 +211,7 @@ def pgbench(cluster: Cluster, workdir: str, seconds: int, reps: int, client_coun
     script = os.path.join(workdir, "insert.sql")
     with open(script, "w") as f:
         f.write(PGBENCH_SCRIPT)
-    variants = [NONE, NOTIFY, OUTBOX, FLOOR, UNHEARD]
+    variants = [NONE, NOTIFY, OUTBOX, FLOOR, UNHEARD, OBSERVE]
     tps: dict[tuple[str, int], list[float]] = {(v, c): [] for v in variants for c in client_counts}
     xids: dict[str, list[float]] = {v: [] for v in variants}  # XIDs assigned per pgbench transaction
     inserted = {v: 0 for v in variants}
@@ -214,7 +224,7 @@ def pgbench(cluster: Cluster, workdir: str, seconds: int, reps: int, client_coun
         return pid
 
     try:
-        pgne.wait_up(2)
+        pgne.wait_up(3)
         for clients in client_counts:
             for rep in range(reps):
                 for variant in _rotate(variants, rep):
@@ -244,13 +254,15 @@ def pgbench(cluster: Cluster, workdir: str, seconds: int, reps: int, client_coun
         def exported(db: str) -> float:
             return sum(sample_values(pgne.scrape(), "pgne_events_total", f'database="{db}"', 'table="row_events"'))
 
-        for variant in (NOTIFY, OUTBOX):  # every committed row counted, exactly
+        for variant in (NOTIFY, OUTBOX, OBSERVE):  # every committed row counted, exactly
             db = DATABASES[variant]
             try:
                 wait_until(lambda db=db, v=variant: exported(db) == inserted[v], 30, f"{db} counted", interval=0.2)
             except AssertionError:  # support.waiting.wait_until: not all counted within 30 s
                 pass
-        counts = {v: exported(DATABASES[v]) for v in (NOTIFY, OUTBOX)}
+        counts = {v: exported(DATABASES[v]) for v in (NOTIFY, OUTBOX, OBSERVE)}
+        observed = sum(sample_values(pgne.scrape(), "pgne_observed_units_count", f'database="{DATABASES[OBSERVE]}"',
+                                     'table="row_events"'))
         notify_notes = counted(pgne.scrape(), DATABASES[NOTIFY])
     finally:
         pgne.stop()
@@ -271,6 +283,10 @@ def pgbench(cluster: Cluster, workdir: str, seconds: int, reps: int, client_coun
             else:
                 fig.target = "(reference)"
             figures.append(fig)
+            if variant == NOTIFY:  # observing a column costs at most 10% of the count-only trigger's throughput
+                figures.append(Figure(f"{OBSERVE}, {who}", "tps", tps[(OBSERVE, clients)], baseline=fig,
+                                      higher_is_better=True, paired=True, target=f">= 0.90x {NOTIFY}",
+                                      check=lambda f: f.ratio >= 0.90))
     for variant in variants:  # every run of every client count
         fig = Figure(f"{variant}: XIDs per transaction", "XIDs", xids[variant], digits=3)
         if variant in (NOTIFY, OUTBOX):
@@ -281,7 +297,8 @@ def pgbench(cluster: Cluster, workdir: str, seconds: int, reps: int, client_coun
     notes = [n for n in (spread_note(f) for f in figures if f.baseline is None) if n][:1] + [
         f"Exactness check after all runs: rows inserted into row_events vs pgne_events_total exported: "
         f"notify {inserted[NOTIFY]:,} rows / {counts[NOTIFY]:,.0f} counted "
-        f"({notify_notes:,.0f} notifications); outbox {inserted[OUTBOX]:,} rows / {counts[OUTBOX]:,.0f} counted.",
+        f"({notify_notes:,.0f} notifications); outbox {inserted[OUTBOX]:,} rows / {counts[OUTBOX]:,.0f} counted; "
+        f"observing {inserted[OBSERVE]:,} rows / {counts[OBSERVE]:,.0f} counted, {observed:,.0f} observed.",
         f"The consumer's CPU during the notify runs, per notification (one per transaction), on the same 2 cores "
         f"as the writers: pgne's workers {consumer_cpu['pgne'] / max(1, consumer_cpu['notifications']) * 1e6:.1f} "
         f"µs, the LISTENing backend {consumer_cpu['backend'] / max(1, consumer_cpu['notifications']) * 1e6:.1f} µs "

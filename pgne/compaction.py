@@ -39,6 +39,7 @@ from typing import Callable
 
 from prometheus_client.mmap_dict import MmapedDict
 
+from pgne.model import OBSERVED_PREFIX
 from pgne.statedir import MERGED, Busy, exclusive, metric_file
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,9 @@ def compact(state_dir: str, pid: int, timeout: float | None = None) -> int | Non
     return folded
 
 
-# Series whose label names follow the config's label columns (pgne.metrics.WorkerMetrics.series).
+# Series whose label names follow the config's label columns (pgne.metrics.WorkerMetrics.series),
+# and so do the histograms of observed columns and their skipped counters (metric names starting
+# with OBSERVED_PREFIX, labels with `column`).
 SERIES_METRICS = frozenset({"pgne_events", "pgne_last_event_timestamp_seconds"})
 SERIES_BUILTINS = ("operation", "host", "database", "tag", "schema", "table")
 
@@ -223,7 +226,8 @@ def relabel_series(state_dir: str, label_names: tuple[str, ...]) -> int:
                 rewritten = 0
                 for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(path):
                     metric, name, labels, help_text = json.loads(key)
-                    if metric in SERIES_METRICS and isinstance(labels, dict):
+                    if isinstance(labels, dict) and (metric in SERIES_METRICS or (
+                            metric.startswith(OBSERVED_PREFIX) and "column" in labels)):
                         new = series_labels(labels, label_names)
                         if new != labels:
                             key = json.dumps([metric, name, new, help_text], sort_keys=True)

@@ -44,6 +44,7 @@ DEMO_TABLE = "orders"
 DEMO_CHANNEL = "pgne_demo"  # not pg_notify_exporter's: another pgne on this database hears nothing
 DEMO_MARK = "pgne demo: created by `pgne demo`, dropped when it stops"  # COMMENT ON SCHEMA
 SUPPLIERS = ("acme", "globex", "initech")  # the whitelist of the label column `supplier`
+AMOUNT_BUCKETS = (10, 50, 100, 250, 500)  # the histogram of `amount` (columns_to_observe): 5 to 500 euros
 UNLISTED_SUPPLIER = "umbrella"  # not whitelisted: counted as `other`
 DEFAULT_RATE = 5.0
 READY_TIMEOUT = 60.0  # connect, set up, LISTEN
@@ -181,6 +182,7 @@ class Demo:
                 "enabled": True,
                 "function": "notification_with_payload",
                 "columns_to_label": [{"supplier": list(SUPPLIERS)}],
+                "columns_to_observe": [{"name": "amount", "buckets": list(AMOUNT_BUCKETS), "unit": "euros"}],
                 "events": ["insert", "update", "delete"],
             }],
         }
@@ -342,7 +344,8 @@ class Demo:
                 f"({', '.join(SUPPLIERS)}; {UNLISTED_SUPPLIER} is not in the whitelist and counts as \"other\").\n"
                 f"  status page: {self.exporter_url('/')}\n"
                 f"  metrics:     {self.exporter_url('/metrics')}"
-                f"   look for pgne_events_total{{table=\"{DEMO_TABLE}\"}}\n"
+                f"   look for pgne_events_total{{table=\"{DEMO_TABLE}\"}}"
+                f" and the histogram of amount, pgne_observed_euros\n"
                 f"Ctrl-C stops the demo and removes what it created.")
             self.write_rows()
         except Stopped:

@@ -23,6 +23,9 @@ from pgne.model import EVENTS, NOTIFY, OUTBOX, Database, Monitor
 from pgne.render import SCHEMA, TRIGGER_SPECS, Renderer, function_name, trigger_name
 
 OUTBOX_TABLES = ("event_log", "totals")
+# Added to both when a monitor of an outbox database observes a column (columns_to_observe): an
+# install made before that lacks it, and is complete without it until a column is observed.
+OBSERVED_COLUMN = "observed"
 TRIGGER_NAMES = tuple(trigger_name(e) for e in EVENTS)
 
 _TRIGGERS_SQL = """
@@ -36,10 +39,18 @@ JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
 WHERE NOT t.tgisinternal AND t.tgparentid = 0 AND t.tgname = ANY(%s)
 """
 
-# One row if the table exists (any relation kind), with its column names.
+# One row if the table exists (any relation kind), with its column names, and those of its
+# columns that can be observed (columns_to_observe): the numeric types, or domains over them.
 _COLUMNS_SQL = """
 SELECT ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
-             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+             JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+               AND (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END)
+                   IN ('pg_catalog.int2'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype,
+                       'pg_catalog.int8'::pg_catalog.regtype, 'pg_catalog.numeric'::pg_catalog.regtype,
+                       'pg_catalog.float4'::pg_catalog.regtype, 'pg_catalog.float8'::pg_catalog.regtype))
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s
 """
@@ -54,7 +65,10 @@ WHERE n.nspname = %s AND p.pronargs = 0 AND p.prorettype = 'pg_catalog.trigger':
 # Setup problems: the `problem` label of pgne_setup_problem, and the kind of their Difference.
 MISSING_TABLE, MISSING_LABEL_COLUMN, NOTIFY_REFUSED = "missing_table", "missing_label_column", "notify_refused"
 LEGACY_TRIGGER = "legacy_trigger"
-PROBLEMS = (MISSING_TABLE, MISSING_LABEL_COLUMN, NOTIFY_REFUSED, LEGACY_TRIGGER)
+# columns_to_observe: a column the table lacks, or one that is not of a numeric type
+MISSING_OBSERVED_COLUMN, NOT_NUMERIC = "missing_observed_column", "observed_column_not_numeric"
+PROBLEMS = (MISSING_TABLE, MISSING_LABEL_COLUMN, NOTIFY_REFUSED, LEGACY_TRIGGER, MISSING_OBSERVED_COLUMN, NOT_NUMERIC)
+NUMERIC_TYPES = "smallint, integer, bigint, numeric, real, double precision"
 # The apply option that drops legacy triggers in the transaction that installs pgne's.
 REPLACE_LEGACY_OPTION = "--replace-legacy"
 # The config key with which a database entry accepts notify delivery where 2PC is allowed.
@@ -85,6 +99,11 @@ def problem_text(problem: str, schema: str = "", table: str = "", column: str = 
         return f"table {schema}.{table} does not exist"
     if problem == MISSING_LABEL_COLUMN:
         return f"label column {column} does not exist in table {schema}.{table}"
+    if problem == MISSING_OBSERVED_COLUMN:
+        return f"observed column {column} does not exist in table {schema}.{table}"
+    if problem == NOT_NUMERIC:
+        return (f"observed column {column} of table {schema}.{table} is not of a numeric type "
+                f"({NUMERIC_TYPES}, or a domain over one)")
     if problem == NOTIFY_REFUSED:
         setting = "> 0" if max_prepared_transactions is None else f"= {max_prepared_transactions}"
         return ("delivery: notify refused: this server allows prepared transactions "
@@ -107,6 +126,9 @@ def possible_problems(database: Database) -> list[ProblemKey]:
     for monitor in database.enabled_monitors:
         keys.append((MISSING_TABLE, monitor.schema, monitor.table, ""))
         keys += [(MISSING_LABEL_COLUMN, monitor.schema, monitor.table, column) for column in monitor.label_names]
+        for column in monitor.observed_columns:
+            keys += [(MISSING_OBSERVED_COLUMN, monitor.schema, monitor.table, column.name),
+                     (NOT_NUMERIC, monitor.schema, monitor.table, column.name)]
     for schema, table in dict.fromkeys((m.schema, m.table) for m in database.enabled_monitors):
         keys.append((LEGACY_TRIGGER, schema, table, ""))
     return keys
@@ -149,9 +171,11 @@ class Inventory:
     existing_tables: frozenset[tuple[str, str]]
     schema_tables: frozenset[str] = frozenset()  # tables in schema pgne (outbox delivery)
     columns: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)  # of each existing monitored table
+    numeric_columns: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)  # ... of numeric types
     max_prepared_transactions: int = 0
     legacy: tuple[LegacyTrigger, ...] = ()  # pg_notify_exporter's triggers on the monitored tables
     extras: tuple[ExtraObject, ...] = ()  # what `apply --prune` drops
+    observed_tables: frozenset[str] = frozenset()  # tables in schema pgne with a column `observed`
 
 
 @functools.lru_cache(maxsize=1)
@@ -189,8 +213,12 @@ def read_inventory(conn, database: Database, renderer: Renderer | None = None) -
         cur.execute("SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
                     "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'", (SCHEMA,))
         schema_tables = frozenset(row[0] for row in cur.fetchall())
+        cur.execute("SELECT c.relname FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+                    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+                    "AND a.attname = %s AND NOT a.attisdropped", (SCHEMA, OBSERVED_COLUMN))
+        observed_tables = frozenset(row[0] for row in cur.fetchall())
         existing = set()
-        columns = {}
+        columns, numeric = {}, {}
         for monitor in database.monitors:
             # the catalogs, not to_regclass(): that needs USAGE on the schema, which a role that may
             # only CONNECT (pgne run with perform_setup: false) does not have
@@ -199,12 +227,13 @@ def read_inventory(conn, database: Database, renderer: Renderer | None = None) -
             if row is not None:  # the table exists
                 existing.add((monitor.schema, monitor.table))
                 columns[(monitor.schema, monitor.table)] = frozenset(row[0])
+                numeric[(monitor.schema, monitor.table)] = frozenset(row[1])
         # PGC_POSTMASTER, readable by every role
         cur.execute("SELECT pg_catalog.current_setting('max_prepared_transactions')::int")
         max_prepared = cur.fetchone()[0]
     legacy = read_legacy_triggers(conn, database, renderer) if database.enabled else ()
-    return Inventory(schema_exists, functions, triggers, frozenset(existing), schema_tables, columns, max_prepared,
-                     legacy, read_extra_objects(conn, database, renderer))
+    return Inventory(schema_exists, functions, triggers, frozenset(existing), schema_tables, columns, numeric,
+                     max_prepared, legacy, read_extra_objects(conn, database, renderer), observed_tables)
 
 
 def setup_problems(inventory: Inventory, database: Database) -> list[Difference]:
@@ -233,6 +262,11 @@ def setup_problems(inventory: Inventory, database: Database) -> list[Difference]
         elif problem == MISSING_TABLE:
             if (schema, table) in inventory.existing_tables:
                 continue
+            what = problem_text(*key)
+        elif problem == NOT_NUMERIC:
+            existing = inventory.columns.get((schema, table))
+            if existing is None or column not in existing or column in inventory.numeric_columns[(schema, table)]:
+                continue  # a missing table or column is a problem of its own
             what = problem_text(*key)
         else:
             existing = inventory.columns.get((schema, table))
@@ -267,6 +301,9 @@ def find_differences(inventory: Inventory, database: Database, renderer: Rendere
     if database.enabled and database.delivery == OUTBOX:
         diffs += [Difference("missing", f"table {SCHEMA}.{table}") for table in OUTBOX_TABLES
                   if table not in inventory.schema_tables]
+        if any(m.observed_columns for m in database.enabled_monitors):
+            diffs += [Difference("missing", f"column {SCHEMA}.{table}.{OBSERVED_COLUMN}") for table in OUTBOX_TABLES
+                      if table in inventory.schema_tables and table not in inventory.observed_tables]
     for monitor in database.monitors:
         fn = function_name(monitor)
         table = monitor.qualified_name

@@ -12,11 +12,12 @@ computes the same totals, the same way, with what does not change between scrape
 - only the value is formatted per scrape.
 
 Values are combined exactly as MultiProcessCollector combines them (counters add; gauges by
-their multiprocess mode: min, max, sum, mostrecent, and their live variants) and printed as
-prometheus_client's encoders print them, in the format choose_encoder() picks for the Accept
-header. Families come sorted by name. Anything outside what pgne writes — other metric types,
-`all` gauges (a pid label), names that need escaping, an escaping scheme that rewrites legacy
-names — takes prometheus_client's own path, unchanged.
+their multiprocess mode: min, max, sum, mostrecent, and their live variants; histograms add
+per bucket, then each series' buckets are cumulated in the order of their bounds and `_count`
+is the last of them) and printed as prometheus_client's encoders print them, in the format
+choose_encoder() picks for the Accept header. Families come sorted by name. Anything outside
+what pgne writes — summaries, `all` gauges (a pid label), names that need escaping, an
+escaping scheme that rewrites legacy names — takes prometheus_client's own path, unchanged.
 """
 from __future__ import annotations
 
@@ -115,8 +116,8 @@ class _Family:
 def _kind(path: str) -> tuple[str, str]:
     """(type, gauge mode) from a file name, as MultiProcessCollector reads it."""
     parts = os.path.basename(path).split("_")
-    if parts[0] == "counter":
-        return "counter", ""
+    if parts[0] in ("counter", "histogram"):  # values that add up across processes
+        return parts[0], ""
     if parts[0] == "gauge" and len(parts) == 3 and parts[1] in _GAUGE_MODES:
         return "gauge", parts[1]
     raise _Fallback()  # histogram, summary, `all` gauges: prometheus_client's path
@@ -162,7 +163,7 @@ class MetricsRenderer:
                     raise _Fallback()  # one metric in files of different kinds: let prometheus_client decide
                 values = family.values
             sample = key.sample
-            if typ == "counter" or mode in ("sum", "livesum"):
+            if not mode or mode in ("sum", "livesum"):  # counters and histograms (no mode) add
                 values[sample] = values.get(sample, 0.0) + value
             elif mode in ("max", "livemax"):
                 current = values.get(sample)
@@ -214,6 +215,9 @@ class MetricsRenderer:
                 shown = name + "_total" if family.typ == "counter" else name
                 help_text = family.help.replace("\\", r"\\").replace("\n", r"\n")
                 out.append(f"# HELP {shown} {help_text}\n# TYPE {shown} {family.typ}\n")
+            if family.typ == "histogram":
+                out.extend(_histogram_lines(family, keys, databases))
+                continue
             mostrecent = family.mode.endswith("mostrecent")
             for sample, value in family.values.items():
                 key = keys[sample]
@@ -245,6 +249,46 @@ class MetricsRenderer:
                 pass
         registry = slow_path(databases) if slow_path else collect(self.state_dir, databases)
         return encoder(registry), content_type
+
+
+def _histogram_lines(family: _Family, keys: dict, databases: frozenset | None) -> list[str]:
+    """A histogram's lines as MultiProcessCollector + the encoders give them: per series (its
+    labels less `le`), `_sum`, then `_bucket` cumulated in the order of the bounds (`le` written
+    by floatToGoString; labels sorted, as everywhere), then `_count` (the last bucket)."""
+    series: dict[tuple, list] = {}  # labels less le -> [sum or None, {bound: value}]
+    bucket_name, sum_name = family.name + "_bucket", family.name + "_sum"
+    for sample, value in family.values.items():
+        key = keys[sample]
+        if databases is not None and key.scope is not None and key.scope not in databases:
+            continue
+        name, items = sample
+        if name == bucket_name:
+            le = [v for k, v in items if k == "le"]
+            if not le:
+                raise _Fallback()
+            entry = series.setdefault(tuple(i for i in items if i[0] != "le"), [None, {}])
+            bound = float(le[0])
+            entry[1][bound] = entry[1].get(bound, 0.0) + value
+        elif name == sum_name and all(k != "le" for k, _ in items):
+            series.setdefault(items, [None, {}])[0] = value
+        else:
+            raise _Fallback()
+    out = []
+    for items, (total, buckets) in series.items():
+        text = ",".join(f'{k}="{_escape_value(v)}"' for k, v in items)
+        if total is not None:
+            out.append(f"{sum_name}{{{text}}} {floatToGoString(total)}\n" if items else
+                       f"{sum_name} {floatToGoString(total)}\n")
+        if not buckets:
+            continue
+        cumulative = 0.0
+        for bound in sorted(buckets):
+            cumulative += buckets[bound]
+            labels = ",".join(f'{k}="{_escape_value(v)}"' for k, v in sorted(items + (("le", floatToGoString(bound)),)))
+            out.append(f"{bucket_name}{{{labels}}} {floatToGoString(cumulative)}\n")
+        out.append(f"{family.name}_count{{{text}}} {floatToGoString(cumulative)}\n" if items else
+                   f"{family.name}_count {floatToGoString(cumulative)}\n")
+    return out
 
 
 def _format(encoder) -> bool | None:

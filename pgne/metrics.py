@@ -15,6 +15,13 @@ Every Gauge has an explicit multiprocess_mode:
 Counters of dead workers stay in their files and keep adding to the total: counts survive
 worker restarts.
 
+The histograms of columns_to_observe (`pgne_observed_<unit>`, labels of pgne_events_total plus
+`column`) are written as prometheus_client's Histogram writes them, `histogram_<pid>.db` with
+one value per bucket (not cumulative: scrapes add them up, `_count` is the +Inf bucket) and
+`_sum`, but through the value class directly: one statement's observations are added at once,
+and the bounds may differ from column to column in one family. `_sum` is kept exactly (a
+Decimal per series and process) and written as the float64 nearest to it.
+
 With `pgne run --compat-metric`, every increment of pgne_events_total also goes to
 pg_notify_exporter's series, `pg_notify_exporter{operation, host, tag, database, table="schema.table",
 <label columns>}`: the same events, the same numbers, under the old name. It is written as a
@@ -25,6 +32,7 @@ a `sum` gauge adds every process's file, dead workers' included, exactly as a co
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 
 from pgne.statedir import ENV_VARIABLE  # imports no prometheus_client
 
@@ -32,9 +40,11 @@ if not os.environ.get(ENV_VARIABLE):  # pragma: no cover - a programming error
     raise RuntimeError(f"pgne.metrics imported before {ENV_VARIABLE} was set")
 
 from prometheus_client import Counter, Gauge  # noqa: E402
+from prometheus_client.utils import floatToGoString  # noqa: E402
+from prometheus_client.values import ValueClass  # noqa: E402
 
-from pgne.model import BUILTIN_LABELS  # noqa: E402
-from pgne.payload import RESULTS  # noqa: E402
+from pgne.model import BUILTIN_LABELS, ObservedColumn  # noqa: E402
+from pgne.payload import EXACT, RESULTS, Observation  # noqa: E402
 
 DATABASE_LABELS = ("host", "database")
 COMPAT_METRIC = "pg_notify_exporter"
@@ -71,6 +81,66 @@ class _BothSeries:
         self.compat.inc(amount)
 
 
+OBSERVED_HELP = ("Values of a column (columns_to_observe) over the rows counted in pgne_events_total: NULL, "
+                 "NaN and infinite values are not observed (pgne_observed_skipped_total).")
+SKIPPED_REASONS = ("null", "not_finite")
+
+
+class ObservedSeries:
+    """One histogram series of an observed column: its bucket values (per bucket, the last one
+    +Inf), its `_sum`, and its skipped counters; `add` writes an Observation."""
+
+    __slots__ = ("buckets", "sum", "exact_sum", "skipped")
+
+    def __init__(self, column: ObservedColumn, names: tuple[str, ...], values: tuple[str, ...], skipped):
+        family = column.family
+        bucket_names = names + ("le",)
+        bounds = [floatToGoString(b) for b in column.buckets] + ["+Inf"]
+        self.buckets = [ValueClass("histogram", family, family + "_bucket", bucket_names, values + (bound,),
+                                   OBSERVED_HELP) for bound in bounds]
+        self.sum = ValueClass("histogram", family, family + "_sum", names, values, OBSERVED_HELP)
+        self.exact_sum = Decimal(0)  # what this process added to `_sum`, exactly
+        self.skipped = skipped
+
+    def raise_to(self, observation: Observation, exported: dict) -> None:
+        """Raise the buckets and skipped counters to `observation`'s totals, given what is
+        `exported` ({"buckets": {le: cumulative}, "skipped": {reason: n}}, updated here);
+        never lowers one. The caller writes `_sum`."""
+        bounds = [floatToGoString(b) for b in observation.column.buckets] + ["+Inf"]
+        wanted = (*observation.buckets, observation.count)
+        shown = exported["buckets"]
+        wanted_below = old_below = new_below = 0.0  # cumulative values of the bucket below
+        for value, le, cumulative in zip(self.buckets, bounds, wanted):
+            old = shown.get(le, 0.0)
+            gain = (cumulative - wanted_below) - (old - old_below)  # each file holds per-bucket values
+            if gain > 0:
+                value.inc(gain)
+            shown[le] = new_below + (old - old_below) + max(gain, 0)
+            wanted_below, old_below, new_below = cumulative, old, shown[le]
+        for counter, reason, total in zip(self.skipped, SKIPPED_REASONS, (observation.null, observation.not_finite)):
+            gain = total - exported["skipped"].get(reason, 0.0)
+            if gain > 0:
+                counter.inc(gain)
+                exported["skipped"][reason] = total
+
+    def add(self, observation: Observation) -> None:
+        previous = 0
+        for value, cumulative in zip(self.buckets, observation.buckets):
+            if cumulative > previous:
+                value.inc(cumulative - previous)
+            previous = cumulative
+        if observation.count > previous:
+            self.buckets[-1].inc(observation.count - previous)
+        if observation.sum:
+            self.exact_sum = EXACT.add(self.exact_sum, observation.sum)
+            self.sum.set(float(self.exact_sum))
+        null, not_finite = self.skipped
+        if observation.null:
+            null.inc(observation.null)
+        if observation.not_finite:
+            not_finite.inc(observation.not_finite)
+
+
 class WorkerMetrics:
     """The metrics one worker writes, with children for its database bound once."""
 
@@ -98,7 +168,8 @@ class WorkerMetrics:
                                         DATABASE_LABELS + ("schema", "table", "event"), "mostrecent")
         # one series per problem the config allows for (pgne.drift.possible_problems): 1 while it exists
         self.setup_problem = _gauge("pgne_setup_problem", "1 while pgne cannot set the database up as configured "
-                                    "(problem: missing_table, missing_label_column, notify_refused), else 0.",
+                                    "(problem: missing_table, missing_label_column, notify_refused, legacy_trigger, "
+                                    "missing_observed_column, observed_column_not_numeric), else 0.",
                                     DATABASE_LABELS + ("schema", "table", "column", "problem"), "livemostrecent")
         if outbox:  # only databases with delivery: outbox have these series
             self.outbox_backlog = _gauge("pgne_outbox_backlog_rows", "Rows in pgne.event_log not yet drained.",
@@ -107,6 +178,36 @@ class WorkerMetrics:
                                             "Age of the oldest row in pgne.event_log (0 when empty).",
                                             DATABASE_LABELS, "mostrecent").labels(host, database)
         self._children: dict[tuple, tuple] = {}
+        self._observed: dict[tuple, ObservedSeries] = {}
+        self._skipped = None  # pgne_observed_skipped_total, created with the first histogram
+        self._observed_invalid = None
+
+    @property
+    def observed_invalid(self) -> Counter:
+        """pgne_observed_invalid_values_total of this database (only where a column is observed)."""
+        if self._observed_invalid is None:
+            self._observed_invalid = _counter(
+                "pgne_observed_invalid_values", "Payloads whose rows were counted but whose values "
+                "(columns_to_observe) were malformed, and skipped.", DATABASE_LABELS).labels(self.host, self.database)
+        return self._observed_invalid
+
+    def observed(self, key: tuple, column: ObservedColumn) -> ObservedSeries:
+        """The histogram series of `column` for a series key of payload.Router; cached."""
+        series = self._observed.get((key, column))
+        if series is None:
+            operation, schema, table, *labels = key
+            names = BUILTIN_LABELS + self.label_names + ("column",)
+            values = (operation, self.host, self.database, self.tag, schema, table, *labels, column.name)
+            if self._skipped is None:
+                self._skipped = _counter("pgne_observed_skipped", "Rows whose value of an observed column was not "
+                                         "observed, by reason: null, not_finite (NaN, Infinity, -Infinity).",
+                                         names + ("reason",))
+            skipped = self._skipped
+            series = self._observed[(key, column)] = ObservedSeries(
+                column, names, values, tuple(skipped.labels(*values, reason) for reason in SKIPPED_REASONS))
+            for counter in series.skipped:
+                counter.inc(0)
+        return series
 
     def set_setup_problem(self, problem: str, schema: str, table: str, column: str, value: int) -> None:
         self.setup_problem.labels(self.host, self.database, schema, table, column, problem).set(value)

@@ -24,6 +24,13 @@ NOTIFY, OUTBOX = "notify", "outbox"  # delivery modes
 DEFAULT_DRAIN_INTERVAL = 1.0
 # \Z, not $: Python's $ also matches before a trailing newline ("code\n" is no label name).
 LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*\Z")
+# A histogram's unit ends its family name (pgne_observed_<unit>): lower case words joined by _.
+UNIT_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*\Z")
+OBSERVED_PREFIX = "pgne_observed_"
+UNITLESS = "values"  # the family of a column observed without a unit: pgne_observed_values
+# Labels the histograms add to those of pgne_events_total: no label column may be named so in
+# a config that observes a column.
+OBSERVED_LABELS = ("column", "le")
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,27 @@ class LabelColumn:
 
 
 @dataclass(frozen=True)
+class ObservedColumn:
+    """A numeric column whose values pgne observes in a histogram (columns_to_observe)."""
+
+    name: str
+    buckets: tuple[float, ...] = ()  # upper bounds (le), sorted, finite; +Inf is implicit
+    unit: str | None = None
+
+    @property
+    def family(self) -> str:
+        """The histogram's name: pgne_observed_<unit>, or pgne_observed_values without one."""
+        return OBSERVED_PREFIX + (self.unit or UNITLESS)
+
+    @property
+    def bounds(self) -> tuple[str, ...]:
+        """Each bucket's bound as the SQL constant and payload key pgne writes for it: an integer
+        where the bound is one (so that an integer column is compared as integers, not converted
+        to numeric for every row and bound), else the float's shortest decimal (a numeric constant)."""
+        return tuple(str(int(b)) if b.is_integer() and abs(b) < 2**63 else repr(b) for b in self.buckets)
+
+
+@dataclass(frozen=True)
 class Monitor:
     schema: str
     table: str
@@ -42,6 +70,7 @@ class Monitor:
     function: str  # template name
     events: tuple[str, ...]  # upper case, in config order
     label_columns: tuple[LabelColumn, ...] = ()
+    observed_columns: tuple[ObservedColumn, ...] = ()
     location: str = field(default="", compare=False)  # "localhost > test > monitors[0]", for messages
 
     @property
@@ -128,6 +157,10 @@ class Config:
                 for name in monitor.label_names:
                     names.setdefault(name)
         return tuple(names)
+
+    @property
+    def observes(self) -> bool:
+        return any(m.observed_columns for d in self.databases for m in d.monitors)
 
     @property
     def enabled_databases(self) -> tuple[Database, ...]:

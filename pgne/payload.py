@@ -3,18 +3,24 @@
 A v1 payload is a JSON object: `table` ("schema.table", or "table" for schema public),
 `action` (INSERT, UPDATE, DELETE, TRUNCATE; any case), optional `data` (label column ->
 value), optional `count` (positive integer, default 1), optional `timestamp` and `seq` (not
-used for counting). pg_notify_exporter's payloads are v1 payloads whose `data` may hold raw
-column values, so the whitelist is applied here too: unlisted values count as `other`.
+used for counting), optional `values` (observed column -> its histogram over the rows counted:
+{"count": finite values, "sum": their sum (decimal text or a JSON number), "buckets": {bound:
+values <= bound}, "null": n, "not_finite": n}; see Observation). A payload without `values` is
+exactly what it always was; one whose `values` are malformed, or lack a configured bucket, is
+counted all the same and its values are not (see Router.classify).
+pg_notify_exporter's payloads are v1 payloads whose `data` may hold raw column values, so the
+whitelist is applied here too: unlisted values count as `other`.
 """
 from __future__ import annotations
 
+import decimal
 import json
 import json.scanner
 from dataclasses import dataclass
 from itertools import product
 from typing import Callable, Iterator
 
-from pgne.model import EVENTS, OTHER, Database, value_as_text
+from pgne.model import EVENTS, OTHER, Database, ObservedColumn, value_as_text
 
 COUNTED, INVALID, UNKNOWN_TABLE, UNMONITORED_EVENT = "counted", "invalid", "unknown_table", "unmonitored_event"
 RESULTS = (COUNTED, INVALID, UNKNOWN_TABLE, UNMONITORED_EVENT)
@@ -42,6 +48,80 @@ def _loads(payload: str) -> object:
     return obj
 
 
+# Sums are added exactly (PostgreSQL's numeric has up to 131,072 digits before the point):
+# decimal's default context would round them to 28 digits.
+EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One observed column's histogram over the rows of a payload (or of several, added)."""
+
+    column: ObservedColumn
+    count: int  # finite values
+    sum: decimal.Decimal  # their sum, exact
+    buckets: tuple[int, ...]  # finite values <= each of column.buckets (cumulative)
+    null: int = 0  # rows whose value is NULL: not observed
+    not_finite: int = 0  # NaN, Infinity, -Infinity: not observed
+
+    def plus(self, other: Observation) -> Observation:
+        return Observation(self.column, self.count + other.count, EXACT.add(self.sum, other.sum),
+                           tuple(a + b for a, b in zip(self.buckets, other.buckets)),
+                           self.null + other.null, self.not_finite + other.not_finite)
+
+
+def _count_value(value: object) -> bool:
+    return type(value) is int and 0 <= value <= MAX_COUNT
+
+
+def parse_observation(column: ObservedColumn, raw: object, lenient: bool = False) -> Observation | None:
+    """An Observation of `column` from a payload's `values` entry (or an outbox total's); None
+    if it is malformed: not an object, counts that are not integers from 0 to 2^53, a sum that is
+    not a finite decimal, a configured bucket missing, or buckets that are not cumulative.
+    `lenient` (durable outbox totals, which predate a bound added to the config since): a
+    missing bound holds what the bound below it holds."""
+    if type(raw) is not dict:
+        return None
+    count, total, null, not_finite = raw.get("count"), raw.get("sum", 0), raw.get("null", 0), raw.get("not_finite", 0)
+    if not (_count_value(count) and _count_value(null) and _count_value(not_finite)):
+        return None
+    if type(total) is str:
+        try:
+            total = decimal.Decimal(total)
+        except decimal.InvalidOperation:
+            return None
+    elif type(total) in (int, float):
+        total = decimal.Decimal(repr(total))  # the number as written: 0.1, not float 0.1's binary value
+    else:
+        return None
+    if not total.is_finite():
+        return None
+    buckets: tuple[int, ...] = ()
+    if column.buckets:
+        raw_buckets = raw.get("buckets")
+        if type(raw_buckets) is not dict:
+            return None
+        by_bound = {}
+        for bound, n in raw_buckets.items():
+            try:
+                by_bound[float(bound)] = n
+            except (ValueError, OverflowError):
+                continue  # not a bound of ours: ignored, like keys pgne does not know
+        buckets = tuple(by_bound.get(bound) for bound in column.buckets)
+        if lenient:
+            filled, below = [], 0
+            for n in buckets:
+                below = below if n is None else n
+                filled.append(below)
+            buckets = tuple(filled)
+        previous = 0
+        for n in buckets:
+            if not _count_value(n) or n < previous or n > count:
+                return None
+            previous = n
+    return Observation(column, count, total, buckets, null, not_finite)
+
+
 @dataclass(frozen=True)
 class _Route:
     schema: str
@@ -50,6 +130,7 @@ class _Route:
     # per label of the whole config, in order: the whitelist, or None when the monitor lacks it
     whitelists: tuple[frozenset[str] | None, ...]
     label_columns: tuple[str | None, ...]
+    observed: tuple[ObservedColumn, ...] = ()
 
 
 class Router:
@@ -70,13 +151,18 @@ class Router:
                 events=frozenset(monitor.events),
                 whitelists=tuple(columns.get(name) for name in label_names),
                 label_columns=tuple(name if name in columns else None for name in label_names),
+                observed=monitor.observed_columns,
             )
             if monitor.schema == "public":  # pg_notify_exporter sent bare table names
                 self._routes.setdefault(monitor.table, route)
             self._routes[monitor.qualified_name] = route  # a qualified name always wins
 
-    def classify(self, payload: str) -> tuple[object, int]:
-        """(series key, count) for a countable payload; (result name, 0) otherwise. Never raises."""
+    def classify(self, payload: str) -> tuple:
+        """(series key, count) for a countable payload; (result name, 0) otherwise. Never raises.
+
+        A countable payload with a `values` key gives (series key, count, observations): a tuple
+        of Observation of the columns its table's monitor observes (others are ignored), or None
+        when the values are malformed (the rows are counted, their values are not)."""
         try:
             obj = _loads(payload)
             if type(obj) is not dict:
@@ -86,9 +172,26 @@ class Router:
             if (type(table) is not str or type(action) is not str
                     or type(count) is not int or not 0 < count <= MAX_COUNT):
                 return INVALID, 0
-            return self.key_for(table, action, obj.get("data"), count)
+            result = self.key_for(table, action, obj.get("data"), count)
+            if "values" not in obj or not result[1]:
+                return result
+            return result + (self.observations(table, obj["values"]),)
         except (ValueError, RecursionError):  # not JSON; or nested deeper than json can parse or
             return INVALID, 0                 # print (a 7,999-byte payload nests ~4,000 levels)
+
+    def observations(self, table: str, values: object) -> tuple[Observation, ...] | None:
+        """The Observations of a payload's `values` (see classify); None if malformed."""
+        if type(values) is not dict:
+            return None
+        route = self._routes[table]
+        observations = []
+        for column in route.observed:
+            if column.name in values:
+                observation = parse_observation(column, values[column.name])
+                if observation is None:
+                    return None
+                observations.append(observation)
+        return tuple(observations)
 
     def key_for(self, table: str, action: str, data: object, count: int = 1) -> tuple[object, int]:
         """Like classify, for a payload already decoded (outbox rows come as columns)."""
@@ -110,6 +213,15 @@ class Router:
             value = value_as_text(data.get(column)) if data else None
             labels.append(value if value in whitelist else OTHER)
         return (operation, route.schema, route.table, *labels), count
+
+    @property
+    def observes(self) -> bool:
+        return any(route.observed for route in self._routes.values())
+
+    def observed_columns(self, key: tuple) -> tuple[ObservedColumn, ...]:
+        """The columns observed for a series key (none for TRUNCATE: no row images)."""
+        route = self._routes.get(f"{key[1]}.{key[2]}")
+        return route.observed if route is not None and key[0] != "TRUNCATE" else ()
 
     def configured_keys(self) -> Iterator[tuple[str, ...]]:
         """Every series the config names, for pre-creation at 0.
@@ -135,7 +247,7 @@ class Router:
                     for labels in product(*choices):
                         yield (event, route.schema, route.table, *labels)
 
-    def classifier(self, memo_size: int = MEMO_SIZE) -> Callable[[str], tuple[object, int]]:
+    def classifier(self, memo_size: int = MEMO_SIZE) -> Callable[[str], tuple]:
         """`classify`, memoized on the payload less its `seq`: the hot path's classifier.
 
         pgne's triggers send json_build_object(..., 'seq', n) payloads: one statement's label
@@ -149,9 +261,9 @@ class Router:
         jsonb-printed ones) takes `classify` every time.
         """
         classify = self.classify
-        memo: dict[str, tuple[object, int]] = {}
+        memo: dict[str, tuple] = {}
 
-        def classify_memoized(payload: str) -> tuple[object, int]:
+        def classify_memoized(payload: str) -> tuple:
             head, sep, tail = payload.rpartition(SEQ_SEPARATOR)
             if sep:
                 digits = tail[:-1]

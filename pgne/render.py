@@ -149,7 +149,7 @@ class Renderer:
         )
         self.env.filters.update(ident=quote_ident, literal=quote_literal, dollar_quote=dollar_quote,
                                 comment=sql_comment, json=json_string)
-        self._uses_labels: dict[str, bool] = {}
+        self._variables: dict[str, frozenset[str]] = {}
 
     @property
     def lock_timeout_setting(self) -> str:
@@ -176,12 +176,18 @@ class Renderer:
             return f"template {name!r} line {exc.lineno}: {exc.message}"
         return None
 
-    def uses_labels(self, name: str, delivery: str = NOTIFY) -> bool:
+    def _undeclared(self, name: str, delivery: str) -> frozenset[str]:
         file = template_file(name, delivery)
-        if file not in self._uses_labels:
+        if file not in self._variables:
             ast = self.env.parse(self._source(name, delivery))
-            self._uses_labels[file] = "columns_to_label" in jinja2.meta.find_undeclared_variables(ast)
-        return self._uses_labels[file]
+            self._variables[file] = frozenset(jinja2.meta.find_undeclared_variables(ast))
+        return self._variables[file]
+
+    def uses_labels(self, name: str, delivery: str = NOTIFY) -> bool:
+        return "columns_to_label" in self._undeclared(name, delivery)
+
+    def uses_observed(self, name: str, delivery: str = NOTIFY) -> bool:
+        return "columns_to_observe" in self._undeclared(name, delivery)
 
     # -- rendering -----------------------------------------------------------------------
 
@@ -195,6 +201,7 @@ class Renderer:
             "relation_name": monitor.table,
             "events": list(monitor.events),
             "columns_to_label": list(monitor.label_columns),
+            "columns_to_observe": list(monitor.observed_columns),
             "other": OTHER,
             "channel": database.channel,
             "new_table": NEW_TABLE,

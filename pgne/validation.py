@@ -29,12 +29,14 @@ from pgne.model import (
     EVENTS,
     LABEL_NAME_RE,
     NOTIFY,
+    OBSERVED_LABELS,
     OTHER,
     OUTBOX,
     Config,
     Database,
     LabelColumn,
     Monitor,
+    ObservedColumn,
     value_as_text,
 )
 from pgne.resources import config_schema_path
@@ -54,6 +56,8 @@ class TemplateCatalog(Protocol):
     def problem(self, name: str, delivery: str = NOTIFY) -> str | None: ...
 
     def uses_labels(self, name: str, delivery: str = NOTIFY) -> bool: ...
+
+    def uses_observed(self, name: str, delivery: str = NOTIFY) -> bool: ...
 
 
 def validate(path: str, data: Any, templates: TemplateCatalog, base_dir: Path) -> Config:
@@ -307,6 +311,8 @@ def _build_monitor(raw: dict, where: str, templates: TemplateCatalog, errors: li
                 texts.append(text)
         label_columns.append(LabelColumn(column, tuple(texts)))
 
+    observed_columns = _build_observed(raw, where, label_columns, errors, usable)
+
     function = raw.get("function")
     if "function" in raw and usable(("function",)):
         # an unusable delivery: a template that exists in neither mode is still an error
@@ -317,6 +323,9 @@ def _build_monitor(raw: dict, where: str, templates: TemplateCatalog, errors: li
         elif label_columns and delivery and not templates.uses_labels(function, delivery):
             errors.append(f"{where} > columns_to_label: template {function!r} ignores columns_to_label "
                           f"(use notification_with_payload, or a template that reads columns_to_label)")
+        if observed_columns and delivery and not templates.uses_observed(function, delivery):
+            errors.append(f"{where} > columns_to_observe: template {function!r} ignores columns_to_observe "
+                          f"(use notification_with_payload, or a template that reads columns_to_observe)")
 
     if schema is None:
         return None
@@ -327,8 +336,67 @@ def _build_monitor(raw: dict, where: str, templates: TemplateCatalog, errors: li
         function=function,
         events=tuple(events),
         label_columns=tuple(label_columns),
+        observed_columns=tuple(observed_columns),
         location=where,
     )
+
+
+def _finite(number: float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an integer beyond float's range
+        return False
+
+
+def _build_observed(raw: dict, where: str, label_columns: list[LabelColumn], errors: list[str],
+                    usable: Callable[[tuple], bool]) -> list[ObservedColumn]:
+    """The monitor's columns_to_observe: names unique and not label columns, buckets sorted,
+    unique and finite. Whether a column is numeric only the database knows (pgne.drift)."""
+    observed: list[ObservedColumn] = []
+    raw_observed = raw.get("columns_to_observe")
+    for i, item in enumerate(raw_observed if isinstance(raw_observed, list) else []):
+        if not isinstance(item, dict) or not usable(("columns_to_observe", i)):
+            continue  # a schema error says what is wrong with it
+        place = f"{where} > columns_to_observe[{i}]"
+        name, buckets = item["name"], item.get("buckets", [])
+        _check_name_bytes("column", name, place, errors)
+        if name in (c.name for c in observed):
+            errors.append(f"{place}: duplicate observed column {name!r}")
+        if name in (c.name for c in label_columns):
+            errors.append(f"{place}: column {name!r} is also a label column: a column is either a label "
+                          f"(columns_to_label) or observed (columns_to_observe), not both")
+        bucket_errors = len(errors)
+        for j, bound in enumerate(buckets):
+            if not _finite(bound):
+                errors.append(f"{place} > buckets[{j}]: {bound!r} is not a finite number (the +Inf bucket "
+                              f"is always there)")
+            elif j and _finite(buckets[j - 1]) and bound <= buckets[j - 1]:
+                errors.append(f"{place} > buckets[{j}]: {bound!r} is not greater than {buckets[j - 1]!r}: "
+                              f"buckets are sorted and unique")
+        if len(errors) == bucket_errors:
+            observed.append(ObservedColumn(name, tuple(float(b) for b in buckets), item.get("unit")))
+    return observed
+
+
+def _raw_monitors(data: Any):
+    """Every monitor mapping of the raw data, whatever else is wrong around it."""
+    for host_entry in data if isinstance(data, list) else []:
+        for entries in host_entry.values() if isinstance(host_entry, dict) else []:
+            for entry in entries if isinstance(entries, list) else []:
+                monitors = entry.get("monitors") if isinstance(entry, dict) else None
+                yield from (m for m in (monitors if isinstance(monitors, list) else []) if isinstance(m, dict))
+
+
+def _observed_label_collisions(path: str, data: Any, monitors: list[Monitor]) -> list[str]:
+    """The histograms add the labels `column` and `le` to those of pgne_events_total, whose label
+    names are the config's label columns: in a config that observes a column (columns_to_observe
+    given anywhere, valid or not), no label column may be named so (a config that observes
+    nothing keeps them)."""
+    if not any(m.get("columns_to_observe") for m in _raw_monitors(data)):
+        return []
+    return [f"{path}: {m.location} > columns_to_label[{i}]: label column {c.name!r} collides with the "
+            f"label {c.name!r} of the histograms of columns_to_observe (they add: {', '.join(OBSERVED_LABELS)})"
+            for m in monitors for i, c in enumerate(m.label_columns) if c.name in OBSERVED_LABELS]
 
 
 def _build(path: str, data: Any, templates: TemplateCatalog, base_dir: Path,
@@ -339,6 +407,7 @@ def _build(path: str, data: Any, templates: TemplateCatalog, base_dir: Path,
     databases: list[Database] = []
     seen_databases: dict[tuple[str, int, str], int] = {}  # -> entry number, for messages
     number = 0
+    monitors: list[Monitor] = []
     for i, host_entry in enumerate(data if isinstance(data, list) else []):
         if not isinstance(host_entry, dict):
             continue
@@ -350,15 +419,15 @@ def _build(path: str, data: Any, templates: TemplateCatalog, base_dir: Path,
                 if not isinstance(entry, dict):
                     continue
                 database = _build_database(path, data, (i, host, j), entry, number, templates, base_dir,
-                                           validity, seen_databases, errors)
+                                           validity, seen_databases, errors, monitors)
                 if database is not None:
                     databases.append(database)
-    return databases, errors
+    return databases, errors + _observed_label_collisions(path, data, monitors)
 
 
 def _build_database(path: str, data: Any, at: tuple, entry: dict, number: int, templates: TemplateCatalog,
                     base_dir: Path, validity: _Validity, seen_databases: dict, errors: list[str],
-                    ) -> Database | None:
+                    all_monitors: list[Monitor]) -> Database | None:
     host = at[1]
     where = _describe(data, list(at))
 
@@ -410,6 +479,7 @@ def _build_database(path: str, data: Any, at: tuple, entry: dict, number: int, t
                           f"(also at {seen_tables[table_key]})")
         seen_tables.setdefault(table_key, mwhere)
         monitors.append(monitor)
+    all_monitors.extend(monitors)
 
     if not validity.complete:
         return None

@@ -185,6 +185,9 @@ class Worker:
         if self.outbox is None:  # outbox: a series appears once its durable total is known
             for key in self.router.configured_keys():  # every configured series exists from the start
                 self.metrics.series(key)
+                for column in self.router.observed_columns(key):
+                    self.metrics.observed(key, column)
+                    self.metrics.observed_invalid.inc(0)
         for counter in self.metrics.notifications.values():
             counter.inc(0)
         self.metrics.reconnects.inc(0)
@@ -373,10 +376,14 @@ class Worker:
         classify = self.classify
         pending: dict[tuple, int] = {}
         rejected: dict[str, int] = {}
+        observed: dict[tuple, object] = {}  # (series key, column name) -> payload.Observation
         for note in batch:
-            key, count = classify(note.payload)
+            result = classify(note.payload)
+            key, count = result[0], result[1]
             if count:
                 pending[key] = pending.get(key, 0) + count
+                if len(result) > 2:  # a payload with values (columns_to_observe)
+                    self._collect_observations(key, result[2], observed)
             else:  # `key` is the result name
                 rejected[key] = rejected.get(key, 0) + 1
         if log.isEnabledFor(logging.DEBUG):
@@ -389,10 +396,21 @@ class Worker:
                 counter.inc(n)
                 last_event.set(now)
             self.counted.inc(len(batch) - sum(rejected.values()))
+            for (key, _), observation in observed.items():
+                self.metrics.observed(key, observation.column).add(observation)
         for result, n in rejected.items():
             self.metrics.notifications[result].inc(n)
         return batch
 
+    def _collect_observations(self, key: tuple, observations, observed: dict) -> None:
+        """Add a payload's observations (None: malformed values) to the batch's, per series."""
+        if observations is None:
+            self.metrics.observed_invalid.inc()
+            return
+        for observation in observations:
+            at = (key, observation.column.name)
+            earlier = observed.get(at)
+            observed[at] = observation if earlier is None else earlier.plus(observation)
 
 def _woken_per_commit(batch: list, conn) -> bool:
     """A batch of a notification or two, with nothing more waiting: the worker was woken by a

@@ -37,9 +37,9 @@ METRIC_RE = re.compile(r"\bpgne_[a-z_]+")
 MATCHER_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
 GROUPING_RE = re.compile(r"\b(?:by|on|without|ignoring)\s*\(([^)]*)\)")
 # Grafana variables and what they stand for in the checks: every value of host, database and
-# table; the label column of the test config for the `label` variable.
+# table; the label column of the test config for the `label` variable, its histogram for `histogram`.
 GRAFANA_VARIABLES = {"${label:csv}": "supplier", "$__rate_interval": "1m", "$host": ".*", "$database": ".*",
-                     "$table": ".*"}
+                     "$table": ".*", "${histogram}": "pgne_observed_euros", "$column": ".*"}
 
 
 DEBIAN_PACKAGES = {"promtool": "prometheus", "systemd-analyze": "systemd"}
@@ -297,6 +297,10 @@ CONFIG = """\
       function: notification_with_payload
       columns_to_label:
       - supplier: [acme, globex]
+      columns_to_observe:
+      - name: amount
+        buckets: [10, 100]
+        unit: euros
       events: [insert, update, delete]
 """
 

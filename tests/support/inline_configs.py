@@ -18,6 +18,7 @@ GOLDEN = HERE / "golden"
 # A byte-for-byte copy of pg_notify_exporter's README example (../shared/fixtures/).
 README_FIXTURE = FIXTURES / "pg_notify_exporter_readme_config.yml"
 RICH_FIXTURE = FIXTURES / "rich_config.yml"
+OBSERVED_FIXTURE = FIXTURES / "observed_config.yml"  # columns_to_observe
 
 # The name every in-memory config is parsed under: it starts every error line.
 NAME = "events_config.yml"

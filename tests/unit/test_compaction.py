@@ -315,3 +315,36 @@ def test_compaction_gives_up_after_its_timeout_while_a_reader_holds_the_director
         assert db_files(tmp_path) == ["counter_931.db"]
     assert compact(str(tmp_path), 931, timeout=0.3) == 1
     assert db_files(tmp_path) == ["counter_merged.db"]
+
+
+def test_relabel_series_brings_observed_histograms_to_the_current_label_columns(tmp_path):
+    """Label columns () -> (note): the histogram's buckets and _sum, and its skipped counter,
+    get `note` empty, keeping `column`, `le` and `reason`; pgne_observed_invalid_values (no
+    `column`: not a series of pgne_events_total's labels) is untouched."""
+    hist = "pgne_observed_euros"
+    invalid = mmap_key("pgne_observed_invalid_values", "pgne_observed_invalid_values_total", ["host", "database"],
+                       ["h", "d"], "help")
+    write(tmp_path, "histogram", MERGED_PID, {
+        series_key(hist, hist + "_bucket", table="one", column="amount", le="10.0"): 2.0,
+        series_key(hist, hist + "_bucket", table="one", column="amount", le="+Inf"): 1.0,
+        series_key(hist, hist + "_sum", table="one", column="amount"): 12.5})
+    write(tmp_path, "counter", MERGED_PID, {
+        series_key("pgne_observed_skipped", "pgne_observed_skipped_total", table="one", column="amount",
+                   reason="null"): 4.0,
+        invalid: 1.0})
+    assert relabel_series(str(tmp_path), ("note",)) == 4
+    got = totals(tmp_path)
+    common = (("column", "amount"), ("database", "d"), ("host", "h"), ("note", ""), ("operation", "INSERT"),
+              ("schema", "public"), ("table", "one"), ("tag", "t"))
+
+    def labels(**extra: str) -> tuple:
+        return tuple(sorted(common + tuple(extra.items())))
+
+    assert got == {
+        (hist + "_bucket", labels(le="10.0")): 2.0,
+        (hist + "_bucket", labels(le="+Inf")): 3.0,
+        (hist + "_count", labels()): 3.0,
+        (hist + "_sum", labels()): 12.5,
+        ("pgne_observed_skipped_total", labels(reason="null")): 4.0,
+        ("pgne_observed_invalid_values_total", (("database", "d"), ("host", "h"))): 1.0,
+    }

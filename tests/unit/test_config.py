@@ -30,7 +30,7 @@ def test_allowed_keys_include_pg_notify_exporters():
     for key in ("database", "tag", "perform_setup", "username", "password", "password_file", "enabled",
                 "port", "channel", "sslmode", "connect_timeout", "monitors"):
         assert key in allowed("database").split(", ")
-    assert allowed("monitor") == "table, enabled, function, events, columns_to_label"
+    assert allowed("monitor") == "table, enabled, function, events, columns_to_label, columns_to_observe"
 
 
 def labels(spec: str) -> dict[str, str]:

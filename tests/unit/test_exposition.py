@@ -164,8 +164,9 @@ def test_served_databases_filter_like_the_slow_path(tmp_path):
 
 
 @pytest.mark.parametrize("extra", [
-    ("histogram", {mmap_key("lat", "lat_bucket", ["le"], ["0.5"], "h"): 1.0,
-                   mmap_key("lat", "lat_sum", [], [], "h"): 0.25}),
+    ("summary", {mmap_key("lat", "lat_count", [], [], "h"): 1.0, mmap_key("lat", "lat_sum", [], [], "h"): 0.25}),
+    ("histogram", {mmap_key("lat", "lat_bucket", ["le"], ["0.5"], "h"): 1.0,  # a sample that is not a
+                   mmap_key("lat", "lat_gsum", [], [], "h"): 0.25}),          # histogram's own
     ("gauge_all", {gauge("g_all", {"x": "1"}): 2.0}),
     ("counter", {mmap_key("weird", "weird_total", ["bad-label"], ["v"], "h"): 1.0}),
 ])
@@ -183,3 +184,72 @@ def test_a_file_being_created_is_skipped(tmp_path):
     expected = reference(tmp_path, "")[0]
     (tmp_path / "counter_77.db").write_bytes(b"")  # opened, not yet sized by its process
     assert_same(MetricsRenderer(str(tmp_path)).render("")[0], expected, openmetrics=False)
+
+
+HISTOGRAM_LABELS = EVENT_LABELS + ["column"]
+
+
+def observed(sample: str, code: str, le: str | None = None, database: str = "d1") -> str:
+    names, values = HISTOGRAM_LABELS, ["INSERT", "h", database, "t", "public", "one", code, "amount"]
+    if le is not None:
+        names, values = names + ["le"], values + [le]
+    return mmap_key("pgne_observed_euros", sample, names, values, "Values of a column.")
+
+
+def histogram_state(state_dir) -> None:
+    """pgne's histograms as workers 11 (dead), 12 (alive) and the merged file hold them: per-bucket
+    values, _sum, odd label values, two databases, and a histogram without labels."""
+    pgne_like_state(state_dir)
+    for pid, base in ((11, 1.0), (12, 10.0), ("merged", 100.0)):
+        entries = {}
+        for code in ("alpha", 'quo"te', "new\nline"):
+            for i, le in enumerate(("0.0", "10.0", "1000.5", "1e+20", "+Inf")):  # OpenMetrics: no negative bound
+                entries[observed("pgne_observed_euros_bucket", code, le)] = base + i
+            entries[observed("pgne_observed_euros_sum", code)] = base * 2.5  # OpenMetrics: a _sum is >= 0
+        entries[observed("pgne_observed_euros_bucket", "alpha", "10.0", database="d2")] = 7.0
+        entries[observed("pgne_observed_euros_bucket", "alpha", "+Inf", database="d2")] = 1.0
+        entries[observed("pgne_observed_euros_sum", "alpha", database="d2")] = 12.25
+        entries[mmap_key("bare", "bare_bucket", ["le"], ["0.5"], "h")] = base
+        entries[mmap_key("bare", "bare_bucket", ["le"], ["+Inf"], "h")] = 1.0
+        entries[mmap_key("bare", "bare_sum", [], [], "h")] = 0.75
+        write(state_dir, "histogram", pid, entries)
+
+
+# (escaping=dots takes prometheus_client's path, whose output for a histogram its own strict
+# OpenMetrics parser refuses: "Clashing name")
+@pytest.mark.parametrize("accept", [a for a in ACCEPTS if "dots" not in a])
+def test_histograms_are_printed_by_the_fast_path_as_prometheus_client_prints_them(tmp_path, accept):
+    histogram_state(tmp_path)
+    renderer = MetricsRenderer(str(tmp_path))
+    slow, slow_type = reference(tmp_path, accept)
+
+    def slow_path(databases):
+        raise AssertionError("the fast path should have printed this")
+
+    for _ in range(2):
+        fast, fast_type = renderer.render(accept, slow_path=slow_path)
+        assert_same(fast, slow, openmetrics="openmetrics" in slow_type)
+    assert 'pgne_observed_euros_count{code="alpha",column="amount",database="d1"' in fast.decode()
+
+
+def test_a_negative_histogram_sum_is_printed_like_prometheus_client_prints_it(tmp_path):
+    """In the text format (OpenMetrics has a histogram's _sum only without negative values)."""
+    write(tmp_path, "histogram", 12, {observed("pgne_observed_euros_bucket", "alpha", "-100.0"): 1.0,
+                                      observed("pgne_observed_euros_bucket", "alpha", "+Inf"): 2.0,
+                                      observed("pgne_observed_euros_sum", "alpha"): -12.5})  # refunds
+    fast = MetricsRenderer(str(tmp_path)).render("", slow_path=lambda databases: 1 / 0)[0]
+    assert sorted(fast.splitlines()) == sorted(reference(tmp_path, "")[0].splitlines())
+    assert b'pgne_observed_euros_sum{code="alpha",column="amount",' in fast and b"} -12.5\n" in fast
+
+
+def test_histograms_of_databases_not_served_are_left_out_like_the_slow_path(tmp_path):
+    from pgne.statedir import collect
+
+    histogram_state(tmp_path)
+    served = frozenset({("h", "d2")})
+    for accept in ("", "application/openmetrics-text; version=1.0.0"):
+        encoder, _ = choose_encoder(accept)
+        fast, _ = MetricsRenderer(str(tmp_path)).render(accept, served)
+        assert_same(fast, encoder(collect(str(tmp_path), served)), openmetrics="openmetrics" in accept)
+        assert b'pgne_observed_euros_count{code="alpha",column="amount",database="d2",host="h",' in fast
+        assert b'database="d1"' not in fast

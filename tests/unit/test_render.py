@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from support.inline_configs import GOLDEN, NAME, README_FIXTURE, RICH_FIXTURE, config, errors, parse
+from support.inline_configs import GOLDEN, NAME, OBSERVED_FIXTURE, README_FIXTURE, RICH_FIXTURE, config, errors, parse
 
 from pgne import __version__
 from pgne.config import load_config
@@ -70,6 +70,8 @@ def monitor(schema: str, table: str) -> Monitor:
     (RICH_FIXTURE, render_file, "rich.sql"),
     (RICH_FIXTURE, render_outbox_file, "rich_outbox.sql"),  # the same config with delivery: outbox
     (RICH_FIXTURE, render_prune_file, "rich_prune.sql"),  # the scripts of `apply --prune`
+    (OBSERVED_FIXTURE, render_file, "observed.sql"),  # columns_to_observe
+    (OBSERVED_FIXTURE, render_outbox_file, "observed_outbox.sql"),
 ])
 def test_golden(fixture, render, golden):
     sql = render(fixture)

@@ -1,0 +1,81 @@
+"""The payload's optional `values` (columns_to_observe): parsed exactly, malformed values
+skipped while the rows stay counted, a payload without values unchanged."""
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+from support.inline_configs import config, parse
+
+from pgne.model import ObservedColumn
+from pgne.payload import INVALID, Observation, Router
+
+AMOUNT = ObservedColumn("amount", (10.0, 100.5), "euros")
+CONFIG = config({"      events: [insert]\n": "      columns_to_label:\n      - code: [alpha]\n"
+                                              "      columns_to_observe:\n      - name: amount\n"
+                                              "        buckets: [10, 100.5]\n        unit: euros\n"
+                                              "      events: [insert]\n"})
+KEY = ("INSERT", "public", "one", "alpha")
+
+
+def router() -> Router:
+    cfg = parse(CONFIG)
+    return Router(cfg.databases[0], cfg.label_names)
+
+
+def payload(values: object = None, **extra) -> str:
+    obj = {"table": "public.one", "action": "INSERT", "data": {"code": "alpha"}, "count": 3, **extra}
+    if values is not None:
+        obj["values"] = values
+    return json.dumps(obj)
+
+
+def test_a_payload_without_values_is_classified_as_always():
+    assert router().classify(payload()) == (KEY, 3)
+
+
+def test_values_are_parsed_exactly_and_bounds_compared_as_numbers():
+    many = "12345678901234567890.123456789012345678"
+    result = router().classify(payload({"amount": {"count": 2, "sum": many, "buckets": {"10.0": 1, "100.5": 2},
+                                                   "null": 1}, "not_observed": {"count": "x"}}))
+    assert result == (KEY, 3, (Observation(AMOUNT, 2, Decimal(many), (1, 2), 1, 0),))
+    # keys written as pgne's triggers write them, or any other way of writing the same number
+    assert router().classify(payload({"amount": {"count": 1, "sum": 0.1, "buckets": {"1e1": 1, "100.50": 1}}}))[2] \
+        == (Observation(AMOUNT, 1, Decimal("0.1"), (1, 1)),)
+
+
+@pytest.mark.parametrize("values", [
+    "not an object",
+    {"amount": "not an object"},
+    {"amount": {"sum": "1"}},  # no count
+    {"amount": {"count": -1, "sum": "1", "buckets": {"10": 0, "100.5": 0}}},
+    {"amount": {"count": 1, "sum": "NaN", "buckets": {"10": 0, "100.5": 0}}},
+    {"amount": {"count": 1, "sum": "one", "buckets": {"10": 0, "100.5": 0}}},
+    {"amount": {"count": 1, "sum": [1], "buckets": {"10": 0, "100.5": 0}}},
+    {"amount": {"count": 1, "sum": "1", "buckets": {"10": 0}}},  # a configured bound missing
+    {"amount": {"count": 1, "sum": "1", "buckets": {"10": 1, "100.5": 0}}},  # not cumulative
+    {"amount": {"count": 1, "sum": "1", "buckets": {"10": 0, "100.5": 2}}},  # more than count
+    {"amount": {"count": 1, "sum": "1", "buckets": {"10": 0, "100.5": 1}, "null": True}},
+])
+def test_malformed_values_leave_the_rows_counted_and_the_values_skipped(values):
+    assert router().classify(payload(values)) == (KEY, 3, None)
+
+
+def test_an_invalid_payload_stays_invalid_whatever_its_values():
+    assert router().classify(payload({"amount": {"count": 1}}, count=0)) == (INVALID, 0)
+
+
+def test_the_memoized_classifier_gives_the_same_answers_for_payloads_with_values():
+    r = router()
+    classify = r.classifier()
+    text = payload({"amount": {"count": 2, "sum": "3.5", "buckets": {"10": 2, "100.5": 2}}})
+    with_seq = text[:-1] + ', "seq" : 17}'
+    assert classify(with_seq) == classify(with_seq[:-3] + '18}') == r.classify(with_seq)
+    assert classify(with_seq)[2] == (Observation(AMOUNT, 2, Decimal("3.5"), (2, 2)),)
+
+
+def test_observations_of_one_series_add_exactly():
+    a = Observation(AMOUNT, 2, Decimal("0.1"), (1, 2), 1, 0)
+    b = Observation(AMOUNT, 3, Decimal("1" + "0" * 40 + ".2"), (0, 3), 0, 2)
+    assert a.plus(b) == Observation(AMOUNT, 5, Decimal("1" + "0" * 40 + ".3"), (1, 5), 1, 2)
