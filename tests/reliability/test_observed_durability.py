@@ -60,7 +60,7 @@ def test_outbox_histograms_are_exact_through_worker_and_master_kills(pg_database
     def worker(proc: PgneProcess, not_pid: int | None = None) -> int:
         def found():
             watch.scrape(proc)
-            pids = [p for p in proc.child_pids() if p != not_pid]
+            pids = [p for p in proc.worker_pids() if p != not_pid]
             return pids[0] if pids else None
         return wait_until(found, 30, "pgne's worker", proc.describe)
 
@@ -70,7 +70,7 @@ def test_outbox_histograms_are_exact_through_worker_and_master_kills(pg_database
             run_workload(pg_database.dsn, STEP)
             pid = worker(proc)
             if round_ == 2:  # the master: pgne restarted on a new state dir
-                children = proc.child_pids()
+                children = proc.worker_pids()
                 proc.send_signal(signal.SIGKILL)
                 proc.process.wait(10)
                 wait_gone(children, 6, "the workers of a SIGKILLed master to exit by themselves")
