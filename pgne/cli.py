@@ -44,7 +44,7 @@ RUN_ENDPOINTS = """HTTP endpoints (behind --web.config.file's TLS and basic auth
   GET /-/healthy     200 while the master runs
   GET /-/ready       503 until every enabled database's worker has started once
                      (ran for 1 s, connected or not), then 200
-  POST /-/reload     with --web.enable-lifecycle: reloads the config as SIGHUP does;
+  POST /-/reload     with --web.enable-lifecycle: reloads the config as SIGHUP does (PUT too);
                      200 once done, 500 with the reason if the new config is invalid
                      (the running config stays); without the flag 403; GET on it 405
   HEAD               on every GET endpoint: the GET's status and headers, no body

@@ -239,7 +239,7 @@ def make_handler(state_dir: str, web: WebConfig, telemetry_path: str = "/metrics
                         self._send(503, TEXT, f"Not ready: {total - started} of {total} workers have not "
                                               "started yet.\n".encode(), head)
                 elif path == "/-/reload":
-                    self._send(405, TEXT, b"Only POST requests allowed.\n", head, {"Allow": "POST"})
+                    self._send(405, TEXT, b"Only POST or PUT requests allowed.\n", head, {"Allow": "POST, PUT"})
                 else:
                     self._send(404, TEXT, b"Not found\n", head)
             except BrokenPipeError:
@@ -252,6 +252,7 @@ def make_handler(state_dir: str, web: WebConfig, telemetry_path: str = "/metrics
             self._get(head=True)
 
         def do_POST(self) -> None:  # noqa: N802
+            """POST /-/reload, and PUT /-/reload (Prometheus takes either)."""
             path = self.path.split("?", 1)[0]
             try:
                 self._discard_body()
@@ -272,6 +273,8 @@ def make_handler(state_dir: str, web: WebConfig, telemetry_path: str = "/metrics
                         self._send(500, TEXT, f"failed to reload config: {error}\n".encode())
             except BrokenPipeError:
                 pass
+
+        do_PUT = do_POST  # noqa: N815
 
         def _discard_body(self) -> None:
             try:

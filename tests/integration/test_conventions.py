@@ -167,9 +167,11 @@ def test_reload_without_enable_lifecycle_is_403_and_get_is_405(table, write_conf
     proc.start()
     status, _, body = proc.request("POST", "/-/reload")
     assert (status, body) == (403, b"Lifecycle API is not enabled.\n")
+    assert proc.request("PUT", "/-/reload")[0] == 403
     status, headers, _ = proc.request("GET", "/-/reload")
-    assert status == 405 and headers["Allow"] == "POST"
+    assert status == 405 and headers["Allow"] == "POST, PUT"
     assert proc.request("POST", "/metrics")[0] == 405
+    assert proc.request("PUT", "/metrics")[0] == 405
     assert proc.request("POST", "/no/such/page")[0] == 404
     assert "reloading" not in proc.stderr_text()
 
@@ -198,6 +200,8 @@ def test_reload_by_post_is_done_when_it_answers_200_and_an_invalid_config_answer
     status, _, body = proc.request("POST", "/-/reload")
     assert status == 500 and body.startswith(b"failed to reload config: ") and b"upsert" in body
     assert proc.value("pgne_config_last_reload_successful", {}) == 0
+    status, _, body = proc.request("PUT", "/-/reload")  # as Prometheus, PUT too
+    assert status == 500 and body.startswith(b"failed to reload config: ") and b"upsert" in body
     run_sql(b, "INSERT INTO one (code) VALUES ('alpha')")
     proc.wait_for_value("pgne_events_total", event_labels(b, "alpha"), 1)  # the old config counts on
     assert worker_a in proc.worker_pids() and proc.process.poll() is None
