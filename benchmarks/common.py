@@ -81,6 +81,7 @@ class Cluster(cluster_module.ThrowawayCluster):
             "max_wal_size": "'4GB'", "checkpoint_timeout": "'30min'",
         })
         self.data = str(self.data)  # the benchmarks join paths to it as text
+        self.remove_when_this_process_exits()  # a killed benchmark run leaves no server behind
 
     def execute(self, statement, dbname: str = "postgres", params: Sequence | None = None) -> list[tuple]:
         """Rows of one statement (or a ;-separated script) in autocommit on database `dbname`."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -70,6 +71,10 @@ class Supervisor:
         """A main config whose [include] takes conf.d/*.conf, with `program_file`'s text copied
         there as conf.d/pgne.conf (as `cp deploy/supervisord.conf /etc/supervisor/conf.d/pgne.conf`)."""
         self.workdir = workdir
+        # every process of this run carries it (kill_leftovers): supervisord puts its programs in
+        # process groups of their own, out of reach of a kill of supervisord's session
+        self.run_marker = uuid.uuid4().hex
+        env = dict(env, PGNE_SUPERVISOR_RUN=self.run_marker)
         conf_d = Path(workdir, "conf.d")
         conf_d.mkdir()
         (conf_d / "pgne.conf").write_text(program_file)
@@ -127,7 +132,16 @@ files = {conf_d}/*.conf
         return "\n".join(parts)
 
     def kill_leftovers(self) -> None:
+        """supervisord's session, then whatever else this run started (a test that failed half-way
+        leaves pgne running under a supervisord that is gone)."""
         kill_session(self.process)
+        needle = f"PGNE_SUPERVISOR_RUN={self.run_marker}".encode()
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and needle in (entry / "environ").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
 
 
 @pytest.fixture
