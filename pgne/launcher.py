@@ -28,6 +28,7 @@ import importlib
 import multiprocessing
 import multiprocessing.connection
 import os
+import resource
 import select
 import signal
 import sys
@@ -37,6 +38,10 @@ from typing import Iterable, Iterator
 from pgne import protocol
 
 _CONTEXT = multiprocessing.get_context("forkserver")
+# The master's descriptors per running worker: its spec pipe, its sentinel, the parent sentinel
+# multiprocessing keeps for it, its pidfd (a fork+exec'd worker took one). Beside them: the state
+# dir's files, HTTP connections, the forkserver's and the resource tracker's pipes.
+DESCRIPTORS_PER_WORKER, DESCRIPTORS_BESIDE = 4, 256
 
 
 @dataclass(eq=False)
@@ -119,6 +124,23 @@ def start_worker(hidden: Iterable[str]) -> StartedWorker:
     except (AttributeError, OSError):  # not Linux 5.3+, or it is gone already (its sentinel says so)
         pidfd = -1
     return StartedWorker(process, process.pid, pidfd, write_end, forkserver=_parent(process.pid))
+
+
+def make_room_for(workers: int) -> str | None:
+    """Raise the soft limit on open files (RLIMIT_NOFILE) to what `workers` workers need, up to
+    the hard limit: systemd's default soft limit (1024) holds about 190 workers. None when they
+    fit, else why not (the workers that cannot start fail with EMFILE and are retried)."""
+    need = workers * DESCRIPTORS_PER_WORKER + DESCRIPTORS_BESIDE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return None
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < need:
+        return (f"{workers} worker(s) need about {need} open files, and the hard limit is {hard}: raise it "
+                "(systemd: LimitNOFILE=; a shell: ulimit -Hn) or some workers will not start")
+    return None
 
 
 def wait_for(fds: list[int], timeout: float | None) -> list[int]:

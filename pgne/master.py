@@ -283,6 +283,12 @@ class Master:
                if slot.restart_at is not None and key not in running]
         return max(0.0, min(due + [LOOP_TICK]))
 
+    def _make_room(self) -> None:
+        """Open files for every worker the config wants, and those a reload is replacing."""
+        problem = launcher.make_room_for(len(self.slots) + len(self.workers))
+        if problem:
+            log.warning("%s", problem)
+
     def _init_series(self) -> None:
         self.server.serve_databases(frozenset((db.host_label, db.name) for db in self._databases_of_shard(self.config)
                                               if db.enabled))
@@ -332,6 +338,7 @@ class Master:
                 wanted[key] = WorkerSlot(dataclasses.replace(slot.database, enabled=False), TEARDOWN)
         for key, slot in wanted.items():
             self.slots.setdefault(key, slot)
+        self._make_room()
         self._init_series()
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(time.time())
@@ -354,6 +361,7 @@ class Master:
     def run(self) -> int:
         self._log_shard(self.config)
         self.slots = self._slots_for(self.config)
+        self._make_room()
         self._init_series()
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(time.time())

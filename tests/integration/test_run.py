@@ -314,6 +314,46 @@ def test_workers_exit_within_5_s_when_the_master_is_killed(exporter, tables):
                "no backend with application_name='pgne' 5 s after the master was killed")
 
 
+RUN_WITH_NOFILE = """
+import resource, runpy, sys
+soft, hard = int(sys.argv[1]), int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard if hard > 0 else resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+sys.argv = ["pgne", *sys.argv[3:]]
+runpy.run_module("pgne", run_name="__main__")
+"""
+
+
+def max_open_files(pid: int) -> tuple[int, int]:
+    """(soft, hard) RLIMIT_NOFILE of a process, from /proc/PID/limits."""
+    for line in open(f"/proc/{pid}/limits"):
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no 'Max open files' line")
+
+
+@pytest.mark.parametrize("hard", [0, 64])  # 0: the hard limit as it is (far above 64)
+def test_the_master_raises_its_open_files_limit_for_its_workers_or_says_it_cannot(tables, write_config, tmp_path,
+                                                                                 hard):
+    """Each worker takes 4 of the master's descriptors: with a soft limit of 64, the master
+    raises it to 4 + 256 for one worker; when the hard limit is 64 too, it says what to raise.
+    One worker fits in 64 either way: it counts."""
+    proc = PgneProcess(write_standard(write_config, tables, [ONE]), tmp_path / "pgne")
+    proc.command = lambda: [sys.executable, "-c", RUN_WITH_NOFILE, "64", str(hard), "run", "-c", proc.config,
+                            "--listen-address", f"127.0.0.1:{proc.port}", "--state-dir", str(proc.state_dir)]
+    with proc.running():
+        soft_now, hard_now = max_open_files(proc.pid)
+        warning = "1 worker(s) need about 260 open files, and the hard limit is 64: raise it"
+        if hard:
+            assert (soft_now, hard_now) == (64, 64) and warning in proc.stderr_text(), proc.describe()
+        else:
+            assert soft_now == 260 and hard_now > 260 and "open files" not in proc.stderr_text()
+        run_sql(tables, "INSERT INTO one (code) VALUES ('alpha')")
+        proc.wait_for_value("pgne_events_total", {"operation": "INSERT", "host": tables.host_label,
+                                                  "database": tables.name, "tag": TAG, "schema": "public",
+                                                  "table": "one", "code": "alpha"}, 1)
+
+
 def test_database_up_is_0_not_absent_while_the_database_is_unreachable(pg_database, write_config, tmp_path):
     db = pg_database
     path = write_standard(write_config, db, [ONE], host="127.0.0.1", port=1, connect_timeout=2)
