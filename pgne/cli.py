@@ -48,9 +48,8 @@ RUN_ENDPOINTS = """HTTP endpoints (behind --web.config.file's TLS and basic auth
                      200 once done, 500 with the reason if the new config is invalid
                      (the running config stays); without the flag 403; GET on it 405
   HEAD               on every GET endpoint: the GET's status and headers, no body
-Processes: the master, a forkserver (Python's multiprocessing) that forks one worker per
-database (the workers share its imported code), and multiprocessing's resource tracker; the
-forkserver's socket needs a writable $TMPDIR, else /tmp.
+Processes: the master, its launcher (python -m pgne.launcher_process), which forks one
+worker per database (the workers share its imported code); no temporary file is needed.
 Signals: SIGHUP reloads the config; SIGTERM or SIGINT stops (exit 0)."""
 
 

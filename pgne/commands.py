@@ -113,7 +113,8 @@ def run(config: Config, renderer: Renderer, listen_address: str = "0.0.0.0:9292"
             master = Master(config, renderer, listen, state.path, web, log_level=log_level,
                             trigger_check_interval=trigger_check_interval, compat_metric=compat_metric,
                             log_format=log_format, telemetry_path=telemetry_path,
-                            enable_lifecycle=enable_lifecycle, shard=shard)
+                            enable_lifecycle=enable_lifecycle, shard=shard,
+                            private_dir=state.path if state.remove_at_exit else None)
         except OSError as exc:
             raise UserError(f"--listen-address {listen_address}: {exc.strerror or exc}", EXIT_RUNTIME) from None
         return master.run()

@@ -6,12 +6,14 @@ of its shard (pgne.shard), and only those are served. pgne.commands.run prepares
 metrics directory and sets PROMETHEUS_MULTIPROC_DIR before it imports this module: everything
 here may import prometheus_client.
 
-Workers are forked by a forkserver (pgne.launcher), so no lock held by the HTTP thread or
+Workers are forked by pgne's launcher (pgne.launcher), so no lock held by the HTTP thread or
 prometheus_client is ever inherited, and they share the code it imported. As in gunicorn's
 arbiter, the running workers are kept by pid (`workers`), signal handlers only set flags and
 wake the main loop through signal.set_wakeup_fd, and the loop also wakes when a worker ends (its
-sentinel: a worker's death is handled at once), calls mark_process_dead(pid) for every ended
-worker, and restarts workers with backoff.
+pidfd: a worker's death is handled at once, whatever state the launcher is in), when the
+launcher answers, and at each deadline of theirs; it calls mark_process_dead(pid) for every
+ended worker, and restarts workers with backoff. Starts are asynchronous (a request, then the
+launcher's answer): nothing the launcher does or fails to do blocks the loop.
 POST /-/reload (--web.enable-lifecycle) is done by that loop too: the HTTP thread queues it in
 the server's Lifecycle and writes to the wakeup fd (`_wake`); the loop reloads as for SIGHUP and
 answers. The loop also keeps /-/ready's counts (`_update_readiness`).
@@ -21,7 +23,7 @@ has read its spec, while it creates a metrics file, while it is being reaped. No
 worker's death may end the master: the spec is written without blocking and without a buffer
 (a dead reader is a failed start, not a BrokenPipeError later), compaction never raises and
 never waits long for the state dir's lock, and a worker that could not even be forked is
-retried with the same backoff as one that died.
+retried with the same backoff as one that died (and counted in pgne_worker_start_failures_total).
 """
 from __future__ import annotations
 
@@ -68,6 +70,7 @@ class WorkerSlot:
     mode: str  # protocol.LISTEN or protocol.TEARDOWN
     pid: int | None = None  # of the last worker started; None: never started
     worker: launcher.StartedWorker | None = None  # the last worker started, until it has ended
+    pending: launcher.PendingStart | None = None  # a start the launcher has not answered yet
     status: int | None = None  # its exit status once ended (-N: killed by signal N)
     label_names: tuple[str, ...] = ()  # the label columns it writes pgne_events_total with
     started_at: float = 0.0
@@ -79,12 +82,17 @@ class WorkerSlot:
         """Started and not ended yet."""
         return self.worker is not None
 
+    @property
+    def busy(self) -> bool:
+        """Running, or being started: no other start for its database now."""
+        return self.worker is not None or self.pending is not None
+
 
 class Master:
     def __init__(self, config: Config, renderer: Renderer, listen: tuple[str, int], state_dir: str,
                  web: WebConfig | None = None, *, log_level: str = "INFO", trigger_check_interval: float = 60.0,
                  compat_metric: bool = False, log_format: str | None = None, telemetry_path: str = "/metrics",
-                 enable_lifecycle: bool = False, shard: Shard | None = None):
+                 enable_lifecycle: bool = False, shard: Shard | None = None, private_dir: str | None = None):
         self.config = config
         self.shard = shard  # None: every database of the config
         self.renderer = renderer
@@ -110,6 +118,7 @@ class Master:
         # reaped workers whose files are not folded yet, with the label columns they wrote
         self.uncompacted: list[tuple[int, tuple[str, ...]]] = []
         self.stopping = False
+        self.launchers = launcher.Launchers(private_dir)
         self.wakeup_r, self.wakeup_w = os.pipe()
         for fd in (self.wakeup_r, self.wakeup_w):
             os.set_blocking(fd, False)
@@ -172,23 +181,37 @@ class Master:
             compat_metric=self.compat_metric,
             log_format=self.log_format,
         )
-        # The worker gets its password on its pipe: variables that hold one stay with the master.
-        secrets = {db.password_variable for db in self.config.databases if db.password_variable}
-        name = slot.database.display_name
+        slot.restart_at = None
         try:
-            worker = launcher.start_worker(hidden=secrets)
-        except (OSError, EOFError) as exc:  # no fork (EAGAIN, ENOMEM), no forkserver: as if it had died at once
-            slot.started_at = time.monotonic()
-            delay = self._schedule_restart(slot)
-            log.error("%s: cannot start a worker: %s; retrying in %.0f s", name, getattr(exc, "strerror", None) or exc, delay,
-                      extra=for_database(name))
+            slot.pending = self.launchers.start((slot, spec))
+        except OSError as exc:  # EMFILE (os.pipe), a full socket (a stopped launcher), no fork: as if it had died at once
+            self._start_failed(slot, exc.strerror or str(exc))
             return
-        # its pipe stays open: its EOF tells the worker that we are gone.
+
+    def _start_failed(self, slot: WorkerSlot, reason: str) -> None:
+        slot.pending = None
+        slot.started_at = time.monotonic()
+        db = slot.database
+        self.metrics.worker_start_failures.labels(db.host_label, db.name).inc()
+        if self.stopping or self.slots.get(db.key) is not slot:
+            return
+        delay = self._schedule_restart(slot)
+        log.error("%s: cannot start a worker: %s; retrying in %.0f s", db.display_name, reason, delay,
+                  extra=for_database(db.display_name))
+
+    def _started(self, slot: WorkerSlot, spec: WorkerSpec, worker: launcher.StartedWorker) -> None:
+        """The launcher forked the slot's worker: give it its spec. Its pipe stays open: its EOF
+        tells the worker that we are gone."""
+        slot.pending = None
+        name = slot.database.display_name
         pid = worker.pid
         slot.pid, slot.worker, slot.status = pid, worker, None
-        slot.label_names, slot.started_at, slot.restart_at = spec.label_names, time.monotonic(), None
+        slot.label_names, slot.started_at = spec.label_names, time.monotonic()
         self.workers[pid] = slot
         log.info("%s: %s worker started (pid %d)", name, slot.mode, pid, extra=for_database(name))
+        if self.stopping or self.slots.get(slot.database.key) is not slot:  # retired while it was starting
+            _signal(slot, signal.SIGTERM)
+            return
         if not _send_spec(worker.stdin, encode_spec(spec)):
             # Not reading (stopped?): kill it so that the reaper restarts it. Blocking here
             # would stop the whole master. (A reader already gone is dying: the reaper sees it.)
@@ -206,20 +229,29 @@ class Master:
         return delay
 
     def _wait(self, timeout: float) -> None:
-        """Until a signal (or POST /-/reload) wakes us, a worker ends, or `timeout` seconds."""
-        sentinels = [slot.worker.sentinel for slot in self.workers.values()]
-        launcher.wait_for([self.wakeup_r, *sentinels], timeout)
+        """Until a signal (or POST /-/reload) wakes us, a worker ends, the launcher answers, one
+        of its deadlines passes, or `timeout` seconds."""
+        deadline = self.launchers.next_deadline()
+        if deadline is not None:
+            timeout = min(timeout, max(0.0, deadline - time.monotonic()))
+        launcher.wait_for([self.wakeup_r, *self.launchers.fds()], timeout)
         try:
             os.read(self.wakeup_r, 512)
         except BlockingIOError:
             pass
 
-    def _reap(self, timeout: float = 0.0) -> None:
-        """Handle the workers that have ended (waiting up to `timeout` for one)."""
-        for worker in launcher.ended([slot.worker for slot in self.workers.values()], timeout):
-            self._reaped(worker.pid, worker.exitcode())
+    def _handle_launcher(self) -> None:
+        """What the launcher answered, and the workers that have ended."""
+        for event in self.launchers.events(wait_for_status=not self.stopping):
+            if isinstance(event, launcher.Started):
+                self._started(*event.pending.owner, event.worker)
+            elif isinstance(event, launcher.Failed):
+                self._start_failed(event.pending.owner[0], event.reason)
+            elif isinstance(event, launcher.Ended):
+                self._reaped(event.worker)
 
-    def _reaped(self, pid: int, code: int) -> None:
+    def _reaped(self, worker: launcher.StartedWorker) -> None:
+        pid, code = worker.pid, worker.exitcode()
         try:
             mark_process_dead(pid, self.state_dir)
         except OSError as exc:  # its live gauges keep their last value until the next start
@@ -228,19 +260,21 @@ class Master:
         # with the label columns it wrote pgne_events_total with (see _compact)
         self.uncompacted.append((pid, slot.label_names))
         slot.status = code
-        worker, slot.worker = slot.worker, None
+        slot.worker = None
         worker.release()
         if self.stopping or self.slots.get(slot.database.key) is not slot:  # stopping, or retired by a reload
             return
         name = slot.database.display_name
-        if slot.mode == TEARDOWN and code in (0, EXIT_TEARDOWN_FAILED):
+        if slot.mode == TEARDOWN and code is not None and code in (0, EXIT_TEARDOWN_FAILED):
             log.info("%s: teardown %s", name, "done" if code == 0 else "failed (see above); not retried",
                      extra=for_database(name))
             slot.restart_at = None
             return
         delay = self._schedule_restart(slot)
         if worker.lost:
-            how = "was lost: the forkserver that forked it died (a new one starts with the next worker)"
+            how = f"was lost: {worker.lost}"
+        elif code is None:
+            how = "ended"
         else:
             how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
         log.error("%s: worker (pid %d) %s; restarting in %.0f s", name, pid, how, delay, extra=for_database(name))
@@ -268,7 +302,7 @@ class Master:
         # must never count at once (an outbox worker reads what the other has exported so far).
         running = {slot.database.key for slot in self.workers.values()}
         for key, slot in self.slots.items():
-            if slot.restart_at is not None and slot.restart_at <= now and key not in running:
+            if slot.restart_at is not None and slot.restart_at <= now and key not in running and not slot.busy:
                 if slot.pid is not None:  # not the first start
                     db = slot.database
                     self.metrics.worker_restarts.labels(db.host_label, db.name).inc()
@@ -280,7 +314,7 @@ class Master:
         now = time.monotonic()
         running = {slot.database.key for slot in self.workers.values()}
         due = [slot.restart_at - now for key, slot in self.slots.items()
-               if slot.restart_at is not None and key not in running]
+               if slot.restart_at is not None and key not in running and not slot.busy]
         return max(0.0, min(due + [LOOP_TICK]))
 
     def _make_room(self) -> None:
@@ -297,6 +331,7 @@ class Master:
             if slot.mode == LISTEN:
                 self.metrics.database_up.labels(db.host_label, db.name, db.tag).set(0)
                 self.metrics.worker_restarts.labels(db.host_label, db.name).inc(0)
+                self.metrics.worker_start_failures.labels(db.host_label, db.name).inc(0)
 
     # -- reload (SIGHUP, POST /-/reload) --------------------------------------------------------
 
@@ -321,9 +356,10 @@ class Master:
         old_labels = self.config.label_names
         self.config = config
         wanted = self._slots_for(config)
-        restart_all = config.label_names != old_labels  # pgne_events_total changes its label names
-        if restart_all:
+        relabel = config.label_names != old_labels  # pgne_events_total changes its label names
+        if relabel:
             relabel_series(self.state_dir, config.label_names)  # what dead workers left; see _reap
+        restart_all = relabel or self._hide_passwords(config)
         for key, slot in list(self.slots.items()):
             new = wanted.get(key)
             if new is not None and new.database == slot.database and new.mode == slot.mode and not restart_all:
@@ -346,6 +382,18 @@ class Master:
         self._log_shard(config)
         return None
 
+    def _hide_passwords(self, config: Config) -> bool:
+        """Keep the config's password variables out of every launcher started from now on;
+        True when the running launcher holds one in its environment (/proc/PID/environ, its
+        workers' too): then it is retired, and every worker restarts from a new one."""
+        held = self.launchers.hide(db.password_variable for db in config.databases if db.password_variable)
+        if not held:
+            return False
+        log.warning("reload: the launcher's environment holds %s, now a password variable: starting a new "
+                    "launcher; every worker restarts", ", ".join(held))
+        self.launchers.retire()
+        return True
+
     def _update_readiness(self) -> None:
         """/-/ready: a database's worker has started once when it ran for WORKER_STARTED
         seconds (not reaped by then); ready when every enabled database's has."""
@@ -360,6 +408,7 @@ class Master:
 
     def run(self) -> int:
         self._log_shard(self.config)
+        self._hide_passwords(self.config)  # no launcher yet: nothing to retire
         self.slots = self._slots_for(self.config)
         self._make_room()
         self._init_series()
@@ -374,7 +423,7 @@ class Master:
             while True:
                 self._start_due()
                 self._wait(self._sleep_time())
-                self._reap()
+                self._handle_launcher()
                 self._compact()
                 if self.flags & {signal.SIGTERM, signal.SIGINT}:
                     log.info("stopping")
@@ -394,20 +443,25 @@ class Master:
         return EXIT_OK
 
     def shutdown(self) -> None:
+        """Workers SIGTERMed, then SIGKILLed after STOP_GRACE; then the launchers end. Every
+        wait is bounded: a stopped launcher (whose answers never come) does not hold us."""
         self.stopping = True
         for slot in self.workers.values():  # those of slots a reload replaced have had it already
             _signal(slot, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        while time.monotonic() < deadline and self.workers:
-            self._reap(timeout=deadline - time.monotonic())
+        self._wait_for_workers(time.monotonic() + STOP_GRACE)
         for pid, slot in list(self.workers.items()):
             if self.slots.get(slot.database.key) is slot:
                 log.warning("%s: worker (pid %d) ignored SIGTERM; killing it", slot.database.display_name, pid,
                             extra=for_database(slot.database.display_name))
             _signal(slot, signal.SIGKILL)
-        while self.workers:
-            self._reap(timeout=None)
+        self._wait_for_workers(time.monotonic() + 1.0)
+        self.launchers.close()  # workers that are left (none we know of) die with their launcher
         self.server.stop()
+
+    def _wait_for_workers(self, deadline: float) -> None:
+        while self.workers and time.monotonic() < deadline:
+            launcher.wait_for(self.launchers.fds(), min(0.1, max(0.0, deadline - time.monotonic())))
+            self._handle_launcher()
 
 
 def _send_spec(fd: int, data: bytes) -> bool:

@@ -255,6 +255,10 @@ class MasterMetrics:
         self.database_up = _database_up()
         self.worker_restarts = _counter("pgne_worker_restarts_total", "Workers restarted by the master.",
                                         DATABASE_LABELS)
+        self.worker_start_failures = _counter(
+            "pgne_worker_start_failures_total",
+            "Worker starts that failed before the worker ran (out of file descriptors or processes, no answer "
+            "from the launcher); each is retried with backoff.", DATABASE_LABELS)
         _gauge("pgne_build_info", "Always 1; the version is a label.", ("version",), "livemax").labels(version).set(1)
         self.reload_ok = _gauge("pgne_config_last_reload_successful",
                                 "1 if the last config (re)load succeeded, else 0.", (), "livemax")

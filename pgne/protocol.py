@@ -1,6 +1,6 @@
 """The master-worker protocol: how a worker is started, what it is told, how it answers.
 
-- The master has a worker forked from its forkserver (pgne.launcher: nothing of the master's
+- The master has a worker forked from its launcher (pgne.launcher: nothing of the master's
   threads or locks is inherited), which runs `WORKER_MODULE.main(fd)`: `fd` is the read end of a
   pipe of the worker's own, PROMETHEUS_MULTIPROC_DIR is in its environment.
 - The master writes the WorkerSpec on that pipe (encode_spec: a 4-byte big-endian length, then
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from pgne.model import Database
 
-# The module whose main(fd) a worker runs (the forkserver imports it ahead); tests replace it
+# The module whose main(fd) a worker runs (the launcher imports it ahead); tests replace it
 # with stand-ins that exit as they are told.
 WORKER_MODULE = "pgne.worker"
 

@@ -1,7 +1,7 @@
 """One worker process per database: connect, (set up,) LISTEN, count.
 
-Forked by the master's forkserver (pgne.launcher), which imported this module ahead (so every
-import is at the top: the workers share it), it reads its WorkerSpec on a pipe of its own
+Forked by the master's launcher (pgne.launcher_process), which imported this module ahead (so
+every import is at the top: the workers share it), it reads its WorkerSpec on a pipe of its own
 (pgne.protocol: the spec, its encoding, the modes and exit codes). The pipe then stays open:
 its write end is held only by the master, so EOF means the master is gone. PR_SET_PDEATHSIG
 covers the moments the worker is blocked in libpq (which retries on EINTR and cannot be
@@ -485,8 +485,8 @@ class _Deadline:
 def main(master_fd: int) -> int:
     """Run the worker whose spec the master writes on `master_fd` (pgne.launcher calls this)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the master decides
-    # When our parent, the forkserver, exits (it does when the master does). Had it died before
-    # this, the master kills us itself (pgne.launcher.StartedWorker.exitcode).
+    # When our parent, the launcher, exits (it does when the master does). The launcher set it
+    # already, before it checked that it was still our parent; this is for stand-alone use.
     die_with_parent(signal.SIGKILL)
     try:
         spec = read_spec(master_fd)

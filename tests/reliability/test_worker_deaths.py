@@ -61,7 +61,7 @@ class Killer(threading.Thread):
         self.rng = random.Random(12)
 
     def children(self) -> list[int]:
-        """The workers: the children of the master's children (its forkserver's), read the fast
+        """The workers: the children of the master's children (its launcher's), read the fast
         way (each forks from its main thread): fast enough to see a worker before it has read
         its spec."""
         return [worker for child in _children(self.master_pid) for worker in _children(child)]
@@ -172,7 +172,7 @@ import os, sys, time
 
 
 def main(spec_fd):
-    how = os.environ["PGNE_TEST_WORKER"]
+    how = {how!r}
     if how == "hang":  # never reads its spec, never exits: a worker stopped right at its start
         time.sleep(3600)
     if how.startswith("read:"):
@@ -182,7 +182,7 @@ def main(spec_fd):
 
 RUN_WITH_FAKE_WORKERS = """
 import sys
-sys.path.insert(0, {directory!r})  # the forkserver gets the master's sys.path
+sys.path.insert(0, {directory!r})  # the launcher gets the master's sys.path
 from pgne import protocol
 protocol.WORKER_MODULE = "pgne_fake_worker"
 from pgne.cli import main
@@ -201,11 +201,11 @@ def fake_workers_pgne(db, tmp_path, monkeypatch, how: str, big: bool = False) ->
     path = tmp_path / "events_config.yml"
     path.write_text(config_text(outbox_entry(db, monitors, delivery=None)))
     proc = PgneProcess(path, tmp_path / "pgne")
-    (tmp_path / "pgne_fake_worker.py").write_text(FAKE_WORKER)
+    # the worker's environment is the launcher's whitelist: `how` is in the module's text
+    (tmp_path / "pgne_fake_worker.py").write_text(FAKE_WORKER.format(how=how))
     script = RUN_WITH_FAKE_WORKERS.format(directory=str(tmp_path))
     proc.command = lambda: [sys.executable, "-c", script, "run", "-c", proc.config, "--listen-address",
                             f"127.0.0.1:{proc.port}", "--state-dir", str(proc.state_dir)]
-    monkeypatch.setenv("PGNE_TEST_WORKER", how)  # pgne_env() passes it on
     return proc.start(expect_up=False)
 
 
@@ -267,7 +267,7 @@ def test_a_worker_crash_wakes_the_master_at_once_which_logs_it_and_restarts_the_
     [new_worker] = wait_until(lambda: [pid for pid in proc.worker_pids() if pid != worker] or None, 30,
                               "a new worker")
     wait_until(lambda: f"listen worker started (pid {new_worker})" in proc.stderr_text(), 30,
-               "the master to log the new worker")  # the forkserver forks it before the master logs
+               "the master to log the new worker")  # the launcher forks it before the master logs
     wait_value(proc, "pgne_database_up", {**db_labels(pg_database), "tag": TAG}, lambda v: v == 1, 30,
                "the database up again")
     assert proc.value("pgne_worker_restarts_total", db_labels(pg_database)) == 1
@@ -276,17 +276,17 @@ def test_a_worker_crash_wakes_the_master_at_once_which_logs_it_and_restarts_the_
     assert proc.stop()[0] == 0, proc.describe()
 
 
-def test_a_killed_forkserver_takes_its_workers_and_a_new_one_forks_their_successors(pg_database_factory, tmp_path):
-    """The forkserver (the master's child that forks every worker) SIGKILLed: its workers end
+def test_a_killed_launcher_takes_its_workers_and_a_new_one_forks_their_successors(pg_database_factory, tmp_path):
+    """The launcher (the master's child that forks every worker) SIGKILLed: its workers end
     with it (PR_SET_PDEATHSIG, or the master kills them: two workers of one database never count
-    at once), the master says so, starts a new forkserver with the next worker, and counts stay
+    at once), the master says so, starts a new launcher with the next worker, and counts stay
     exact (outbox: the rows committed meanwhile too). The master never exits."""
     proc, notify_db, outbox_db = two_databases_counting(pg_database_factory, tmp_path)
-    [forkserver] = [pid for pid in children_of(proc.pid) if children_of(pid)]
+    [launcher] = children_of(proc.pid)
     old_workers = proc.worker_pids()
-    assert len(old_workers) == 2 and set(children_of(forkserver)) == set(old_workers)
+    assert len(old_workers) == 2 and set(children_of(launcher)) == set(old_workers)
 
-    os.kill(forkserver, signal.SIGKILL)
+    os.kill(launcher, signal.SIGKILL)
     run_sql(outbox_db, "INSERT INTO one (code) SELECT 'beta' FROM generate_series(1, 5)")  # while no worker runs
     wait_until(lambda: all(process_gone(pid) for pid in old_workers), 30, "the old workers to be gone")
     new_workers = wait_until(lambda: (lambda pids: pids if len(pids) == 2 else None)(proc.worker_pids()), 30,
@@ -294,7 +294,7 @@ def test_a_killed_forkserver_takes_its_workers_and_a_new_one_forks_their_success
     assert not set(new_workers) & set(old_workers)
     proc.wait_all_up(timeout=60)
     for pid in old_workers:
-        assert (f"worker (pid {pid}) was lost: the forkserver that forked it died (a new one starts with the "
+        assert (f"worker (pid {pid}) was lost: the launcher that forked it died (a new one starts with the "
                 "next worker); restarting in 1 s") in proc.stderr_text(), proc.describe()
     assert sum(proc.value("pgne_worker_restarts_total", db_labels(db)) for db in (notify_db, outbox_db)) == 2
 

@@ -108,8 +108,7 @@ class PgneProcess:
         return self.process.pid
 
     def worker_pids(self) -> list[int]:
-        """The workers: the children of the master's forkserver (the master's only child with
-        children; its other one, multiprocessing's resource tracker, has none)."""
+        """The workers: the children of the master's launcher (its only child)."""
         return sorted(pid for child in children_of(self.pid) for pid in children_of(child))
 
     def send_signal(self, signum: int) -> None:
