@@ -23,6 +23,7 @@ master waits for has a deadline, so a stopped or dead launcher never blocks its 
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import resource
@@ -44,6 +45,9 @@ LAUNCHER_EXIT_WAIT = 2.0  # at shutdown: then a launcher that has not exited (st
 # The master's descriptors per running worker: its spec pipe's write end and its pidfd. Beside
 # them: the state dir's files, HTTP connections, the launcher's socket, a start's pipe.
 DESCRIPTORS_PER_WORKER, DESCRIPTORS_BESIDE = 2, 256
+# Under a low limit, a start that would leave fewer free descriptors than this fails (and is
+# retried): the workers that fit run, and scrapes and the state directory still get theirs.
+DESCRIPTORS_KEPT = 16
 
 # The launcher's (and so every worker's) environment: these variables of the master's, if set,
 # and no other. libpq's variables except PGPASSWORD (the password comes on the spec pipe);
@@ -188,9 +192,10 @@ class LauncherProcess:
     def pid(self) -> int:
         return self.popen.pid
 
-    def start(self, owner: object) -> PendingStart:
+    def start(self, owner: object, pending_elsewhere: int = 0) -> PendingStart:
         """Ask for a worker; OSError when the request cannot even be made (EMFILE, a full
-        socket: a stopped launcher)."""
+        socket: a stopped launcher). `pending_elsewhere`: other launchers' unanswered starts."""
+        _check_room(len(self.pending) + pending_elsewhere)
         read_end, write_end = os.pipe()
         request = next(_REQUEST_IDS)
         try:
@@ -269,6 +274,10 @@ class LauncherProcess:
         self.pending.clear()
         if not self.dead:
             self.dead = True
+            try:
+                self.sock.send(pack({"bye": True}), socket.MSG_DONTWAIT)
+            except OSError:  # full (stopped) or gone: it removes nothing while we live all the same
+                pass
             self.sock.close()
 
 
@@ -304,7 +313,7 @@ class Launchers:
             self.retire()
         if self.current is None:
             self.current = LauncherProcess(self.hidden, self.private_dir)
-        return self.current.start(owner)
+        return self.current.start(owner, sum(len(launcher.pending) for launcher in self.others))
 
     def fds(self) -> list[int]:
         """What the master's loop polls: the live launchers' sockets, the pidfds of the workers
@@ -378,6 +387,21 @@ class Launchers:
                 launcher.popen.kill()
                 launcher.popen.wait()
         self.current, self.others = None, []
+
+
+def _check_room(pending: int) -> None:
+    """OSError(EMFILE) when a worker's descriptors would eat into DESCRIPTORS_KEPT, counting the
+    pidfds that the `pending` starts' answers will bring."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return
+    try:
+        used = len(os.listdir("/proc/self/fd")) - 1  # not the listing's own
+    except FileNotFoundError:  # no /proc: os.pipe will say
+        return
+    if used + pending + DESCRIPTORS_PER_WORKER + 1 + DESCRIPTORS_KEPT > soft:
+        raise OSError(errno.EMFILE, f"too many open files ({used} of the limit of {soft} in use; "
+                                    f"{DESCRIPTORS_KEPT} are kept for HTTP and the state directory)")
 
 
 def _mark_ended(workers: Iterable[StartedWorker], now: float) -> None:

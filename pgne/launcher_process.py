@@ -9,6 +9,7 @@ temporary file): one JSON message per packet, descriptors beside it (SCM_RIGHTS)
 master -> launcher
     {"hello": {"sys_path", "cwd", "module", "private_dir"}}   first, once
     {"start": ID}  + the read end of the worker's spec pipe
+    {"bye": true}  before the master closes its end (it stops, or retires this launcher)
 launcher -> master
     {"started": ID, "pid": PID}  + a pidfd on the worker, opened before the launcher can reap it
     {"failed": ID, "reason": TEXT}  the launcher could not start it (EMFILE, EAGAIN, ...)
@@ -33,6 +34,7 @@ import shutil
 import signal
 import socket
 import sys
+import time
 import traceback
 
 MAX_MESSAGE = 1 << 16  # the hello (sys.path) is the largest; every other message is tiny
@@ -77,6 +79,7 @@ class Launcher:
         for fd in (self.wakeup_r, self.wakeup_w):
             os.set_blocking(fd, False)
         self.terminate = False
+        self.bye = False  # the master said it closes its end: it is not dying
 
     def hello(self, hello: dict) -> None:
         sys.path[:] = hello["sys_path"]  # the master's: a test's stand-in worker module too
@@ -117,9 +120,19 @@ class Launcher:
             if self.sock.fileno() in ready and not self._serve():
                 break
         self._reap()
-        if self.private_dir and os.getppid() != self.master:  # the master died without cleaning up
+        if self.private_dir and not self.bye and self._orphaned():  # the master died without cleaning up
             shutil.rmtree(self.private_dir, ignore_errors=True)
         return 0
+
+    def _orphaned(self, wait: float = 2.0) -> bool:
+        """Whether the master has died: we are reparented. A dying process closes its
+        descriptors (our EOF) a moment before its children are reparented: wait for that."""
+        deadline = time.monotonic() + wait
+        while os.getppid() == self.master:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def _on_term(self, signum: int, frame: object) -> None:
         self.terminate = True
@@ -139,6 +152,8 @@ class Launcher:
                 return False
             if "hello" in message:
                 self.hello(message["hello"])
+            elif "bye" in message:
+                self.bye = True
             elif "start" in message:
                 self._start(message["start"], fd, truncated)
             elif fd is not None:

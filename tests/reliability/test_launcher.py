@@ -1,0 +1,294 @@
+"""The launcher that forks the workers, attacked: out of file descriptors, SIGSTOPped, a long
+TMPDIR, a master SIGKILLed, a password variable that a reload adds. Real `pgne run` masters,
+real workers, real PostgreSQL; every wait bounded."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from support.configs import config_text, database_entry
+from support.databases import host_label, run_sql
+from support.exporter import PgneProcess
+from support.faults import Stopwatch, record
+from support.metrics import wait_value
+from support.processes import children_of, pgne_env, wait_gone
+from support.waiting import wait_until
+
+ONE = {"table": "one", "enabled": True, "function": "notification_with_payload",
+       "columns_to_label": [{"code": ["alpha", "beta"]}], "events": ["insert"]}
+TABLES = "CREATE TABLE one (id serial PRIMARY KEY, code text)"
+TAG = "it"
+
+
+def db_labels(db) -> dict[str, str]:
+    return {"host": host_label(db.host, db.port), "database": db.name}
+
+
+def insert_labels(db, code: str = "alpha") -> dict[str, str]:
+    return {"operation": "INSERT", **db_labels(db), "tag": TAG, "schema": "public", "table": "one", "code": code}
+
+
+def databases_with_tables(pg_database_factory, n: int) -> list:
+    databases = [pg_database_factory() for _ in range(n)]
+    for db in databases:
+        run_sql(db, TABLES)
+    return databases
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = [item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item]
+    return {k.decode(): v.decode("utf-8", "replace") for k, v in pairs}
+
+
+def pgne_processes(proc: PgneProcess) -> list[int]:
+    """The master's descendants: its launcher(s) and their workers."""
+    found, todo = [], [proc.pid]
+    while todo:
+        for child in children_of(todo.pop()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+# -- out of file descriptors ---------------------------------------------------------------------
+
+RUN_WITH_NOFILE = """
+import resource, runpy, sys
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+sys.argv = ["pgne", *sys.argv[2:]]
+runpy.run_module("pgne", run_name="__main__")
+"""
+DATABASES, NOFILE = 30, 64
+
+
+def test_out_of_file_descriptors_the_workers_that_fit_run_and_the_rest_are_retried_until_the_limit_allows(
+        pg_database_factory, tmp_path):
+    """30 databases under an open-files limit of 64 (soft and hard): every start that does not
+    fit fails (logged, pgne_worker_start_failures_total) and is retried with backoff; no running
+    worker is ever lost, and they count exactly. A reload that removes 15 running databases
+    makes room: the 15 left all come up and count."""
+    databases = databases_with_tables(pg_database_factory, DATABASES)
+    path = tmp_path / "events_config.yml"
+    path.write_text(config_text(*(database_entry(db, [ONE], perform_setup=True) for db in databases)))
+    proc = PgneProcess(path, tmp_path / "pgne")
+    proc.command = lambda: [sys.executable, "-c", RUN_WITH_NOFILE, str(NOFILE), "run", "-c", proc.config,
+                            "--listen-address", f"127.0.0.1:{proc.port}", "--state-dir", str(proc.state_dir)]
+    with proc.running(expect_up=False):
+        def split():
+            samples = proc.scrape()
+            up = [db for db in databases
+                  if samples.get(("pgne_database_up", frozenset({**db_labels(db), "tag": TAG}.items()))) == 1]
+            failures = {db.name: samples.get(("pgne_worker_start_failures_total", frozenset(db_labels(db).items())))
+                        for db in databases}
+            failed = [db for db in databases if (failures[db.name] or 0) >= 2]
+            return (up, failed) if up and failed and len(up) + len(failed) == DATABASES else None
+
+        up, failed = wait_until(split, 60, "some databases up, the others failing to start (twice each)",
+                                proc.describe)
+        record(f"{DATABASES} databases, open files limit {NOFILE}: databases up", len(up))
+        workers = proc.worker_pids()
+        assert len(workers) == len(up), proc.describe()
+        assert "too many open files" in proc.stderr_text()
+        for db in up:
+            run_sql(db, "INSERT INTO one (code) SELECT 'alpha' FROM generate_series(1, 3)")
+        for db in up:
+            proc.wait_for_value("pgne_events_total", insert_labels(db), 3)
+        samples = proc.scrape()
+        assert all(samples[("pgne_worker_restarts_total", frozenset(db_labels(db).items()))] == 0 for db in databases)
+        assert proc.worker_pids() == workers  # not one of them lost
+        assert "Traceback" not in proc.stderr_text() and "was lost" not in proc.stderr_text()
+
+        # room made by a reload that removes 15 running databases: the 15 left all start
+        kept = [db for db in databases if db not in up[:15]]
+        path.write_text(config_text(*(database_entry(db, [ONE], perform_setup=True) for db in kept)))
+        proc.send_signal(signal.SIGHUP)
+        clock = Stopwatch()
+        wait_until(lambda: all(proc.value("pgne_database_up", {**db_labels(db), "tag": TAG}) == 1 for db in kept),
+                   90, "the 15 databases left up", proc.describe)  # a failing start's backoff: up to 30 s
+        record(f"{DATABASES} databases, open files limit {NOFILE}: 15 removed -> the rest up", clock.elapsed())
+        for db in kept:
+            run_sql(db, "INSERT INTO one (code) VALUES ('beta')")
+        for db in kept:
+            proc.wait_for_value("pgne_events_total", insert_labels(db, "beta"), 1)
+            assert proc.value("pgne_events_total", insert_labels(db)) == (3 if db in up else 0)
+        assert all(proc.value("pgne_worker_restarts_total", db_labels(db)) == 0 for db in kept)
+        assert "Traceback" not in proc.stderr_text() and "was lost" not in proc.stderr_text()
+        code, seconds = proc.stop()
+        assert code == 0 and seconds < 10, proc.describe()
+
+
+# -- a stopped launcher ----------------------------------------------------------------------------
+
+def test_a_stopped_launcher_hides_no_death_blocks_nothing_and_starts_again_when_continued(
+        pg_database_factory, tmp_path):
+    """SIGSTOP on the launcher: a worker killed meanwhile shows pgne_database_up 0 within a few
+    seconds (its pidfd says it ended; its status never comes: lost), its restart fails
+    (no answer within 5 s) without blocking the master, which keeps serving. SIGCONT: the
+    database comes back and counts. A second SIGSTOP, then SIGTERM: the master exits 0 in < 10 s
+    and leaves nothing running."""
+    a, b = databases_with_tables(pg_database_factory, 2)
+    path = tmp_path / "events_config.yml"
+    path.write_text(config_text(database_entry(a, [ONE]), database_entry(b, [ONE])))
+    proc = PgneProcess(path, tmp_path / "pgne")
+    with proc.running():
+        [launcher] = children_of(proc.pid)
+        worker_a = [pid for pid in proc.worker_pids() if f"/{a.name}: listen worker started (pid {pid})"
+                    in proc.stderr_text()][0]
+        os.kill(launcher, signal.SIGSTOP)
+        try:
+            clock = Stopwatch()
+            os.kill(worker_a, signal.SIGKILL)
+            wait_value(proc, "pgne_database_up", {**db_labels(a), "tag": TAG}, lambda v: v == 0, 8, "a down")
+            record("stopped launcher: worker killed -> pgne_database_up 0", clock.elapsed())
+            wait_until(lambda: "did not answer within 5 s (stopped?)" in proc.stderr_text(), 20,
+                       "the restart to fail for want of an answer", proc.describe)
+            assert f"worker (pid {worker_a}) was lost: ended, and its launcher (pid {launcher}) did not report " \
+                   "its exit status within 2 s (stopped?)" in proc.stderr_text(), proc.describe()
+            for _ in range(10):
+                assert proc.get("/metrics")[0] == 200  # the master never blocked
+            run_sql(b, "INSERT INTO one (code) VALUES ('alpha')")  # b's worker runs on
+            proc.wait_for_value("pgne_events_total", insert_labels(b), 1)
+        finally:
+            os.kill(launcher, signal.SIGCONT)
+        proc.wait_all_up(timeout=60)
+        assert children_of(proc.pid) == [launcher]
+        run_sql(a, "INSERT INTO one (code) SELECT 'alpha' FROM generate_series(1, 4)")
+        proc.wait_for_value("pgne_events_total", insert_labels(a), 4)
+
+        everyone = pgne_processes(proc)
+        os.kill(launcher, signal.SIGSTOP)
+        code, seconds = proc.stop()
+        record("SIGTERM with a SIGSTOPped launcher: signal -> master exited", seconds)
+        assert code == 0 and seconds < 10, proc.describe()
+        wait_gone(everyone, 5, "the launcher and the workers to be gone")
+
+
+# -- TMPDIR ----------------------------------------------------------------------------------------
+
+def test_a_200_character_tmpdir_changes_nothing(pg_database, tmp_path):
+    """No socket path, no temporary directory: workers start and count exactly with a TMPDIR
+    far beyond an AF_UNIX path's 107 bytes."""
+    run_sql(pg_database, TABLES)
+    tmpdir = tmp_path / "t"
+    while len(str(tmpdir)) < 200:
+        tmpdir = tmpdir / ("d" * min(50, 200 - len(str(tmpdir)) - 1 or 1))
+    tmpdir.mkdir(parents=True)
+    assert len(str(tmpdir)) >= 200
+    path = tmp_path / "events_config.yml"
+    path.write_text(config_text(database_entry(pg_database, [ONE])))
+    proc = PgneProcess(path, tmp_path / "pgne")
+    proc.environment = lambda: pgne_env(TMPDIR=str(tmpdir))
+    with proc.running(expect_up=False):
+        proc.wait_all_up(timeout=30)
+        run_sql(pg_database, "INSERT INTO one (code) SELECT 'alpha' FROM generate_series(1, 6)")
+        proc.wait_for_value("pgne_events_total", insert_labels(pg_database), 6)
+        assert list(tmpdir.iterdir()) == []
+        assert proc.stop()[0] == 0
+
+
+# -- a master SIGKILLed ----------------------------------------------------------------------------
+
+def test_a_master_killed_with_sigkill_leaves_no_process_and_no_temporary_file(pg_database, tmp_path):
+    """Without --state-dir (a private temporary state directory) and TMPDIR a directory of its
+    own: after a SIGKILL of the master, every pgne process is gone within 5 s and TMPDIR is
+    empty again (the launcher removes the state directory the master could not)."""
+    run_sql(pg_database, TABLES)
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    path = tmp_path / "events_config.yml"
+    path.write_text(config_text(database_entry(pg_database, [ONE])))
+    proc = PgneProcess(path, tmp_path / "pgne")
+    proc.environment = lambda: pgne_env(TMPDIR=str(tmpdir))
+    proc.command = lambda: [sys.executable, "-m", "pgne", "run", "-c", proc.config,
+                            "--listen-address", f"127.0.0.1:{proc.port}"]
+    with proc.running():
+        run_sql(pg_database, "INSERT INTO one (code) VALUES ('alpha')")
+        proc.wait_for_value("pgne_events_total", insert_labels(pg_database), 1)
+        [state] = list(tmpdir.iterdir())
+        assert state.name.startswith("pgne-metrics-")
+        everyone = pgne_processes(proc)
+        assert len(everyone) == 2  # the launcher, the worker
+        proc.send_signal(signal.SIGKILL)
+        proc.process.wait(10)
+        wait_gone(everyone, 5, "the launcher and the worker to exit after the master was killed")
+        wait_until(lambda: list(tmpdir.iterdir()) == [], 5, "TMPDIR to be empty",
+                   lambda: str(list(tmpdir.iterdir())))
+
+
+# -- secrets and reloads ---------------------------------------------------------------------------
+
+SECRET_BY_RELOAD = "reload-added-secret-5c1e9f2b7a"
+
+
+def test_a_variable_that_a_reload_makes_a_password_is_in_no_environment_of_the_launcher_or_workers(
+        pg_database_factory, tmp_path, monkeypatch):
+    """Two variables that the first config does not use: DB_B_PASSWORD (not whitelisted) and
+    LC_PGNE_PASSWORD (LC_* is whitelisted: the launcher inherits it). A reload makes them b's
+    and c's password: neither is in /proc/PID/environ of the launcher or of any worker after it
+    (the launcher holding LC_PGNE_PASSWORD is replaced; every worker restarts, and counts on)."""
+    a, b, c = databases_with_tables(pg_database_factory, 3)
+    monkeypatch.setenv("DB_B_PASSWORD", SECRET_BY_RELOAD + "-b")
+    monkeypatch.setenv("LC_PGNE_PASSWORD", SECRET_BY_RELOAD + "-c")
+    path = tmp_path / "events_config.yml"
+    path.write_text(config_text(database_entry(a, [ONE])))
+    proc = PgneProcess(path, tmp_path / "pgne")
+    with proc.running():
+        [first_launcher] = children_of(proc.pid)
+        assert "LC_PGNE_PASSWORD" in environ_of(first_launcher) and "DB_B_PASSWORD" not in environ_of(first_launcher)
+        run_sql(a, "INSERT INTO one (code) VALUES ('alpha')")
+        proc.wait_for_value("pgne_events_total", insert_labels(a), 1)
+
+        # b and c get their passwords from the variables (the server trusts local connections:
+        # a password is sent only if asked, so any value connects)
+        path.write_text(config_text(database_entry(a, [ONE]),
+                                    database_entry(b, [ONE], password="${DB_B_PASSWORD}"),
+                                    database_entry(c, [ONE], password="${LC_PGNE_PASSWORD}")))
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload: the launcher's environment holds LC_PGNE_PASSWORD, now a password variable"
+                   in proc.stderr_text(), 30, "the launcher's replacement", proc.describe)
+        wait_until(lambda: len(proc.worker_pids()) == 3 and children_of(proc.pid) != [first_launcher], 60,
+                   "three workers of a new launcher", proc.describe)
+        wait_gone([first_launcher], 10, "the first launcher to exit")
+        proc.wait_all_up(timeout=60)
+        everyone = pgne_processes(proc)
+        assert len(everyone) == 4  # a launcher, three workers
+        for pid in everyone:
+            environ = environ_of(pid)
+            assert "LC_PGNE_PASSWORD" not in environ and "DB_B_PASSWORD" not in environ, (pid, sorted(environ))
+            assert not [v for v in environ.values() if SECRET_BY_RELOAD in v], pid
+        for db in (a, b, c):
+            run_sql(db, "INSERT INTO one (code) VALUES ('alpha')")
+        proc.wait_for_value("pgne_events_total", insert_labels(a), 2)
+        for db in (b, c):
+            proc.wait_for_value("pgne_events_total", insert_labels(db), 1)
+        assert proc.stop()[0] == 0
+
+
+def test_the_launcher_environment_is_a_whitelist(pg_database, tmp_path, monkeypatch):
+    """What the launcher (and so every worker) is exec'd with: the whitelisted variables that
+    are set, never any other (PGPASSWORD, an application's variables), never a password variable."""
+    run_sql(pg_database, TABLES)
+    monkeypatch.setenv("SOME_APPLICATION_TOKEN", "not-for-workers")
+    monkeypatch.setenv("PGPASSWORD", "not-for-workers-either")
+    monkeypatch.setenv("PGSSLMODE", "prefer")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    path = tmp_path / "events_config.yml"
+    path.write_text(config_text(database_entry(pg_database, [ONE])))
+    proc = PgneProcess(path, tmp_path / "pgne")
+    with proc.running():
+        [launcher] = children_of(proc.pid)
+        [worker] = proc.worker_pids()
+        master = environ_of(proc.pid)
+        for pid in (launcher, worker):
+            environ = environ_of(pid)
+            assert environ["PGSSLMODE"] == "prefer" and environ["LC_ALL"] == "C.UTF-8"
+            assert environ["PROMETHEUS_MULTIPROC_DIR"] == str(proc.state_dir.resolve())
+            assert environ["PATH"] == master["PATH"]
+            assert "SOME_APPLICATION_TOKEN" not in environ and "PGPASSWORD" not in environ
+            assert set(environ) <= set(master) | {"PROMETHEUS_MULTIPROC_DIR"}
+        assert Path(f"/proc/{worker}/cwd").resolve() == Path(f"/proc/{proc.pid}/cwd").resolve()
+        assert proc.stop()[0] == 0
