@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -161,18 +162,34 @@ FAST_RESTART_BOOT = (
 )
 
 
+def console_script() -> str:
+    """The `pgne` console script of this interpreter's environment (else the one on PATH)."""
+    beside = Path(sys.executable).with_name("pgne")
+    found = str(beside) if beside.exists() else shutil.which("pgne")
+    if not found:
+        raise RuntimeError("no `pgne` console script: pip install . first")
+    return found
+
+
 class Pgne:
     """A `pgne run` subprocess serving /metrics on a free port, with its own state dir."""
 
     def __init__(self, config_path: str, workdir: str, fast_restarts: bool = False, log_level: str = "WARNING",
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, boot: str = "script"):
+        """`boot`: "script", the installed `pgne` console script, as users start it (what it
+        imports under PYTHONPATH, a baseline revision's pgne, comes first); "module": `python -m pgne`."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.state_dir = self.workdir / "state"
         self.port = free_port()
         self.stderr_path = self.workdir / "pgne.stderr"
-        boot = ["-c", FAST_RESTART_BOOT] if fast_restarts else ["-m", "pgne"]
-        command = [sys.executable, *boot, "run", "-c", config_path, "--listen-address", f"127.0.0.1:{self.port}",
+        if fast_restarts:
+            start = [sys.executable, "-c", FAST_RESTART_BOOT]
+        elif boot == "script":
+            start = [console_script()]
+        else:
+            start = [sys.executable, "-m", "pgne"]
+        command = [*start, "run", "-c", config_path, "--listen-address", f"127.0.0.1:{self.port}",
                    "--state-dir", str(self.state_dir), "--log-level", log_level]
         with open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(command, cwd=self.workdir, env=env or pgne_env(), stdin=subprocess.DEVNULL,
@@ -206,7 +223,7 @@ class Pgne:
             return response.read().decode("utf-8")
 
     def workers(self) -> list[int]:
-        """The children of the master's forkserver (its only child that has children)."""
+        """The children of the master's launcher (its only child)."""
         return [pid for child in children_of(self.pid) for pid in children_of(child)]
 
     def wait_up(self, databases: int, timeout: float = 120) -> None:

@@ -71,17 +71,18 @@ def export_revision(revision: str, workdir: str) -> str:
     return str(target)
 
 
-def measure(config_path: str, workdir: str, databases: int, scrapes: int, pythonpath: str | None) -> Measured:
+def measure(config_path: str, workdir: str, databases: int, scrapes: int, pythonpath: str | None,
+            boot: str = "script") -> Measured:
     env = pgne_env(PYTHONPATH=pythonpath) if pythonpath else None
     started = time.monotonic()
-    pgne = Pgne(config_path, workdir, env=env)
+    pgne = Pgne(config_path, workdir, env=env, boot=boot)
     try:
         wait_until(lambda: _all_up(pgne, databases), 300, f"{databases} databases up", interval=0.1)
         startup = time.monotonic() - started
         time.sleep(SETTLE)
         processes = [pgne.pid, *descendants(pgne.pid)]
         readings = {pid: memory(pid) for pid in processes}
-        # forked by a forkserver (the master's child), else the master's children
+        # forked by a launcher (the master's child), else the master's children
         forked = [pid for parent in children_of(pgne.pid) for pid in children_of(parent)]
         workers = [readings[pid] for pid in (forked or children_of(pgne.pid)) if pid in readings]
         times = []

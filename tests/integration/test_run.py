@@ -299,16 +299,15 @@ def test_a_killed_worker_is_restarted_and_its_counts_are_kept(exporter, tables):
 
 
 def test_workers_exit_within_5_s_when_the_master_is_killed(exporter, tables):
-    """The workers, and the forkserver and resource tracker the master started, all end by
-    themselves when the master is SIGKILLed (nobody tells them)."""
+    """The workers, and the launcher the master started, all end by themselves when the master
+    is SIGKILLed (nobody tells them)."""
     workers = exporter.worker_pids()
-    helpers = children_of(exporter.pid)  # the forkserver and multiprocessing's resource tracker
-    assert len(workers) == 1 and len(helpers) == 2 and listening_backends(tables) == 1
+    helpers = children_of(exporter.pid)  # the launcher
+    assert len(workers) == 1 and len(helpers) == 1 and listening_backends(tables) == 1
     killed = time.monotonic()
     exporter.send_signal(signal.SIGKILL)
     exporter.process.wait(10)
-    wait_gone(workers + helpers, 5, "the workers, the forkserver and the resource tracker to exit after the master "
-              "was killed")
+    wait_gone(workers + helpers, 5, "the workers and the launcher to exit after the master was killed")
     remaining = max(0.1, 5 - (time.monotonic() - killed))
     wait_until(lambda: listening_backends(tables) == 0, remaining,
                "no backend with application_name='pgne' 5 s after the master was killed")
@@ -335,19 +334,19 @@ def max_open_files(pid: int) -> tuple[int, int]:
 @pytest.mark.parametrize("hard", [0, 64])  # 0: the hard limit as it is (far above 64)
 def test_the_master_raises_its_open_files_limit_for_its_workers_or_says_it_cannot(tables, write_config, tmp_path,
                                                                                  hard):
-    """Each worker takes 4 of the master's descriptors: with a soft limit of 64, the master
-    raises it to 4 + 256 for one worker; when the hard limit is 64 too, it says what to raise.
+    """Each worker takes 2 of the master's descriptors: with a soft limit of 64, the master
+    raises it to 2 + 256 for one worker; when the hard limit is 64 too, it says what to raise.
     One worker fits in 64 either way: it counts."""
     proc = PgneProcess(write_standard(write_config, tables, [ONE]), tmp_path / "pgne")
     proc.command = lambda: [sys.executable, "-c", RUN_WITH_NOFILE, "64", str(hard), "run", "-c", proc.config,
                             "--listen-address", f"127.0.0.1:{proc.port}", "--state-dir", str(proc.state_dir)]
     with proc.running():
         soft_now, hard_now = max_open_files(proc.pid)
-        warning = "1 worker(s) need about 260 open files, and the hard limit is 64: raise it"
+        warning = "1 worker(s) need about 258 open files, and the hard limit is 64: raise it"
         if hard:
             assert (soft_now, hard_now) == (64, 64) and warning in proc.stderr_text(), proc.describe()
         else:
-            assert soft_now == 260 and hard_now > 260 and "open files" not in proc.stderr_text()
+            assert soft_now == 258 and hard_now > 258 and "open files" not in proc.stderr_text()
         run_sql(tables, "INSERT INTO one (code) VALUES ('alpha')")
         proc.wait_for_value("pgne_events_total", {"operation": "INSERT", "host": tables.host_label,
                                                   "database": tables.name, "tag": TAG, "schema": "public",
@@ -484,7 +483,7 @@ def test_sighup_adds_or_changes_a_database_and_leaves_the_unchanged_one_running(
         proc.send_signal(signal.SIGHUP)
         # reaped by the master, which called mark_process_dead(): the old worker's
         # pgne_database_up 1 no longer counts, so 1 below is the new worker listening (the
-        # forkserver reaps the process a moment before the master hears of it)
+        # launcher reaps the process a moment before the master hears of it)
         wait_until(lambda: len(proc.worker_pids()) == 2 and not os.path.exists(f"/proc/{worker_b}")
                    and not (proc.state_dir / f"gauge_livemax_{worker_b}.db").exists(), 30,
                    "b's worker to be replaced and reaped, its live gauges removed", proc.describe)

@@ -33,12 +33,9 @@ MONITOR = {"table": "one", "enabled": True, "function": "notification_with_paylo
 
 
 def _runs_pgne(argv: list[str]) -> bool:
-    """`pgne ...`, `python -m pgne ...` (the master), its forkserver and the workers forked from
-    it (`python -c 'from multiprocessing.forkserver import main; main(..., ['__main__',
-    'pgne.worker'], ...)'`), and multiprocessing's resource tracker that the master starts with
-    the forkserver."""
-    return any(arg == "pgne" or arg.endswith("/pgne") or "'pgne.worker'" in arg
-               or arg.startswith("from multiprocessing.resource_tracker import main") for arg in argv)
+    """`pgne ...`, `python -m pgne ...` (the master), its launcher and the workers forked from
+    it (`python -m pgne.launcher_process FD PID`)."""
+    return any(arg == "pgne" or arg.endswith("/pgne") or arg == "pgne.launcher_process" for arg in argv)
 
 
 def marked_processes(marker: str, exclude: set[int]) -> dict[int, str]:
@@ -209,7 +206,7 @@ def test_the_shipped_supervisord_program_runs_counts_exactly_and_stops_every_pro
         ours = marked_processes(marker, exclude={sv.process.pid})
         master = int(sv.ctl("pid", "pgne").stdout.strip())
         assert master in ours, (master, ours)
-        assert len(ours) == 4, ours  # the master, its forkserver and resource tracker, the one worker
+        assert len(ours) == 3, ours  # the master, its launcher, the one worker
 
         # `supervisorctl signal HUP pgne` (the reload the shipped file documents) reaches the
         # master only: the config is unchanged, so the worker keeps running

@@ -429,9 +429,9 @@ def test_outbox_totals_are_exact_through_pgne_kills_and_a_database_crash(durable
 
 def test_a_worker_blocked_in_a_drain_ends_within_5_s_of_its_masters_sigkill(pg_database, tmp_path):
     """A drain waiting for a row lock on pgne.totals cannot notice its master's death (libpq
-    waits for the server); only PR_SET_PDEATHSIG ends it, which fires when the forkserver exits,
-    which it does when no one holds its "alive" pipe: the workers must not (multiprocessing hands
-    it to every child; pgne.launcher closes it)."""
+    waits for the server); only PR_SET_PDEATHSIG ends it, which fires when the launcher exits,
+    which it does when the master's end of its socket closes: the workers must not hold that
+    end (pgne.launcher_process closes every inherited descriptor in them)."""
     run_sql(pg_database, TABLES)
     config = tmp_path / "events_config.yml"
     config.write_text(outbox_config(pg_database, [ONE], perform_setup=True, drain_interval=0.05))
@@ -445,11 +445,11 @@ def test_a_worker_blocked_in_a_drain_ends_within_5_s_of_its_masters_sigkill(pg_d
             cur.execute("SELECT FROM pgne.totals FOR UPDATE")  # the next drain waits for this transaction
         run_sql(pg_database, "INSERT INTO one (writer, code) VALUES (0, 'alpha')")
         wait_until(lambda: pgne_lock_waits(pg_database), 30, "the drain blocked on pgne.totals", proc.describe)
-        everyone = [*proc.worker_pids(), *children_of(proc.pid)]  # the worker, the forkserver, the resource tracker
-        assert len(everyone) == 3
+        everyone = [*proc.worker_pids(), *children_of(proc.pid)]  # the worker, the launcher
+        assert len(everyone) == 2
         proc.send_signal(signal.SIGKILL)
         proc.process.wait(10)
-        wait_gone(everyone, 5, "the blocked worker, the forkserver and the resource tracker to end")
+        wait_gone(everyone, 5, "the blocked worker and the launcher to end")
     finally:
         locker.close()  # the server notices its gone client once the lock is granted
         proc.kill_leftovers()

@@ -130,7 +130,7 @@ def proc_file(pid: int, name: str) -> bytes:
 def inspect_processes(proc: PgneProcess, environ_too: bool) -> int:
     """Check argv (and the workers' environment) of the master and every worker; their number."""
     workers = proc.worker_pids()
-    everyone = [proc.pid, *forkserver_and_tracker(proc), *workers]
+    everyone = [proc.pid, *launcher_of(proc), *workers]
     for pid in everyone:
         assert_no_secret(f"/proc/{pid}/cmdline", proc_file(pid, "cmdline"))
         assert_no_secret(f"/proc/{pid}/comm", proc_file(pid, "comm"))
@@ -140,11 +140,10 @@ def inspect_processes(proc: PgneProcess, environ_too: bool) -> int:
     return len(workers)
 
 
-def forkserver_and_tracker(proc: PgneProcess) -> list[int]:
-    """The master's own children: the forkserver that forks the workers, and multiprocessing's
-    resource tracker."""
+def launcher_of(proc: PgneProcess) -> list[int]:
+    """The master's own child: the launcher that forks the workers."""
     pids = children_of(proc.pid)
-    assert len(pids) == 2, pids
+    assert len(pids) == 1, pids
     return pids
 
 
@@ -266,9 +265,9 @@ def test_env_var_secret_never_in_logs_argv_errors_or_metrics(secured, tmp_path, 
         wait_until(lambda: "password authentication failed" in proc.stderr_text(), 30,
                    "the failed connection in the log", proc.describe)
         # the master's environment holds the variable (the user put it there); the workers' and the
-        # forkserver's do not: the workers get the password on their spec pipe
+        # launcher's do not: the workers get the password on their spec pipe
         assert inspect_processes(proc, environ_too=False) == 2
-        for pid in [*forkserver_and_tracker(proc), *proc.worker_pids()]:
+        for pid in [*launcher_of(proc), *proc.worker_pids()]:
             assert_no_secret(f"/proc/{pid}/environ", proc_file(pid, "environ"))
             assert WRONG_SECRET.encode() not in proc_file(pid, "environ")
         inspect_outputs(proc)

@@ -28,8 +28,8 @@ from support.kubernetes import (
 KUBERNETES_VERSIONS = ["1.28.0", "1.37.0"]
 LABELS = {"app.kubernetes.io/name": "pgne"}
 MIB = 1024 * 1024
-# BENCHMARKS.md: the master's RSS (99.4 MiB after restarts and scrapes) and its forkserver and
-# resource tracker (together under 50 MiB of PSS), a database's worker (8.4 MiB of PSS, "Fleets")
+# BENCHMARKS.md: the master's RSS (99.4 MiB after restarts and scrapes) and its launcher (under
+# 50 MiB of PSS), a database's worker (8.4 MiB of PSS, "Fleets")
 MASTER_MIB, WORKER_MIB = 150, 10
 
 
@@ -137,7 +137,7 @@ def test_the_pod_runs_as_non_root_on_a_read_only_root_without_capabilities(resou
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     assert spec["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                        "capabilities": {"drop": ["ALL"]}}
-    # the only writable mounts: the state directory, and /tmp for the forkserver's socket
+    # the only writable mounts: the state directory, and /tmp (for libraries; pgne writes nothing there)
     writable = {m["name"]: m["mountPath"] for m in spec["volumeMounts"] if not m.get("readOnly")}
     assert writable == {"state": "/var/lib/pgne", "tmp": "/tmp"}
 
