@@ -17,6 +17,7 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Iterable
 
 import psycopg2
 import pytest
@@ -38,9 +39,11 @@ def _runs_pgne(argv: list[str]) -> bool:
     return any(arg == "pgne" or arg.endswith("/pgne") or arg == "pgne.launcher_process" for arg in argv)
 
 
-def marked_processes(marker: str, exclude: set[int]) -> dict[int, str]:
-    """{pid: cmdline} of live processes running pgne whose environment carries `marker`."""
-    found = {}
+def marked_processes(marker: str, exclude: set[int], masters: Iterable[int] = ()) -> dict[int, str]:
+    """{pid: cmdline} of live processes running pgne whose environment carries `marker`, and
+    the launchers and workers of those (or of `masters`): their environment is a whitelist that
+    leaves the marker out, and their argv ends with their master's pid."""
+    found, launched = {}, {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) in exclude:
             continue
@@ -50,8 +53,14 @@ def marked_processes(marker: str, exclude: set[int]) -> dict[int, str]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if marker.encode() in environ and _runs_pgne(argv) and state not in ("Z", "X"):
+        if state in ("Z", "X") or not _runs_pgne(argv):
+            continue
+        if marker.encode() in environ:
             found[int(entry.name)] = " ".join(argv)
+        elif "pgne.launcher_process" in argv and [arg for arg in argv if arg][-1].isdigit():
+            launched[int(entry.name)] = (int([arg for arg in argv if arg][-1]), " ".join(argv))
+    masters = set(masters) | set(found)
+    found.update({pid: line for pid, (master, line) in launched.items() if master in masters})
     return found
 
 
@@ -219,8 +228,8 @@ def test_the_shipped_supervisord_program_runs_counts_exactly_and_stops_every_pro
 
         stopped = sv.ctl("stop", "pgne")
         assert "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
-        wait_until(lambda: not marked_processes(marker, exclude={sv.process.pid}), 5,
-                   "no pgne process left", lambda: str(marked_processes(marker, {sv.process.pid})))
+        wait_until(lambda: not marked_processes(marker, exclude={sv.process.pid}, masters={master}), 5,
+                   "no pgne process left", lambda: str(marked_processes(marker, {sv.process.pid}, {master})))
         # it stopped on SIGTERM by itself, not killed by supervisord after stopwaitsecs
         wait_until(lambda: "stopped: pgne (exit status 0)" in Path(sv.log).read_text(), 10,
                    "'stopped: pgne (exit status 0)' in supervisord's log", sv.describe)
