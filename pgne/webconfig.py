@@ -37,8 +37,16 @@ TOP_KEYS = {"tls_server_config", "basic_auth_users"}
 
 
 # bcrypt costs one core for its whole run (hundreds of ms at cost 12): guesses take their turn
-# through this, so that no number of them takes more than one core from the workers.
+# through this, so that no number of them takes more than one core from the workers; and at most
+# BCRYPT_QUEUE requests wait for a turn (they hold HTTP connections meanwhile), the others are
+# answered at once (429). Whether a user exists plays no part in either.
 _BCRYPT_TURN = threading.Lock()
+BCRYPT_QUEUE = 4
+_BCRYPT_WAITING = threading.BoundedSemaphore(BCRYPT_QUEUE)
+
+
+class AuthBusy(Exception):
+    """BCRYPT_QUEUE password checks already wait: try again later."""
 
 
 @dataclass
@@ -63,6 +71,7 @@ class WebConfig:
             return self._dummy
 
     def check_password(self, user: str, password: str) -> bool:
+        """Whether `password` is `user`'s; AuthBusy when BCRYPT_QUEUE checks already wait."""
         import bcrypt
 
         hashed = self.users.get(user)
@@ -72,11 +81,15 @@ class WebConfig:
                     return True
         # the same work whether the user exists or not; only a success is remembered
         candidate = hashed if hashed is not None else self.dummy_hash()
-        with _BCRYPT_TURN:
-            try:
+        if not _BCRYPT_WAITING.acquire(blocking=False):
+            raise AuthBusy
+        try:
+            with _BCRYPT_TURN:
                 ok = bcrypt.checkpw(password.encode("utf-8"), candidate)
-            except ValueError:
-                ok = False
+        except ValueError:  # bcrypt 5 refuses passwords over 72 bytes (for any user alike)
+            ok = False
+        finally:
+            _BCRYPT_WAITING.release()
         if ok and hashed is not None:
             with self._lock:
                 self._verified.add((user, password))

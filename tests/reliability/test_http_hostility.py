@@ -4,8 +4,15 @@ headers, huge bodies; basic-auth guesses whose timing would tell which user name
 from __future__ import annotations
 
 import base64
+import os
+import select
+import signal
+import socket
 import statistics
+import sys
+import threading
 import time
+from pathlib import Path
 
 import bcrypt
 import pytest
@@ -13,8 +20,10 @@ import yaml
 from support.configs import RELIABILITY_TAG
 from support.databases import run_sql
 from support.exporter import PgneProcess
+from support.metrics import labels_key
 from support.waiting import wait_until
 
+from pgne.http import HEAD_TIMEOUT, MAX_CONNECTIONS
 from pgne.webconfig import WebConfig
 
 MONITOR = {"table": "one", "enabled": True, "function": "notification_with_payload", "events": ["insert"]}
@@ -75,3 +84,163 @@ def _status(proc: PgneProcess, path: str, headers=None) -> int | None:
         return proc.request("GET", path, headers)[0]
     except OSError:
         return None
+
+
+# -- connections: many, idle, slow ---------------------------------------------------------------
+
+FILES = 300  # RLIMIT_NOFILE of the master (soft = hard): 3 workers need 3 * 4 + 256 by its own sizing
+IDLE = 400  # idle connections opened at once: more than the limit, far more than MAX_CONNECTIONS
+SLOW = 10  # clients that send their request a byte a second
+LIMITED = ("import os, resource, sys; n = int(sys.argv[1]); "
+           "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); os.execv(sys.argv[2], sys.argv[2:])")
+
+
+class LimitedPgne(PgneProcess):
+    """`pgne run` under `ulimit -n FILES` (soft and hard), set in the child before it runs pgne."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", LIMITED, str(FILES), *super().command()]
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def threads(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+
+
+def idle_connections(port: int, count: int) -> list[socket.socket]:
+    """`count` connections that never send a byte (non-blocking connects: those beyond the
+    server's listen backlog keep retrying their SYN without blocking the test)."""
+    made = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", port))
+        made.append(sock)
+    return made
+
+
+def established(socks: list[socket.socket]) -> int:
+    """How many of these non-blocking connects have completed (accepted, or in the backlog)."""
+    poller = select.poll()
+    for sock in socks:
+        poller.register(sock, select.POLLOUT)
+    writable = {fd for fd, _ in poller.poll(0)}
+    return sum(1 for sock in socks
+               if sock.fileno() in writable and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0)
+
+
+class SlowClients:
+    """`count` clients that each send `GET /metrics HTTP/1.1\r\nHost: x\r\n...` one byte a second,
+    and note when the server closed them (EOF or an error on send or recv)."""
+
+    REQUEST = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100 + b"\r\n\r\n"
+
+    def __init__(self, port: int, count: int):
+        self.socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
+        self.started = time.monotonic()
+        self.closed_after: dict[int, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._drip, daemon=True)
+        self.thread.start()
+
+    def _drip(self) -> None:
+        for i in range(len(self.REQUEST)):
+            for n, sock in enumerate(self.socks):
+                if n in self.closed_after:
+                    continue
+                try:
+                    sock.send(self.REQUEST[i:i + 1])
+                    sock.setblocking(False)
+                    try:
+                        gone = sock.recv(1) == b""
+                    except BlockingIOError:
+                        gone = False
+                    sock.setblocking(True)
+                except OSError:
+                    gone = True
+                if gone:
+                    self.closed_after[n] = time.monotonic() - self.started
+            if len(self.closed_after) == len(self.socks) or self.stop.wait(1.0):
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        for sock in self.socks:
+            sock.close()
+
+
+def test_idle_and_slow_connections_never_cost_a_worker_and_scrapes_go_on_while_they_are_held(
+        pg_database_factory, write_config, tmp_path, pgne_processes):
+    """Before the fix: every connection took a descriptor and a thread for up to 60 s; under a
+    limit of 300, 400 idle connections left none for a worker's restart. Now: at most
+    MAX_CONNECTIONS are open; the listen backlog holds the rest; a new one (a scrape) closes the
+    one that waited longest for its request; a slow client is cut off after HEAD_TIMEOUT."""
+    dbs = [pg_database_factory() for _ in range(3)]
+    for db in dbs:
+        run_sql(db, "CREATE TABLE one (id serial PRIMARY KEY)")
+    config = write_config(dbs[0], [MONITOR], tag=RELIABILITY_TAG, perform_setup=True,
+                          also=[(db, [MONITOR], {"tag": RELIABILITY_TAG, "perform_setup": True}) for db in dbs[1:]])
+    proc = LimitedPgne(config, tmp_path / "pgne")
+    pgne_processes.append(proc)
+    proc.start()
+    workers = proc.worker_pids()
+    assert len(workers) == 3
+    fds_before, threads_before = open_fds(proc.pid), threads(proc.pid)
+
+    def events(db) -> dict:
+        return {"operation": "INSERT", "host": db.host_label, "database": db.name, "tag": RELIABILITY_TAG,
+                "schema": "public", "table": "one"}
+
+    for db in dbs:
+        run_sql(db, "INSERT INTO one DEFAULT VALUES", "INSERT INTO one DEFAULT VALUES")
+    proc.wait_for_values({labels_key("pgne_events_total", events(db)): 2 for db in dbs})
+
+    idle = idle_connections(proc.port, IDLE)
+    slow = SlowClients(proc.port, SLOW)
+    try:
+        # held: the master's descriptors and threads stay bounded, and scrapes are answered
+        # held: 32 accepted and 128 in the backlog (the rest retry their SYN); before the fix
+        # the master accepted every one that arrived, a descriptor and a thread each
+        wait_until(lambda: established(idle) >= MAX_CONNECTIONS + 100 or open_fds(proc.pid) > fds_before + 100,
+                   30, "the idle connections to be established", proc.describe)
+        peak_fds, peak_threads = open_fds(proc.pid), threads(proc.pid)
+        for _ in range(3):
+            assert proc.scrape()[labels_key("pgne_events_total", events(dbs[0]))] == 2
+            peak_fds, peak_threads = max(peak_fds, open_fds(proc.pid)), max(peak_threads, threads(proc.pid))
+        print(f"\nHELD fds {fds_before} -> {peak_fds}; threads {threads_before} -> {peak_threads}")
+        # + 1 for the connection being accepted
+        assert peak_fds <= fds_before + MAX_CONNECTIONS + 1, (fds_before, peak_fds)
+
+        # an ordinary worker restart while they are held: only the killed worker is lost
+        victim = workers[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(proc.worker_pids()) == 3 and victim not in proc.worker_pids(), 30,
+                   "the killed worker's replacement", proc.describe)
+        assert set(workers[1:]) <= set(proc.worker_pids())  # no other worker lost
+        proc.wait_all_up()
+        for db in dbs:
+            run_sql(db, "INSERT INTO one DEFAULT VALUES")
+        proc.wait_for_values({labels_key("pgne_events_total", events(db)): 3 for db in dbs})
+        peak_fds, peak_threads = max(peak_fds, open_fds(proc.pid)), max(peak_threads, threads(proc.pid))
+        assert set(workers[1:]) <= set(proc.worker_pids())
+
+        # slow clients are cut off once HEAD_TIMEOUT has passed since their connection began
+        wait_until(lambda: len(slow.closed_after) == SLOW, HEAD_TIMEOUT + 10, "every slow client to be closed")
+        assert max(slow.closed_after.values()) <= HEAD_TIMEOUT + 3, slow.closed_after
+    finally:
+        slow.close()
+        for sock in idle:
+            sock.close()
+    print(f"\nMEASURED fds {fds_before} -> peak {peak_fds}; threads {threads_before} -> peak {peak_threads}; "
+          f"slow clients closed after {sorted(round(t, 1) for t in slow.closed_after.values())} s")
+    # + 1 for the connection being accepted, + the replacement worker's while it starts
+    assert peak_fds <= fds_before + MAX_CONNECTIONS + 4, (fds_before, peak_fds)
+    assert peak_threads <= threads_before + MAX_CONNECTIONS + 2, (threads_before, peak_threads)
+    assert "Too many open files" not in proc.stderr_text()
+    assert "Traceback" not in proc.stderr_text()
+    assert proc.stop()[0] == 0
