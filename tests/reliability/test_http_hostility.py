@@ -244,3 +244,53 @@ def test_idle_and_slow_connections_never_cost_a_worker_and_scrapes_go_on_while_t
     assert "Too many open files" not in proc.stderr_text()
     assert "Traceback" not in proc.stderr_text()
     assert proc.stop()[0] == 0
+
+
+# -- hostile requests ------------------------------------------------------------------------------
+
+def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> tuple[bytes, float]:
+    """Send `data`, read until the server closes: (what it answered, seconds until it closed)."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+        except OSError:  # it may answer and close before reading everything
+            pass
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    return answer, time.monotonic() - started
+
+
+@pytest.fixture
+def exporter_process(table, write_config, tmp_path, pgne_processes):
+    config = write_config(table, [MONITOR], tag=RELIABILITY_TAG, perform_setup=True)
+    proc = PgneProcess(config, tmp_path / "pgne")
+    pgne_processes.append(proc)
+    return proc.start()
+
+
+def test_huge_or_many_headers_are_431_and_a_huge_body_is_not_read(exporter_process):
+    proc = exporter_process
+    huge = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n"
+    answer, _ = raw_exchange(proc.port, huge)
+    assert answer.startswith(b"HTTP/1.0 431 "), answer[:200]
+    many = b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(150)) + b"\r\n"
+    answer, _ = raw_exchange(proc.port, many)
+    assert answer.startswith(b"HTTP/1.0 431 "), answer[:200]
+    long_line = b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n"
+    answer, _ = raw_exchange(proc.port, long_line)
+    assert answer.startswith(b"HTTP/1.0 431 "), answer[:200]
+    # a body pgne will not read: answered at once and closed, not waited for
+    for method in (b"POST", b"PUT"):
+        answer, took = raw_exchange(proc.port, method + b" /-/reload HTTP/1.1\r\nHost: x\r\n"
+                                    b"Content-Length: 1000000000000\r\n\r\nabc")
+        assert answer.startswith(b"HTTP/1.0 403 ") and took < 5, (answer[:200], took)
+    # a head that never ends is cut off after HEAD_TIMEOUT, answered nothing
+    answer, took = raw_exchange(proc.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n", timeout=HEAD_TIMEOUT + 10)
+    assert answer == b"" and HEAD_TIMEOUT - 1 <= took <= HEAD_TIMEOUT + 3, (answer, took)
+    assert proc.scrape()  # still serving
+    assert "Traceback" not in proc.stderr_text()
