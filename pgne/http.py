@@ -2,18 +2,26 @@
 a landing page at /, /-/healthy, /-/ready and POST /-/reload; HEAD wherever GET is served.
 
 Each connection is handled in its own thread (ThreadingHTTPServer), so a slow client cannot
-block the others. /metrics is printed by pgne.exposition (prometheus_client's multiprocess totals,
-with parsed keys and dead workers' merged files cached between scrapes); the landing page reads
-the files through pgne.statedir.collect() (a fresh CollectorRegistry, as prometheus_client
-documents). This module serves HTTP only: it reads nothing from the state dir itself, and it
+block the others; and no client can take the descriptors or threads the workers need: at most
+MAX_CONNECTIONS connections are open (more wait in the kernel's listen backlog, which costs the
+process nothing), and when a connection waits there, the one that has waited longest for its
+request to arrive (idle, slow, a stalled TLS handshake) is closed to make room. A request's line
+and headers must arrive within HEAD_TIMEOUT and MAX_HEAD_BYTES (slowloris; huge headers: 431).
+
+/metrics is printed by pgne.exposition (prometheus_client's multiprocess totals, with parsed keys
+and dead workers' merged files cached between scrapes); the landing page reads the files through
+pgne.statedir.collect() (a fresh CollectorRegistry, as prometheus_client documents). This module
+serves HTTP only: it reads nothing from the state dir itself, and it
 never reloads: POST /-/reload queues a request in `Lifecycle`, which the master's main loop
 answers; /-/ready reads the worker counts the loop stores there.
 """
 from __future__ import annotations
 
 import base64
+import errno
 import gzip
 import html
+import io
 import logging
 import socket
 import ssl
@@ -28,11 +36,19 @@ from prometheus_client import CollectorRegistry
 from pgne import __version__
 from pgne.exposition import MetricsRenderer
 from pgne.statedir import collect
-from pgne.webconfig import WebConfig
+from pgne.webconfig import AuthBusy, WebConfig
 
 log = logging.getLogger(__name__)
 
-HANDSHAKE_TIMEOUT = 10.0
+# The HTTP server's bounds. MAX_CONNECTIONS descriptors (and as many threads) at most: the
+# master's descriptor budget counts them beside its workers'.
+MAX_CONNECTIONS = 32
+LISTEN_BACKLOG = 128  # connections waiting for a slot: held by the kernel, not by pgne
+HANDSHAKE_TIMEOUT = 10.0  # each read and write of a TLS handshake
+HEAD_TIMEOUT = 10.0  # the request line and headers, all of them, from the connection's start
+MAX_HEAD_BYTES = 32 * 1024  # the request line and headers (larger: 431)
+IO_TIMEOUT = 30.0  # reading a request's body; writing its answer (each write, all of it)
+ACCEPT_WAIT = 0.5  # how long the accepting thread waits for a slot before it looks again
 
 
 @dataclass
@@ -195,10 +211,35 @@ def make_handler(state_dir: str, web: WebConfig, telemetry_path: str = "/metrics
 
     class Handler(BaseHTTPRequestHandler):
         server_version = f"pgne/{__version__}"
-        timeout = 60  # an idle or stalled client gives up its thread after this
+        timeout = HEAD_TIMEOUT  # each read and write until the headers are in (then IO_TIMEOUT)
+
+        def setup(self) -> None:
+            super().setup()
+            # the head has one deadline and one size budget in all, not one per read (slowloris)
+            self.rfile.close()
+            self._reader = _HeadReader(self.connection, time.monotonic() + HEAD_TIMEOUT, MAX_HEAD_BYTES)
+            self.rfile = io.BufferedReader(self._reader)
+
+        def handle_one_request(self) -> None:
+            self.requestline, self.request_version, self.command = "", "HTTP/1.0", ""  # for send_error
+            try:
+                super().handle_one_request()
+            except _HeadTooLarge:
+                self.close_connection = True
+                self.send_error(431, f"The request line and headers are over {MAX_HEAD_BYTES} bytes")
+            except OSError as exc:  # timed out, reset, closed to make room (TLS errors too)
+                self.close_connection = True
+                log.debug("HTTP connection from %s ended: %s", self.address_string(), exc)
+
+        def parse_request(self) -> bool:
+            parsed = super().parse_request()
+            self._reader.head_read(time.monotonic() + IO_TIMEOUT)
+            self.connection.settimeout(IO_TIMEOUT)
+            return parsed
 
         def _authorized(self, head: bool = False) -> bool:
             if not web.users:
+                self.server.working()
                 return True
             header = self.headers.get("Authorization", "")
             scheme, _, encoded = header.partition(" ")
@@ -207,8 +248,15 @@ def make_handler(state_dir: str, web: WebConfig, telemetry_path: str = "/metrics
                     user, sep, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
                 except (ValueError, UnicodeDecodeError):
                     sep = ""
-                if sep and web.check_password(user, password):
-                    return True
+                try:
+                    if sep and web.check_password(user, password):
+                        self.server.working()
+                        return True
+                except AuthBusy:
+                    self.close_connection = True
+                    self._send(429, TEXT, b"Too many password checks at once; try again.\n", head,
+                               {"Retry-After": "1"})
+                    return False
             self._send(401, TEXT, b"Unauthorized\n", head,
                        {"WWW-Authenticate": 'Basic realm="pgne", charset="UTF-8"'})
             return False
@@ -303,23 +351,142 @@ def make_handler(state_dir: str, web: WebConfig, telemetry_path: str = "/metrics
     return Handler
 
 
+class _HeadTooLarge(Exception):
+    pass
+
+
+class _HeadReader(io.RawIOBase):
+    """A connection's bytes for its rfile: until head_read(), every read shares one deadline and
+    one byte budget (a client sending a byte a second, or endless headers, is cut off); then the
+    body gets a deadline of its own."""
+
+    def __init__(self, sock: socket.socket, deadline: float, budget: int):
+        self.sock, self.deadline, self.budget = sock, deadline, budget
+
+    def head_read(self, body_deadline: float) -> None:
+        self.deadline, self.budget = body_deadline, None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("the request did not arrive in time")
+        view = memoryview(buffer)
+        if self.budget is not None:
+            if self.budget <= 0:
+                raise _HeadTooLarge
+            view = view[:self.budget]
+        self.sock.settimeout(remaining)
+        received = self.sock.recv_into(view)
+        if self.budget is not None:
+            self.budget -= received
+        return received
+
+
+@dataclass(eq=False)
+class _Connection:
+    sock: socket.socket  # the accepted socket, then its TLS socket
+    since: float = field(default_factory=time.monotonic)
+    working: bool = False  # its request arrived (and was authorized): never closed to make room
+    closed: bool = False  # its thread is closing it: not to be touched
+
+
 class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
     ssl_context: ssl.SSLContext | None = None
     databases: frozenset[tuple[str, str]] | None = None  # (host, database) served; None: all
+
+    def __init__(self, *args, **kwargs):
+        self._room = threading.Condition()  # guards the three below
+        self._slots = 0  # accepted connections not yet closed (and one being accepted)
+        self._connections: dict[socket.socket, _Connection] = {}  # by accepted socket
+        self._current = threading.local()  # the _Connection of a connection's thread
+        super().__init__(*args, **kwargs)
+
+    def get_request(self):
+        # Called by serve_forever when a connection waits. At the cap, close the connection
+        # that has waited longest for its request, and wait for a slot; without one, raise
+        # OSError: serve_forever skips this round and the connection stays in the backlog.
+        with self._room:
+            if self._slots >= MAX_CONNECTIONS:
+                self._close_longest_waiting()
+                if not self._room.wait_for(lambda: self._slots < MAX_CONNECTIONS, ACCEPT_WAIT):
+                    raise OSError("at the HTTP connection cap")
+            self._slots += 1
+        try:
+            request, address = super().get_request()
+        except OSError as exc:
+            with self._room:
+                self._slots -= 1
+                self._room.notify_all()
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                log.warning("HTTP: cannot accept a connection: %s", exc.strerror)
+                time.sleep(ACCEPT_WAIT)  # the connection stays readable: do not spin until it fits
+            raise
+        with self._room:
+            self._connections[request] = _Connection(request)
+        return request, address
+
+    def _close_longest_waiting(self) -> None:
+        waiting = [c for c in self._connections.values() if not (c.working or c.closed)]
+        if waiting:
+            oldest = min(waiting, key=lambda c: c.since)
+            oldest.closed = True
+            try:
+                # socket.socket's own shutdown, also on a TLS socket: no TLS state is touched,
+                # its thread sees EOF or an error at once and ends
+                socket.socket.shutdown(oldest.sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def working(self) -> None:
+        """The current connection's request is in and authorized: keep it open at the cap."""
+        with self._room:
+            self._current.connection.working = True
 
     def finish_request(self, request, client_address) -> None:
         # Runs in the connection's own thread: a client that never finishes its TLS handshake
         # holds only this thread (prometheus_client's server shakes hands in accept()).
-        if self.ssl_context is not None:
-            request.settimeout(HANDSHAKE_TIMEOUT)
-            try:
-                request = self.ssl_context.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError) as exc:
-                log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
-                return
-        super().finish_request(request, client_address)
+        with self._room:
+            connection = self._current.connection = self._connections[request]
+        sock = request
+        try:
+            if self.ssl_context is not None:
+                request.settimeout(HANDSHAKE_TIMEOUT)
+                try:
+                    sock = self.ssl_context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+                    with self._room:
+                        connection.sock = sock
+                    sock.do_handshake()
+                except (ssl.SSLError, OSError) as exc:
+                    log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+                    return
+            super().finish_request(sock, client_address)
+        finally:
+            with self._room:
+                connection.closed = True
+            if sock is not request:
+                sock.close()
+
+    def shutdown_request(self, request) -> None:
+        with self._room:
+            connection = self._connections.pop(request, None)
+            if connection is not None:
+                connection.closed = True
+        super().shutdown_request(request)
+        with self._room:
+            self._slots -= 1
+            self._room.notify_all()
+
+    def handle_error(self, request, client_address) -> None:
+        # socketserver prints a traceback to stderr: one log line instead (a log line each)
+        import sys
+
+        log.warning("HTTP: error serving %s: %s", client_address[0], sys.exc_info()[1])
 
 
 class _Server6(_Server):

@@ -72,12 +72,33 @@ def _json_formatter() -> logging.Formatter:
                      json_ensure_ascii=False)
 
 
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(text: str) -> str:
+    """`text` with every character that is not printable (newlines, other control characters,
+    Unicode line separators) written as a visible escape (\\n, \\x1b, \\u2028): a table, database
+    or host name, a label value or an exception's text can then never start a line of its own
+    that reads as a record of pgne's."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _NAMED_ESCAPES.get(c) or repr(c)[1:-1] for c in text)
+
+
+class PlainFormatter(logging.Formatter):
+    """LOG_FORMAT, one record per line: the message, and a traceback when there is one, escaped
+    by one_line (logfmt and JSON quote their values; this format has no quoting of its own)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return one_line(super().format(record))
+
+
 def formatter(log_format: str | None) -> logging.Formatter:
     if log_format == JSON:
         return _json_formatter()
     if log_format == LOGFMT:
         return LogfmtFormatter()
-    return logging.Formatter(LOG_FORMAT)
+    return PlainFormatter(LOG_FORMAT)
 
 
 class _DatabaseField(logging.Filter):

@@ -15,6 +15,7 @@ Keys of the toolkit that pgne does not implement are rejected, not ignored.
 from __future__ import annotations
 
 import re
+import secrets
 import ssl
 import threading
 from dataclasses import dataclass, field
@@ -35,30 +36,65 @@ TLS_KEYS = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_
 TOP_KEYS = {"tls_server_config", "basic_auth_users"}
 
 
+# bcrypt costs one core for its whole run (hundreds of ms at cost 12): guesses take their turn
+# through this, so that no number of them takes more than one core from the workers; and at most
+# BCRYPT_QUEUE requests wait for a turn (they hold HTTP connections meanwhile), the others are
+# answered at once (429). Whether a user exists plays no part in either.
+_BCRYPT_TURN = threading.Lock()
+BCRYPT_QUEUE = 4
+_BCRYPT_WAITING = threading.BoundedSemaphore(BCRYPT_QUEUE)
+
+
+class AuthBusy(Exception):
+    """BCRYPT_QUEUE password checks already wait: try again later."""
+
+
 @dataclass
 class WebConfig:
     ssl_context: ssl.SSLContext | None = None
     users: dict[str, bytes] = field(default_factory=dict)  # user -> bcrypt hash
     _verified: set[tuple[str, str]] = field(default_factory=set)  # bcrypt is slow: remember successes
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _dummy: bytes | None = None  # checked for unknown users: see dummy_hash()
+
+    def dummy_hash(self) -> bytes:
+        """A hash of a random password at the cost most users' hashes have (the highest of the
+        most common): an unknown user costs one bcrypt run as a wrong password does, so the
+        time of a 401 does not tell which user names exist (as Prometheus' exporter-toolkit)."""
+        import bcrypt
+
+        with self._lock:
+            if self._dummy is None:
+                costs = [int(hashed[4:6]) for hashed in self.users.values()] or [12]
+                cost = max(costs, key=lambda c: (costs.count(c), c))
+                self._dummy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=cost))
+            return self._dummy
 
     def check_password(self, user: str, password: str) -> bool:
+        """Whether `password` is `user`'s; AuthBusy when BCRYPT_QUEUE checks already wait."""
         import bcrypt
 
         hashed = self.users.get(user)
-        if hashed is None:
-            return False
-        with self._lock:
-            if (user, password) in self._verified:
-                return True
+        if hashed is not None:
+            with self._lock:
+                if (user, password) in self._verified:
+                    return True
+        # the same work whether the user exists or not; only a success is remembered
+        candidate = hashed if hashed is not None else self.dummy_hash()
+        if not _BCRYPT_WAITING.acquire(blocking=False):
+            raise AuthBusy
         try:
-            ok = bcrypt.checkpw(password.encode("utf-8"), hashed)
-        except ValueError:
-            return False
-        if ok:
+            with _BCRYPT_TURN:
+                ok = bcrypt.checkpw(password.encode("utf-8"), candidate)
+        except ValueError:  # bcrypt 5 refuses passwords over 72 bytes (for any user alike)
+            ok = False
+        finally:
+            _BCRYPT_WAITING.release()
+        if ok and hashed is not None:
             with self._lock:
                 self._verified.add((user, password))
-        return ok
+            return True
+        return False
 
 
 MAX_WEB_CONFIG_BYTES = 1024 * 1024
@@ -132,6 +168,8 @@ def load_web_config(path: str) -> WebConfig:
                 config.ssl_context = _ssl_context(where, base, tls, auth, version)
     if errors:
         raise UserError(errors)
+    if config.users:
+        config.dummy_hash()  # now, not in the first unknown user's answer
     return config
 
 
