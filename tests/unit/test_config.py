@@ -801,6 +801,16 @@ def test_config_path_precedence(monkeypatch):
     assert os.environ["PGNE_CONFIG"] == ""
 
 
+def test_the_default_config_installs_nothing_on_a_server_the_user_did_not_name():
+    """A bare `pgne run` in a checkout reads config/events_config.yml, whose database is whatever
+    answers on localhost:5432: it must not install triggers there (perform_setup false)."""
+    from support.processes import REPO
+
+    renderer = Renderer()
+    shipped = load_config(str(REPO / DEFAULT_CONFIG_PATH), renderer)
+    assert [(d.display_name, d.perform_setup) for d in shipped.databases] == [("localhost:5432/test", False)]
+
+
 def test_schema_errors_and_cross_check_errors_of_other_entries_are_reported_together():
     text = yaml_text("""
         - localhost:
