@@ -35,7 +35,7 @@ from pgne.apply import apply_on_connection
 from pgne.drift import installed_triggers, possible_problems, read_inventory, setup_problems
 from pgne.errors import first_line
 from pgne.metrics import WorkerMetrics  # PROMETHEUS_MULTIPROC_DIR is in our environment
-from pgne.model import OUTBOX
+from pgne.model import APPLIED_CHANNEL, OUTBOX
 from pgne.outbox import OutboxExporter
 from pgne.payload import COUNTED, Router
 from pgne.protocol import EXIT_TEARDOWN_FAILED, TEARDOWN, WorkerSpec, die_with_parent, read_spec
@@ -120,6 +120,7 @@ class Worker:
         self.counted = self.metrics.notifications[COUNTED]
         self.backoff = Backoff()
         self.problems: dict[tuple, str] = {}  # setup problems found by the last check -> their text
+        self.applied = False  # `pgne apply` changed the database (APPLIED_CHANNEL): check it now
 
     # -- waiting -------------------------------------------------------------------------
 
@@ -206,6 +207,7 @@ class Worker:
                     not_primary = ""
                 if self.db.perform_setup:
                     self.setup(conn)  # a failure is logged; we listen all the same
+                self.listen_for_applies(conn)
                 if self.outbox is not None:
                     self.drain_forever(conn)
                 try:
@@ -244,6 +246,18 @@ class Worker:
                 log.debug("%s: retrying in %.1f s", self.name, delay)
             self.sleep(delay)
             reconnecting = True
+
+    def listen_for_applies(self, conn) -> None:
+        """LISTEN on APPLIED_CHANNEL: `pgne apply` NOTIFYs it once it has changed this database, and
+        the next check of triggers and setup problems runs at once (drain() sees it)."""
+        try:
+            with _Deadline(conn, self.name, "LISTEN"), conn.cursor() as cur:
+                cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(APPLIED_CHANNEL)))
+        except psycopg2.Error as exc:
+            refused = _not_primary(exc)
+            if refused is None:
+                raise
+            raise refused from None
 
     def check_primary(self, conn) -> None:
         """Raise NotPrimary on a hot standby: it cannot LISTEN, nor take perform_setup's DDL or
@@ -292,14 +306,27 @@ class Worker:
                     failing = False
                     self.metrics.up.set(1)
             self._run_due_checks(conn)
-            self.sleep(max(0.0, min(next_drain, self._next_heartbeat, self._next_trigger_check) - time.monotonic()))
+            if not self.applied:
+                self.wait_for_applies(conn, max(0.0, min(next_drain, self._next_heartbeat, self._next_trigger_check)
+                                                - time.monotonic()))
+
+    def wait_for_applies(self, conn, seconds: float) -> None:
+        """delivery: outbox: sleep, but wake for a NOTIFY of `pgne apply` (the only channel this
+        connection listens on) and return at once (raising MasterGone) if the master exits."""
+        readable, _, _ = select.select([conn, self.master_fd], [], [], seconds)
+        if self.master_fd in readable:
+            self._check_master()
+        if conn in readable:
+            conn.poll()
+            self.drain(conn)
 
     def listen(self, conn) -> None:
         master_fd = self.master_fd
         self._schedule_checks()
         while True:
             self._run_due_checks(conn)
-            timeout = max(0.0, min(self._next_heartbeat, self._next_trigger_check) - time.monotonic())
+            timeout = 0.0 if self.applied else max(
+                0.0, min(self._next_heartbeat, self._next_trigger_check) - time.monotonic())
             readable, _, _ = select.select([conn, master_fd], [], [], timeout)
             if readable:
                 if master_fd in readable:
@@ -320,7 +347,8 @@ class Worker:
         if now >= self._next_heartbeat:
             self.heartbeat(conn)
             self._next_heartbeat = now + HEARTBEAT_INTERVAL
-        if now >= self._next_trigger_check:
+        if now >= self._next_trigger_check or self.applied:
+            self.applied = False  # one that arrives during the check asks for another
             self.check_triggers(conn)
             self._next_trigger_check = now + self.spec.trigger_check_interval
 
@@ -374,10 +402,14 @@ class Worker:
             return batch
         conn.notifies = []  # take the whole list at once; pop(0) would be O(n)
         classify = self.classify
+        applies = 0
         pending: dict[tuple, int] = {}
         rejected: dict[str, int] = {}
         observed: dict[tuple, object] = {}  # (series key, column name) -> payload.Observation
         for note in batch:
+            if note.channel == APPLIED_CHANNEL:  # not an event: `pgne apply` changed the database
+                applies += 1
+                continue
             result = classify(note.payload)
             key, count = result[0], result[1]
             if count:
@@ -395,11 +427,14 @@ class Worker:
                 counter, last_event = self.metrics.series(key)
                 counter.inc(n)
                 last_event.set(now)
-            self.counted.inc(len(batch) - sum(rejected.values()))
+            self.counted.inc(len(batch) - applies - sum(rejected.values()))
             for (key, _), observation in observed.items():
                 self.metrics.observed(key, observation.column).add(observation)
         for result, n in rejected.items():
             self.metrics.notifications[result].inc(n)
+        if applies:
+            log.info("%s: pgne apply changed the database: checking it now", self.name)
+            self.applied = True
         return batch
 
     def _collect_observations(self, key: tuple, observations, observed: dict) -> None:

@@ -578,6 +578,13 @@ def test_identifiers_of_63_bytes_are_fine():
     assert (monitor.schema, monitor.table) == (name, "t" * 63)
 
 
+def test_the_channel_pgne_apply_notifies_is_not_a_config_channel():
+    """`pgne apply` NOTIFYs pgne_applied to wake the running workers: events on it would be lost."""
+    text = config({"    enabled: true\n": "    enabled: true\n    channel: pgne_applied\n"})
+    assert errors(text) == [f"{DB} > channel: pgne_applied is pgne's own channel (pgne apply tells the "
+                            "running workers on it); choose another"]
+
+
 def test_identifiers_longer_than_63_bytes():
     long_schema, long_table, long_column, long_channel = "s" * 64, "é" * 32, "l" * 64, "c" * 64
     text = config({"table: one": f"table: {long_schema}.{long_table}",
