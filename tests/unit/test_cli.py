@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -219,3 +220,48 @@ def test_unknown_option(workdir):
 def test_version(workdir):
     result = pgne_cli("--version", cwd=workdir)
     assert (result.returncode, result.stdout) == (0, f"pgne {pgne.__version__}\n")
+
+
+# --------------------------------------------------------------------------- run's listen address
+
+
+@pytest.mark.parametrize("command", ["run", "demo"])
+@pytest.mark.parametrize("port", ["99999", "65536", "0"])
+def test_a_listen_port_out_of_range_says_so(workdir, command, port):
+    config = ["-c", "readme.yml"] if command == "run" else []
+    result = pgne_cli(command, *config, "--listen-address", f"127.0.0.1:{port}", cwd=workdir)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        2, "", f"--listen-address '127.0.0.1:{port}': port {int(port)} out of range (1 to 65535)\n")
+
+
+def test_run_exits_3_when_its_port_is_in_use(workdir):
+    """Exit 3 (not 1, nor 2): the address may be free later; nothing was started (the config's
+    database is never connected to: the port is taken before any worker starts)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = pgne_cli("run", "-c", "readme.yml", "--listen-address", f"127.0.0.1:{port}", cwd=workdir)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        3, "", f"--listen-address 127.0.0.1:{port}: cannot listen: Address already in use\n")
+
+
+def test_run_exits_3_for_a_listen_host_that_does_not_resolve(workdir):
+    result = pgne_cli("run", "-c", "readme.yml", "--listen-address", "no-such-host.invalid:9292", cwd=workdir)
+    assert (result.returncode, result.stdout) == (3, "")
+    # the resolver's own words (offline: "Temporary failure in name resolution")
+    assert result.stderr.startswith("--listen-address no-such-host.invalid:9292: cannot listen: ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_demo_takes_no_config_options_and_its_help_says_so(workdir):
+    """README: every command but demo takes -c/--config and --templates."""
+    result = pgne_cli("demo", "--help", cwd=workdir)
+    assert result.returncode == 0
+    assert "--config" not in result.stdout and "--templates" not in result.stdout
+    for command in ("check", "render-sql", "apply", "run", "status"):
+        text = pgne_cli(command, "--help", cwd=workdir).stdout
+        assert "--config" in text and "--templates" in text, command
+    result = pgne_cli("demo", "-c", "readme.yml", cwd=workdir)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert "unrecognized arguments: -c readme.yml" in result.stderr
