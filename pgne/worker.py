@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 
+import jinja2
 import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
@@ -33,7 +34,7 @@ from psycopg2 import sql
 from pgne import logs
 from pgne.apply import apply_on_connection
 from pgne.drift import installed_triggers, possible_problems, read_inventory, setup_problems
-from pgne.errors import first_line
+from pgne.errors import UserError, first_line
 from pgne.metrics import WorkerMetrics  # PROMETHEUS_MULTIPROC_DIR is in our environment
 from pgne.model import APPLIED_CHANNEL, OUTBOX
 from pgne.outbox import OutboxExporter
@@ -121,6 +122,7 @@ class Worker:
         self.backoff = Backoff()
         self.problems: dict[tuple, str] = {}  # setup problems found by the last check -> their text
         self.applied = False  # `pgne apply` changed the database (APPLIED_CHANNEL): check it now
+        self.templates_broken = False  # see templates_changed()
 
     # -- waiting -------------------------------------------------------------------------
 
@@ -163,9 +165,26 @@ class Worker:
                 log.warning("%s: cannot connect: %s; retrying in %.1f s", self.name, first_line(exc), delay)
                 self.sleep(delay)
 
+    def templates_changed(self, exc: jinja2.TemplateError | UserError) -> None:
+        """A template this worker loads now is gone or different from the one pgne started with:
+        pgne's files were replaced under the running process (a `pip install` of another version)
+        or a --templates folder was edited. Said once; counting goes on (it needs no template);
+        setup and the trigger check wait for a restart, which loads the new files consistently."""
+        if not self.templates_broken:
+            # pgne.render wraps a template's error in a UserError that names the template and monitor
+            what = f"{exc.name!r} is gone" if isinstance(exc, jinja2.TemplateNotFound) else str(exc)
+            log.error("%s: cannot load pgne's SQL templates (%s): pgne's files changed under the running "
+                      "pgne (a pip install of another version?); counting goes on, setup and the trigger "
+                      "check do not: restart pgne", self.name, what)
+        self.templates_broken = True
+
     def setup(self, conn) -> bool:
-        with _Deadline(conn, self.name, "the setup", SETUP_TIMEOUT):
-            result = apply_on_connection(conn, self.db, self.renderer)
+        try:
+            with _Deadline(conn, self.name, "the setup", SETUP_TIMEOUT):
+                result = apply_on_connection(conn, self.db, self.renderer)
+        except (jinja2.TemplateError, UserError) as exc:  # the config was checked at start: files changed
+            self.templates_changed(exc)
+            return False
         if result.ok:
             log.info("%s: setup: %s", self.name, result.line().split(": ", 1)[1])
         else:
@@ -364,6 +383,9 @@ class Worker:
         try:
             with _Deadline(conn, self.name, "the trigger check"):
                 inventory = read_inventory(conn, self.db)
+        except (jinja2.TemplateError, UserError) as exc:
+            self.templates_changed(exc)
+            return
         except psycopg2.DatabaseError as exc:
             if isinstance(exc, psycopg2.OperationalError):
                 raise
