@@ -35,7 +35,24 @@ def check(config: Config, renderer: Renderer, out: TextIO | None = None) -> int:
           f"{len(config.databases)} database{'s' * (len(config.databases) != 1)} "
           f"({len(config.enabled_databases)} enabled), {len(monitors)} monitor{'s' * (len(monitors) != 1)} "
           f"({len(enabled_monitors)} enabled), {triggers} trigger{'s' * (triggers != 1)}", file=out)
+    for line in environment_password_notes(config):
+        print(line, file=sys.stderr)
     return EXIT_OK
+
+
+def environment_password_notes(config: Config) -> list[str]:
+    """One line per `password: ${NAME}` variable: `check` found it in this shell, but a service
+    manager starts pgne with only the environment it is given (the quick start's `export` does
+    not reach it), and the service would then stop on exit 2. On stderr: stdout stays the one
+    summary line that scripts read."""
+    by_variable: dict[str, list[str]] = {}
+    for database in config.databases:
+        if database.password_variable:
+            by_variable.setdefault(database.password_variable, []).append(database.display_name)
+    return [f"{config.path}: note: the password of {', '.join(names)} comes from the environment variable "
+            f"{variable} of this shell; a service (systemd, supervisord, a container) has only the environment "
+            f"it is given: set {variable} there too (EnvironmentFile=, environment=, env:) or use password_file"
+            for variable, names in by_variable.items()]
 
 
 def render_sql(config: Config, renderer: Renderer, host: str | None = None, database: str | None = None,

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,41 @@ def test_config_from_environment_then_default(workdir):
     shutil.copy(README_FIXTURE, workdir / "config" / "events_config.yml")
     result = pgne_cli("check", cwd=workdir)
     assert (result.returncode, result.stdout) == (0, f"config/events_config.yml: {README_SUMMARY}\n")
+
+
+def test_check_says_when_a_password_comes_from_this_shells_environment(workdir):
+    """`check` passes in the operator's shell; a service started without that variable would exit
+    2. The summary on stdout is unchanged; one note per variable on stderr."""
+    text = config({"password: secret": "password: ${PGNE_SHOP_PASSWORD}"})
+    text += textwrap.dedent("""\
+        - otherhost:
+          - database: a
+            tag: t
+            perform_setup: false
+            username: u
+            password: ${PGNE_SHOP_PASSWORD}
+            enabled: false
+            monitors:
+            - {table: x, enabled: yes, function: simple_event_notification, events: [insert]}
+          - database: b
+            tag: t
+            perform_setup: false
+            username: u
+            password_file: pw
+            enabled: true
+            monitors:
+            - {table: x, enabled: yes, function: simple_event_notification, events: [insert]}
+        """)
+    (workdir / "env.yml").write_text(text, encoding="utf-8")
+    (workdir / "pw").write_text("from a file\n", encoding="utf-8")
+    result = pgne_cli("check", "-c", "env.yml", cwd=workdir, env={"PGNE_SHOP_PASSWORD": "s3cret"})
+    assert (result.returncode, result.stdout) == (
+        0, "env.yml: valid: 2 hosts, 3 databases (2 enabled), 3 monitors (2 enabled), 2 triggers\n")
+    assert result.stderr == (
+        "env.yml: note: the password of localhost:5432/test, otherhost:5432/a comes from the environment variable "
+        "PGNE_SHOP_PASSWORD of this shell; a service (systemd, supervisord, a container) has only the environment "
+        "it is given: set PGNE_SHOP_PASSWORD there too (EnvironmentFile=, environment=, env:) or use password_file\n")
+    assert "s3cret" not in result.stdout + result.stderr
 
 
 def test_invalid_config_reports_every_error(workdir):
