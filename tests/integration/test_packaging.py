@@ -218,7 +218,9 @@ def test_debian_pip_installs_the_checkout_and_its_wheel_through_pep_517_without_
                PYTHONNOUSERSITE="1")
 
     python = _bare_venv(tmp_path / "venv", env)
-    result = _run([*pip, "--python", python, "install", "--no-deps", "--ignore-installed", "--no-build-isolation", source], tmp_path, env)
+    # --ignore-installed: the runner's own pgne is visible through the .pth; never touch it
+    install = [*pip, "--python", python, "install", "--no-deps", "--ignore-installed"]
+    result = _run([*install, "--no-build-isolation", source], tmp_path, env)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Building wheel for pgne (pyproject.toml)" in output, output
@@ -234,8 +236,8 @@ def test_debian_pip_installs_the_checkout_and_its_wheel_through_pep_517_without_
     assert sorted(p.name for p in wheels.iterdir()) == ["pgne-0.1.0-py3-none-any.whl"]
 
     other = _bare_venv(tmp_path / "from-wheel", env)
-    result = _run([*pip, "--python", other, "install", "--no-deps", "--ignore-installed", wheels / "pgne-0.1.0-py3-none-any.whl"],
-                  tmp_path, env)
+    result = _run([*pip, "--python", other, "install", "--no-deps", "--ignore-installed",
+                   wheels / "pgne-0.1.0-py3-none-any.whl"], tmp_path, env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert [m for m in LEGACY_MARKERS if m in result.stdout + result.stderr] == [], result.stdout + result.stderr
     check = _run([tmp_path / "from-wheel" / "bin" / "pgne", "check", "-c", REPO / "config" / "events_config.yml"],
