@@ -14,7 +14,6 @@ import logging
 from dataclasses import dataclass, field
 
 import psycopg2
-from psycopg2 import sql
 
 from pgne.drift import LEGACY_TRIGGER, Difference, find_differences, read_inventory
 from pgne.errors import first_line
@@ -22,6 +21,8 @@ from pgne.model import APPLIED_CHANNEL, Database
 from pgne.render import Renderer
 
 log = logging.getLogger(__name__)
+# pgne's own channel, a constant lower-case identifier (no config value in it): no quoting needed
+NOTIFY_APPLIED = f"NOTIFY {APPLIED_CHANNEL}"
 
 UP_TO_DATE, APPLIED, WOULD_APPLY, FAILED = "up to date", "applied", "would apply", "FAILED"
 
@@ -92,7 +93,7 @@ def _tell_running_workers(conn, database: Database) -> None:
     changes nothing that was applied (they find it at their next check)."""
     try:
         with conn.cursor() as cur:
-            cur.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(APPLIED_CHANNEL)))
+            cur.execute(NOTIFY_APPLIED)
     except psycopg2.Error as exc:
         log.warning("%s: applied, but could not tell running pgne workers (NOTIFY %s): %s",
                     database.display_name, APPLIED_CHANNEL, first_line(exc))

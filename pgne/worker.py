@@ -51,6 +51,8 @@ BATCH_WINDOW = 0.005  # seconds a worker waits after a small batch before it rea
 # or two. Less than half a buffer of payload means the latter.
 SMALL_BATCH_BYTES = 4096
 HEARTBEAT_INTERVAL = 10.0  # seconds; also reads pg_notification_queue_usage()
+# Anyone who may connect can NOTIFY pgne_applied: checks it asks for are at least this far apart.
+APPLIED_CHECK_SPACING = 1.0  # seconds
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 # A silently dropped network is noticed by keepalives while idle, and by tcp_user_timeout
 # while the heartbeat waits for its answer: at most HEARTBEAT_INTERVAL + 15 s. A path that
@@ -122,6 +124,7 @@ class Worker:
         self.backoff = Backoff()
         self.problems: dict[tuple, str] = {}  # setup problems found by the last check -> their text
         self.applied = False  # `pgne apply` changed the database (APPLIED_CHANNEL): check it now
+        self._last_trigger_check = float("-inf")  # time.monotonic() of the last check_triggers()
         self.templates_broken = False  # see templates_changed()
 
     # -- waiting -------------------------------------------------------------------------
@@ -325,9 +328,8 @@ class Worker:
                     failing = False
                     self.metrics.up.set(1)
             self._run_due_checks(conn)
-            if not self.applied:
-                self.wait_for_applies(conn, max(0.0, min(next_drain, self._next_heartbeat, self._next_trigger_check)
-                                                - time.monotonic()))
+            self.wait_for_applies(conn, max(0.0, min(next_drain, self._next_heartbeat, self._next_check())
+                                            - time.monotonic()))
 
     def wait_for_applies(self, conn, seconds: float) -> None:
         """delivery: outbox: sleep, but wake for a NOTIFY of `pgne apply` (the only channel this
@@ -344,8 +346,7 @@ class Worker:
         self._schedule_checks()
         while True:
             self._run_due_checks(conn)
-            timeout = 0.0 if self.applied else max(
-                0.0, min(self._next_heartbeat, self._next_trigger_check) - time.monotonic())
+            timeout = max(0.0, min(self._next_heartbeat, self._next_check()) - time.monotonic())
             readable, _, _ = select.select([conn, master_fd], [], [], timeout)
             if readable:
                 if master_fd in readable:
@@ -366,10 +367,18 @@ class Worker:
         if now >= self._next_heartbeat:
             self.heartbeat(conn)
             self._next_heartbeat = now + HEARTBEAT_INTERVAL
-        if now >= self._next_trigger_check or self.applied:
+        if now >= self._next_check():
+            if self.applied and now < self._next_trigger_check:
+                log.info("%s: pgne apply changed the database: checking it now", self.name)
             self.applied = False  # one that arrives during the check asks for another
             self.check_triggers(conn)
             self._next_trigger_check = now + self.spec.trigger_check_interval
+
+    def _next_check(self) -> float:
+        """When the next trigger check is due: at its interval, or sooner after an apply."""
+        if self.applied:
+            return min(self._next_trigger_check, self._last_trigger_check + APPLIED_CHECK_SPACING)
+        return self._next_trigger_check
 
     def heartbeat(self, conn) -> None:
         with _Deadline(conn, self.name, "the heartbeat"), conn.cursor() as cur:
@@ -379,7 +388,9 @@ class Worker:
 
     def check_triggers(self, conn) -> None:
         """pgne_setup_problem and pgne_trigger_installed, from one read of the catalogs: after
-        every (re)connect (and its perform_setup), then every --trigger-check-interval."""
+        every (re)connect (and its perform_setup), then every --trigger-check-interval, and after
+        `pgne apply` said it changed the database."""
+        self._last_trigger_check = time.monotonic()
         try:
             with _Deadline(conn, self.name, "the trigger check"):
                 inventory = read_inventory(conn, self.db)
@@ -455,7 +466,6 @@ class Worker:
         for result, n in rejected.items():
             self.metrics.notifications[result].inc(n)
         if applies:
-            log.info("%s: pgne apply changed the database: checking it now", self.name)
             self.applied = True
         return batch
 

@@ -448,3 +448,25 @@ def test_a_running_pgne_learns_of_apply_replace_legacy_at_once_not_at_its_next_t
     results = ("counted", "invalid", "unknown_table", "unmonitored_event")
     assert {r: proc.value("pgne_notifications_total", dict(labels, result=r)) for r in results} == {
         r: 0 for r in results}
+    assert proc.stderr_text().count("checking it now") == 1
+
+    # anyone who may connect can NOTIFY pgne_applied: 300 of them cost a check a second at most
+    checks = proc.stderr_text().count("checking it now")
+    started = time.monotonic()
+    conn = psycopg2.connect(db.dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for _ in range(300):
+                cur.execute("NOTIFY pgne_applied")
+            cur.execute("INSERT INTO one (code) VALUES ('alpha')")
+    finally:
+        conn.close()
+    one_alpha = labels_key("pgne_events_total", dict(labels, tag="it", operation="INSERT", schema="public",
+                                                     table="one", code="alpha"))
+    proc.wait_for_values({one_alpha: 1}, timeout=10)
+    wait_until(lambda: proc.stderr_text().count("checking it now") > checks, 10, "the check it asked for")
+    elapsed = time.monotonic() - started
+    assert 1 <= proc.stderr_text().count("checking it now") - checks <= int(elapsed) + 2, elapsed
+    assert proc.value("pgne_notifications_total", dict(labels, result="counted")) == 1
+    assert proc.value("pgne_notifications_total", dict(labels, result="invalid")) == 0
