@@ -11,8 +11,10 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     host is ANY_HOST. UserError if it is not HOST:PORT with a port in 1..65535."""
     host, sep, port = text.rpartition(":")
     # isdigit() alone accepts "²" (int() then fails) and "９２９２"
-    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()):
         raise UserError(f"--listen-address {text!r}: expected HOST:PORT")
+    if not 0 < int(port) < 65536:
+        raise UserError(f"--listen-address {text!r}: port {int(port)} out of range (1 to 65535)")
     return host.strip("[]") or ANY_HOST, int(port)
 
 

@@ -4,7 +4,9 @@ Compare first: a database that already matches the config is not touched (no DDL
 on application tables), nor is one with a setup problem (pgne.drift). Otherwise the script
 that `pgne render-sql` prints for that database runs as it is, in its own BEGIN ... COMMIT,
 under an advisory lock and a lock_timeout; with --prune, when there are objects the config does
-not name, then the --prune script that `pgne render-sql --prune` prints after it.
+not name, then the --prune script that `pgne render-sql --prune` prints after it. Once that
+has committed, a NOTIFY on APPLIED_CHANNEL tells the workers of `pgne run` connected to the
+database to check its triggers and setup problems at once.
 """
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ import psycopg2
 
 from pgne.drift import LEGACY_TRIGGER, Difference, find_differences, read_inventory
 from pgne.errors import first_line
-from pgne.model import Database
+from pgne.model import APPLIED_CHANNEL, Database
 from pgne.render import Renderer
 
 log = logging.getLogger(__name__)
+# pgne's own channel, a constant lower-case identifier (no config value in it): no quoting needed
+NOTIFY_APPLIED = f"NOTIFY {APPLIED_CHANNEL}"
 
 UP_TO_DATE, APPLIED, WOULD_APPLY, FAILED = "up to date", "applied", "would apply", "FAILED"
 
@@ -76,10 +80,23 @@ def apply_on_connection(conn, database: Database, renderer: Renderer, dry_run: b
                 with conn.cursor() as cur:  # the script's BEGIN left an aborted transaction
                     cur.execute("ROLLBACK")
             return ApplyResult(database, FAILED, first_line(exc) + " (nothing applied)", tuple(changes))
+        _tell_running_workers(conn, database)
         return ApplyResult(database, APPLIED, summary, tuple(changes))
     finally:
         if not conn.closed:
             conn.autocommit = previous_autocommit
+
+
+def _tell_running_workers(conn, database: Database) -> None:
+    """The change has committed: the workers of `pgne run` connected to this database check it
+    again now rather than at their next --trigger-check-interval. Best effort: a failure here
+    changes nothing that was applied (they find it at their next check)."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute(NOTIFY_APPLIED)
+    except psycopg2.Error as exc:
+        log.warning("%s: applied, but could not tell running pgne workers (NOTIFY %s): %s",
+                    database.display_name, APPLIED_CHANNEL, first_line(exc))
 
 
 def apply_database(database: Database, renderer: Renderer, dry_run: bool = False,

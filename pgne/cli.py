@@ -1,7 +1,8 @@
 """The `pgne` command line: a thin argparse layer over pgne.commands.
 
-User errors (UserError) are caught here, once: message lines on stderr, exit 2 for an
-invalid config or usage, 1 for a runtime failure. No traceback unless --debug.
+User errors (UserError) are caught here, once: message lines on stderr and the exit status
+they carry (pgne.errors: 2 for an invalid config or usage, 1 for a runtime failure, 3 when `run`
+cannot listen). No traceback unless --debug.
 """
 from __future__ import annotations
 

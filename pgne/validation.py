@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # imported where configs are validated: workers never need it
 
 from pgne.errors import UserError
 from pgne.model import (
+    APPLIED_CHANNEL,
     BUILTIN_LABELS,
     DEFAULT_CHANNEL,
     DEFAULT_CONNECT_TIMEOUT,
@@ -452,6 +453,9 @@ def _build_database(path: str, data: Any, at: tuple, entry: dict, number: int, t
         errors.append(f"{path}: {where} > drain_interval: .nan is not a number of seconds")
     if usable("channel"):
         _check_name_bytes("channel", channel, f"{path}: {where} > channel", errors)
+        if channel == APPLIED_CHANNEL:
+            errors.append(f"{path}: {where} > channel: {APPLIED_CHANNEL} is pgne's own channel (pgne apply "
+                          "tells the running workers on it); choose another")
     for key in ("database", "username", "tag"):
         if usable(key):
             _check_no_nul(key, entry[key], f"{path}: {where} > {key}", errors)

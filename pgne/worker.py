@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 
+import jinja2
 import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
@@ -33,9 +34,9 @@ from psycopg2 import sql
 from pgne import logs
 from pgne.apply import apply_on_connection
 from pgne.drift import installed_triggers, possible_problems, read_inventory, setup_problems
-from pgne.errors import first_line
+from pgne.errors import UserError, first_line
 from pgne.metrics import WorkerMetrics  # PROMETHEUS_MULTIPROC_DIR is in our environment
-from pgne.model import OUTBOX
+from pgne.model import APPLIED_CHANNEL, OUTBOX
 from pgne.outbox import OutboxExporter
 from pgne.payload import COUNTED, Router
 from pgne.protocol import EXIT_TEARDOWN_FAILED, TEARDOWN, WorkerSpec, die_with_parent, read_spec
@@ -50,6 +51,8 @@ BATCH_WINDOW = 0.005  # seconds a worker waits after a small batch before it rea
 # or two. Less than half a buffer of payload means the latter.
 SMALL_BATCH_BYTES = 4096
 HEARTBEAT_INTERVAL = 10.0  # seconds; also reads pg_notification_queue_usage()
+# Anyone who may connect can NOTIFY pgne_applied: checks it asks for are at least this far apart.
+APPLIED_CHECK_SPACING = 1.0  # seconds
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 # A silently dropped network is noticed by keepalives while idle, and by tcp_user_timeout
 # while the heartbeat waits for its answer: at most HEARTBEAT_INTERVAL + 15 s. A path that
@@ -120,6 +123,9 @@ class Worker:
         self.counted = self.metrics.notifications[COUNTED]
         self.backoff = Backoff()
         self.problems: dict[tuple, str] = {}  # setup problems found by the last check -> their text
+        self.applied = False  # `pgne apply` changed the database (APPLIED_CHANNEL): check it now
+        self._last_trigger_check = float("-inf")  # time.monotonic() of the last check_triggers()
+        self.templates_broken = False  # see templates_changed()
 
     # -- waiting -------------------------------------------------------------------------
 
@@ -162,9 +168,26 @@ class Worker:
                 log.warning("%s: cannot connect: %s; retrying in %.1f s", self.name, first_line(exc), delay)
                 self.sleep(delay)
 
+    def templates_changed(self, exc: jinja2.TemplateError | UserError) -> None:
+        """A template this worker loads now is gone or different from the one pgne started with:
+        pgne's files were replaced under the running process (a `pip install` of another version)
+        or a --templates folder was edited. Said once; counting goes on (it needs no template);
+        setup and the trigger check wait for a restart, which loads the new files consistently."""
+        if not self.templates_broken:
+            # pgne.render wraps a template's error in a UserError that names the template and monitor
+            what = f"{exc.name!r} is gone" if isinstance(exc, jinja2.TemplateNotFound) else str(exc)
+            log.error("%s: cannot load pgne's SQL templates (%s): pgne's files changed under the running "
+                      "pgne (a pip install of another version?); counting goes on, setup and the trigger "
+                      "check do not: restart pgne", self.name, what)
+        self.templates_broken = True
+
     def setup(self, conn) -> bool:
-        with _Deadline(conn, self.name, "the setup", SETUP_TIMEOUT):
-            result = apply_on_connection(conn, self.db, self.renderer)
+        try:
+            with _Deadline(conn, self.name, "the setup", SETUP_TIMEOUT):
+                result = apply_on_connection(conn, self.db, self.renderer)
+        except (jinja2.TemplateError, UserError) as exc:  # the config was checked at start: files changed
+            self.templates_changed(exc)
+            return False
         if result.ok:
             log.info("%s: setup: %s", self.name, result.line().split(": ", 1)[1])
         else:
@@ -206,6 +229,7 @@ class Worker:
                     not_primary = ""
                 if self.db.perform_setup:
                     self.setup(conn)  # a failure is logged; we listen all the same
+                self.listen_for_applies(conn)
                 if self.outbox is not None:
                     self.drain_forever(conn)
                 try:
@@ -244,6 +268,18 @@ class Worker:
                 log.debug("%s: retrying in %.1f s", self.name, delay)
             self.sleep(delay)
             reconnecting = True
+
+    def listen_for_applies(self, conn) -> None:
+        """LISTEN on APPLIED_CHANNEL: `pgne apply` NOTIFYs it once it has changed this database, and
+        the next check of triggers and setup problems runs at once (drain() sees it)."""
+        try:
+            with _Deadline(conn, self.name, "LISTEN"), conn.cursor() as cur:
+                cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(APPLIED_CHANNEL)))
+        except psycopg2.Error as exc:
+            refused = _not_primary(exc)
+            if refused is None:
+                raise
+            raise refused from None
 
     def check_primary(self, conn) -> None:
         """Raise NotPrimary on a hot standby: it cannot LISTEN, nor take perform_setup's DDL or
@@ -292,14 +328,25 @@ class Worker:
                     failing = False
                     self.metrics.up.set(1)
             self._run_due_checks(conn)
-            self.sleep(max(0.0, min(next_drain, self._next_heartbeat, self._next_trigger_check) - time.monotonic()))
+            self.wait_for_applies(conn, max(0.0, min(next_drain, self._next_heartbeat, self._next_check())
+                                            - time.monotonic()))
+
+    def wait_for_applies(self, conn, seconds: float) -> None:
+        """delivery: outbox: sleep, but wake for a NOTIFY of `pgne apply` (the only channel this
+        connection listens on) and return at once (raising MasterGone) if the master exits."""
+        readable, _, _ = select.select([conn, self.master_fd], [], [], seconds)
+        if self.master_fd in readable:
+            self._check_master()
+        if conn in readable:
+            conn.poll()
+            self.drain(conn)
 
     def listen(self, conn) -> None:
         master_fd = self.master_fd
         self._schedule_checks()
         while True:
             self._run_due_checks(conn)
-            timeout = max(0.0, min(self._next_heartbeat, self._next_trigger_check) - time.monotonic())
+            timeout = max(0.0, min(self._next_heartbeat, self._next_check()) - time.monotonic())
             readable, _, _ = select.select([conn, master_fd], [], [], timeout)
             if readable:
                 if master_fd in readable:
@@ -320,9 +367,18 @@ class Worker:
         if now >= self._next_heartbeat:
             self.heartbeat(conn)
             self._next_heartbeat = now + HEARTBEAT_INTERVAL
-        if now >= self._next_trigger_check:
+        if now >= self._next_check():
+            if self.applied and now < self._next_trigger_check:
+                log.info("%s: pgne apply changed the database: checking it now", self.name)
+            self.applied = False  # one that arrives during the check asks for another
             self.check_triggers(conn)
             self._next_trigger_check = now + self.spec.trigger_check_interval
+
+    def _next_check(self) -> float:
+        """When the next trigger check is due: at its interval, or sooner after an apply."""
+        if self.applied:
+            return min(self._next_trigger_check, self._last_trigger_check + APPLIED_CHECK_SPACING)
+        return self._next_trigger_check
 
     def heartbeat(self, conn) -> None:
         with _Deadline(conn, self.name, "the heartbeat"), conn.cursor() as cur:
@@ -332,10 +388,15 @@ class Worker:
 
     def check_triggers(self, conn) -> None:
         """pgne_setup_problem and pgne_trigger_installed, from one read of the catalogs: after
-        every (re)connect (and its perform_setup), then every --trigger-check-interval."""
+        every (re)connect (and its perform_setup), then every --trigger-check-interval, and after
+        `pgne apply` said it changed the database."""
+        self._last_trigger_check = time.monotonic()
         try:
             with _Deadline(conn, self.name, "the trigger check"):
                 inventory = read_inventory(conn, self.db)
+        except (jinja2.TemplateError, UserError) as exc:
+            self.templates_changed(exc)
+            return
         except psycopg2.DatabaseError as exc:
             if isinstance(exc, psycopg2.OperationalError):
                 raise
@@ -374,10 +435,14 @@ class Worker:
             return batch
         conn.notifies = []  # take the whole list at once; pop(0) would be O(n)
         classify = self.classify
+        applies = 0
         pending: dict[tuple, int] = {}
         rejected: dict[str, int] = {}
         observed: dict[tuple, object] = {}  # (series key, column name) -> payload.Observation
         for note in batch:
+            if note.channel == APPLIED_CHANNEL:  # not an event: `pgne apply` changed the database
+                applies += 1
+                continue
             result = classify(note.payload)
             key, count = result[0], result[1]
             if count:
@@ -395,11 +460,13 @@ class Worker:
                 counter, last_event = self.metrics.series(key)
                 counter.inc(n)
                 last_event.set(now)
-            self.counted.inc(len(batch) - sum(rejected.values()))
+            self.counted.inc(len(batch) - applies - sum(rejected.values()))
             for (key, _), observation in observed.items():
                 self.metrics.observed(key, observation.column).add(observation)
         for result, n in rejected.items():
             self.metrics.notifications[result].inc(n)
+        if applies:
+            self.applied = True
         return batch
 
     def _collect_observations(self, key: tuple, observations, observed: dict) -> None:

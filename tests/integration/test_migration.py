@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import psycopg2
@@ -412,3 +413,60 @@ def test_an_edited_pg_notify_exporter_function_becomes_a_template_that_counts_as
     pgne.wait_for_values(want)
     # alpha and >= 100: i in {15, 18, 21, 24, 27} of the 30, and 16 of every 150 of the 1000 (6 full blocks)
     assert want[labels_key("pgne_events_total", dict(base, code="alpha", amount="large"))] == 5 + 96
+
+
+def test_a_running_pgne_learns_of_apply_replace_legacy_at_once_not_at_its_next_trigger_check(
+        pg_database, write_config, pgne_processes, tmp_path):
+    """`pgne apply` NOTIFYs pgne_applied once it has committed; the running worker (default
+    --trigger-check-interval: 60 s) checks the database again at once."""
+    db = pg_database
+    legacy_database(db)
+    config = write_config(db, MONITORS)
+    proc = PgneProcess(config, tmp_path / "run")
+    pgne_processes.append(proc)
+    proc.start()
+    host = dict(next(iter(proc.series("pgne_database_up", database=db.name))))["host"]
+    labels = {"host": host, "database": db.name}
+    problem = {("pgne_setup_problem", frozenset(dict(labels, problem="legacy_trigger", schema="public", table=t,
+                                                     column="").items())): 1 for t in ("one", "two")}
+    installed = {labels_key("pgne_trigger_installed", dict(labels, schema="public", table=t, event=e)): 0
+                 for t, e in (("one", "INSERT"), ("two", "INSERT"), ("two", "DELETE"))}
+    samples = proc.scrape()
+    assert {k: samples.get(k) for k in {**problem, **installed}} == {**problem, **installed}
+    assert b"SETUP FAILED" in proc.get("/")[2]
+
+    applied = run_pgne("apply", "-c", config, "--replace-legacy")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    done = time.monotonic()
+    fixed = {**{k: 0 for k in problem}, **{k: 1 for k in installed}}
+    proc.wait_for_values(fixed, timeout=10)
+    took = time.monotonic() - done
+    assert b"SETUP FAILED" not in proc.get("/")[2]
+    assert took < 10, took
+    assert "pgne apply changed the database: checking it now" in proc.stderr_text()
+    # the apply's NOTIFY is not an event: nothing counted, nothing rejected
+    results = ("counted", "invalid", "unknown_table", "unmonitored_event")
+    assert {r: proc.value("pgne_notifications_total", dict(labels, result=r)) for r in results} == {
+        r: 0 for r in results}
+    assert proc.stderr_text().count("checking it now") == 1
+
+    # anyone who may connect can NOTIFY pgne_applied: 300 of them cost a check a second at most
+    checks = proc.stderr_text().count("checking it now")
+    started = time.monotonic()
+    conn = psycopg2.connect(db.dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for _ in range(300):
+                cur.execute("NOTIFY pgne_applied")
+            cur.execute("INSERT INTO one (code) VALUES ('alpha')")
+    finally:
+        conn.close()
+    one_alpha = labels_key("pgne_events_total", dict(labels, tag="it", operation="INSERT", schema="public",
+                                                     table="one", code="alpha"))
+    proc.wait_for_values({one_alpha: 1}, timeout=10)
+    wait_until(lambda: proc.stderr_text().count("checking it now") > checks, 10, "the check it asked for")
+    elapsed = time.monotonic() - started
+    assert 1 <= proc.stderr_text().count("checking it now") - checks <= int(elapsed) + 2, elapsed
+    assert proc.value("pgne_notifications_total", dict(labels, result="counted")) == 1
+    assert proc.value("pgne_notifications_total", dict(labels, result="invalid")) == 0

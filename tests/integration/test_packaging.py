@@ -170,3 +170,76 @@ def test_templates_and_schema_are_installed_inside_the_package(installed: Instal
     assert installed_templates == sorted(p.name for p in (REPO / "sql_templates").glob("*.sql.j2"))
     assert "notification_with_payload.sql.j2" in installed_templates
     assert "simple_event_notification.sql.j2" in installed_templates
+
+
+# --------------------------------------------------------------------------- Debian 12's pip
+
+DEBIAN_PYTHON = Path("/usr/bin/python3")
+# Markers of pip's legacy paths and of any warning it prints
+LEGACY_MARKERS = ("DEPRECATION", "legacy", "setup.py install", "WARNING", "Warning")
+
+
+def _debian_pip() -> list[str]:
+    """Debian 12's own pip (23.0.1, /usr/bin/python3 -m pip): without pyproject.toml it installs
+    pgne through the deprecated `setup.py install`."""
+    probe = subprocess.run([str(DEBIAN_PYTHON), "-m", "pip", "--version"], capture_output=True, text=True,
+                           timeout=TIMEOUT) if DEBIAN_PYTHON.exists() else None
+    if probe is None or probe.returncode != 0:
+        pytest.fail("Debian's pip is not installed: apt-get install python3-pip", pytrace=False)
+    assert probe.stdout.startswith("pip 23.0"), probe.stdout
+    return [str(DEBIAN_PYTHON), "-m", "pip"]
+
+
+def _bare_venv(path: Path, env: dict) -> Path:
+    """A venv without setuptools or pip of its own that sees the test runner's site-packages (pgne's
+    dependencies and setuptools >= 70.1, the build requirement, all offline); its python."""
+    assert _run([sys.executable, "-m", "venv", "--without-pip", path], path.parent, env).returncode == 0
+    python = path / "bin" / "python"
+    purelib = _run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], path.parent, env)
+    (Path(purelib.stdout.strip()) / "_pgne_test_runner_deps.pth").write_text("\n".join(_runner_site_dirs()) + "\n")
+    return python
+
+
+def test_debian_pip_installs_the_checkout_and_its_wheel_through_pep_517_without_a_warning(tmp_path):
+    """pyproject.toml declares the build system: Debian's pip 23.0 builds a wheel through
+    setuptools' PEP 517 backend (--no-build-isolation: offline, with the runner's setuptools)
+    and installs it, with no deprecation and no warning; the built wheel installs the same way."""
+    import setuptools
+
+    assert _can_build_wheels_here(), f"setuptools {setuptools.__version__} < 70.1 and no wheel package"
+    pip = _debian_pip()
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".tox", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
+        ".ruff_cache", ".hypothesis"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON")) and k != "VIRTUAL_ENV"}
+    # pip's own settings only: not this machine's pip.conf (indexes, find-links, constraints)
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1",
+               PYTHONNOUSERSITE="1")
+
+    python = _bare_venv(tmp_path / "venv", env)
+    # --ignore-installed: the runner's own pgne is visible through the .pth; never touch it
+    install = [*pip, "--python", python, "install", "--no-deps", "--ignore-installed"]
+    result = _run([*install, "--no-build-isolation", source], tmp_path, env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Building wheel for pgne (pyproject.toml)" in output, output
+    assert [m for m in LEGACY_MARKERS if m in output] == [], output
+    check = _run([tmp_path / "venv" / "bin" / "pgne", "--version"], tmp_path, env)
+    assert (check.returncode, check.stdout) == (0, "pgne 0.1.0\n"), check.stderr
+
+    wheels = tmp_path / "wheels"
+    built = _run([*pip, "--python", python, "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, source],
+                 tmp_path, env)
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert [m for m in LEGACY_MARKERS if m in built.stdout + built.stderr] == [], built.stdout + built.stderr
+    assert sorted(p.name for p in wheels.iterdir()) == ["pgne-0.1.0-py3-none-any.whl"]
+
+    other = _bare_venv(tmp_path / "from-wheel", env)
+    result = _run([*pip, "--python", other, "install", "--no-deps", "--ignore-installed",
+                   wheels / "pgne-0.1.0-py3-none-any.whl"], tmp_path, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [m for m in LEGACY_MARKERS if m in result.stdout + result.stderr] == [], result.stdout + result.stderr
+    check = _run([tmp_path / "from-wheel" / "bin" / "pgne", "check", "-c", REPO / "config" / "events_config.yml"],
+                 tmp_path, env)
+    assert (check.returncode, check.stderr) == (0, ""), check.stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -522,3 +523,40 @@ def test_sighup_with_an_invalid_config_keeps_the_old_one_running(exporter, table
     assert events(exporter, db) == expected_events(INSERT_one_gamma=2)
     assert exporter.worker_pids() == [worker]
     assert exporter.process.poll() is None
+
+
+def test_a_template_removed_under_a_running_pgne_is_one_line_that_says_restart_and_counting_goes_on(
+        tables, write_config, tmp_path):
+    """As after a `pip install` of another version under a running pgne: the worker's next setup
+    cannot load a template it rendered at start. No traceback, no worker death: one line that
+    says to restart pgne, and the installed triggers keep being counted."""
+    from pgne.resources import builtin_templates_dir
+
+    db = tables
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "mine.sql.j2").write_text((builtin_templates_dir() / "simple_event_notification.sql.j2").read_text())
+    mine = {"table": "two", "enabled": True, "function": "mine", "events": ["INSERT"]}
+    config = write_standard(write_config, db, monitors=[mine])
+    with PgneProcess(config, tmp_path / "pgne", "--templates", str(templates)).running() as proc:
+        [worker] = proc.worker_pids()
+        (templates / "mine.sql.j2").unlink()
+        run_sql(db, ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                     "AND application_name = 'pgne'", (db.name,)))  # the worker reconnects: perform_setup
+        # (the built-in folder is the one of the pgne that runs: the checkout's or site-packages')
+        line = re.compile(re.escape(
+            f"{db.host_label}/{db.name}: cannot load pgne's SQL templates (template 'mine': 'mine.sql.j2' "
+            f"not found in search paths: '{templates}', '") + r"[^']+/sql_templates" + re.escape(
+            f"' (rendering {db.host} > {db.name} > monitors[0])): pgne's files changed under the running pgne "
+            "(a pip install of another version?); counting goes on, setup and the trigger check do not: "
+            "restart pgne") + "$", re.M)
+        wait_until(lambda: line.search(proc.stderr_text()), 30, "the restart line", proc.describe)
+        proc.wait_for_value("pgne_database_up", up_labels(db), 1)
+        run_sql(db, "INSERT INTO two (note) SELECT 'x' FROM generate_series(1, 4)")
+        no_code = {k: v for k, v in event_labels(db, "INSERT", "two").items() if k != "code"}  # no label columns
+        proc.wait_for_value("pgne_events_total", no_code, 4)
+        assert proc.worker_pids() == [worker]
+        assert proc.value("pgne_worker_restarts_total", db_labels(db)) == 0
+        log = proc.stderr_text()
+        assert "Traceback" not in log and "TemplateNotFound" not in log
+        assert log.count("cannot load pgne's SQL templates") == 1

@@ -261,3 +261,79 @@ def test_the_shipped_file_copied_in_unedited_loads_and_leaves_supervisord_and_it
         sv.process.wait(30)
     finally:
         sv.kill_leftovers()
+
+
+# Password authentication for every role but the superuser (the cluster of the next test)
+SCRAM_HBA = """\
+local all all trust
+host all postgres 127.0.0.1/32 trust
+host all all 127.0.0.1/32 scram-sha-256
+"""
+SHIPPED_ENVIRONMENT = '; environment=PGNE_SHOP_PASSWORD="change-me"\n'
+
+
+@pytest.mark.parametrize("way", ["password_file", "environment"])
+def test_the_shipped_program_gets_its_password_the_two_ways_the_file_shows(way, workdir):
+    """A server that checks passwords (scram-sha-256): under supervisord, which gives pgne none of
+    the operator's shell environment, the program runs and the database is up with the password
+    from a password_file, or from `${PGNE_SHOP_PASSWORD}` with the file's `environment=` line
+    uncommented: the two ways deploy/supervisord.conf documents."""
+    from support.clusters import start_cluster
+    from support.configs import config_text, database_entry
+    from support.databases import create_database, run_sql
+
+    secret = f"Sv-{uuid.uuid4().hex[:12]}"
+    text = SHIPPED.read_text()
+    assert text.count(SHIPPED_ENVIRONMENT) == 1, "the shipped environment= example changed: update the README too"
+    with start_cluster(hba=SCRAM_HBA) as cluster:
+        db = create_database(cluster)
+        run_sql(db, "CREATE TABLE one (id serial PRIMARY KEY, code text)")
+        run_sql(db, (f"CREATE ROLE pgne_sv LOGIN PASSWORD %s; GRANT CONNECT ON DATABASE {db.name} TO pgne_sv",
+                     (secret,)))
+        config = Path(workdir, "events_config.yml")
+        if way == "password_file":
+            Path(workdir, "shop.password").write_text(secret + "\n")
+            Path(workdir, "shop.password").chmod(0o600)
+            password = {"password": None, "password_file": "shop.password"}
+        else:
+            password = {"password": "${PGNE_SHOP_PASSWORD}"}
+            # the documented edit: the line uncommented, with the real password
+            text = text.replace(SHIPPED_ENVIRONMENT, f'environment=PGNE_SHOP_PASSWORD="{secret}"\n')
+        config.write_text(config_text(database_entry(db, [MONITOR], tag="sv", perform_setup=False, username="pgne_sv",
+                                                     **password)))
+        # apply as the superuser: pgne_sv may only CONNECT
+        admin = Path(workdir, "admin.yml")
+        admin.write_text(config_text(database_entry(db, [MONITOR], tag="sv", perform_setup=False)))
+        applied = subprocess.run([sys.executable, "-m", "pgne", "apply", "-c", str(admin)], env=pgne_env(),
+                                 capture_output=True, text=True, timeout=60)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        port = free_port()
+        env = pgne_env()
+        env.pop("PGNE_SHOP_PASSWORD", None)  # supervisord's own environment does not have it
+        program = operator_edit(text, pgne_command(), str(config), os.path.join(workdir, "state"),
+                                f"127.0.0.1:{port}")
+        sv = Supervisor(workdir, env, program)
+        sv.start()
+        try:
+            wait_until(lambda: "RUNNING" in sv.status(), 30, "supervisorctl status pgne: RUNNING", sv.describe)
+            up = ("pgne_database_up", frozenset({"host": db.host_label, "database": db.name, "tag": "sv"}.items()))
+
+            def scrape() -> dict:
+                try:
+                    status, _, body = http_get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                except OSError:
+                    return {}
+                return parse_metrics(body.decode()) if status == 200 else {}
+
+            wait_until(lambda: scrape().get(up) == 1, 30, "pgne_database_up 1", sv.describe)
+            run_sql(db, "INSERT INTO one (code) SELECT 'alpha' FROM generate_series(1, 3)")
+            alpha = ("pgne_events_total", frozenset({"host": db.host_label, "database": db.name, "tag": "sv",
+                                                     "operation": "INSERT", "schema": "public", "table": "one",
+                                                     "code": "alpha"}.items()))
+            wait_until(lambda: scrape().get(alpha) == 3, 30, "3 alpha rows counted", sv.describe)
+            assert "password authentication failed" not in sv.program_log()
+            assert secret not in sv.program_log()
+            sv.ctl("shutdown")
+            sv.process.wait(30)
+        finally:
+            sv.kill_leftovers()

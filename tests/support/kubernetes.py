@@ -33,9 +33,19 @@ LABEL_FIELD_RE = re.compile(r"^metadata\.labels\['([^']+)'\]$")
 EXPANSION_RE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
-def manifest_files() -> list[Path]:
-    """The Kubernetes resources of deploy/kubernetes/ (kustomization.yaml is kustomize's, not one)."""
+# The optional kustomize component (prometheus-operator's CRDs are not in every cluster)
+SERVICE_MONITOR = DIRECTORY / "servicemonitor"
+
+
+def base_manifest_files() -> list[Path]:
+    """The resources that `kubectl apply -k deploy/kubernetes/` applies (kustomization.yaml is
+    kustomize's, not one)."""
     return sorted(path for path in DIRECTORY.glob("*.yaml") if path.name != "kustomization.yaml")
+
+
+def manifest_files() -> list[Path]:
+    """Every Kubernetes resource of deploy/kubernetes/: the base's, then the ServiceMonitor component's."""
+    return base_manifest_files() + sorted(p for p in SERVICE_MONITOR.glob("*.yaml") if p.name != "kustomization.yaml")
 
 
 def manifests() -> dict[str, dict]:

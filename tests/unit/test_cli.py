@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,41 @@ def test_config_from_environment_then_default(workdir):
     shutil.copy(README_FIXTURE, workdir / "config" / "events_config.yml")
     result = pgne_cli("check", cwd=workdir)
     assert (result.returncode, result.stdout) == (0, f"config/events_config.yml: {README_SUMMARY}\n")
+
+
+def test_check_says_when_a_password_comes_from_this_shells_environment(workdir):
+    """`check` passes in the operator's shell; a service started without that variable would exit
+    2. The summary on stdout is unchanged; one note per variable on stderr."""
+    text = config({"password: secret": "password: ${PGNE_SHOP_PASSWORD}"})
+    text += textwrap.dedent("""\
+        - otherhost:
+          - database: a
+            tag: t
+            perform_setup: false
+            username: u
+            password: ${PGNE_SHOP_PASSWORD}
+            enabled: false
+            monitors:
+            - {table: x, enabled: yes, function: simple_event_notification, events: [insert]}
+          - database: b
+            tag: t
+            perform_setup: false
+            username: u
+            password_file: pw
+            enabled: true
+            monitors:
+            - {table: x, enabled: yes, function: simple_event_notification, events: [insert]}
+        """)
+    (workdir / "env.yml").write_text(text, encoding="utf-8")
+    (workdir / "pw").write_text("from a file\n", encoding="utf-8")
+    result = pgne_cli("check", "-c", "env.yml", cwd=workdir, env={"PGNE_SHOP_PASSWORD": "s3cret"})
+    assert (result.returncode, result.stdout) == (
+        0, "env.yml: valid: 2 hosts, 3 databases (2 enabled), 3 monitors (2 enabled), 2 triggers\n")
+    assert result.stderr == (
+        "env.yml: note: the password of localhost:5432/test, otherhost:5432/a comes from the environment variable "
+        "PGNE_SHOP_PASSWORD of this shell; a service (systemd, supervisord, a container) has only the environment "
+        "it is given: set PGNE_SHOP_PASSWORD there too (EnvironmentFile=, environment=, env:) or use password_file\n")
+    assert "s3cret" not in result.stdout + result.stderr
 
 
 def test_invalid_config_reports_every_error(workdir):
@@ -219,3 +256,48 @@ def test_unknown_option(workdir):
 def test_version(workdir):
     result = pgne_cli("--version", cwd=workdir)
     assert (result.returncode, result.stdout) == (0, f"pgne {pgne.__version__}\n")
+
+
+# --------------------------------------------------------------------------- run's listen address
+
+
+@pytest.mark.parametrize("command", ["run", "demo"])
+@pytest.mark.parametrize("port", ["99999", "65536", "0"])
+def test_a_listen_port_out_of_range_says_so(workdir, command, port):
+    config = ["-c", "readme.yml"] if command == "run" else []
+    result = pgne_cli(command, *config, "--listen-address", f"127.0.0.1:{port}", cwd=workdir)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        2, "", f"--listen-address '127.0.0.1:{port}': port {int(port)} out of range (1 to 65535)\n")
+
+
+def test_run_exits_3_when_its_port_is_in_use(workdir):
+    """Exit 3 (not 1, nor 2): the address may be free later; nothing was started (the config's
+    database is never connected to: the port is taken before any worker starts)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = pgne_cli("run", "-c", "readme.yml", "--listen-address", f"127.0.0.1:{port}", cwd=workdir)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        3, "", f"--listen-address 127.0.0.1:{port}: cannot listen: Address already in use\n")
+
+
+def test_run_exits_3_for_a_listen_host_that_does_not_resolve(workdir):
+    result = pgne_cli("run", "-c", "readme.yml", "--listen-address", "no-such-host.invalid:9292", cwd=workdir)
+    assert (result.returncode, result.stdout) == (3, "")
+    # the resolver's own words (offline: "Temporary failure in name resolution")
+    assert result.stderr.startswith("--listen-address no-such-host.invalid:9292: cannot listen: ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_demo_takes_no_config_options_and_its_help_says_so(workdir):
+    """README: every command but demo takes -c/--config and --templates."""
+    result = pgne_cli("demo", "--help", cwd=workdir)
+    assert result.returncode == 0
+    assert "--config" not in result.stdout and "--templates" not in result.stdout
+    for command in ("check", "render-sql", "apply", "run", "status"):
+        text = pgne_cli(command, "--help", cwd=workdir).stdout
+        assert "--config" in text and "--templates" in text, command
+    result = pgne_cli("demo", "-c", "readme.yml", cwd=workdir)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert "unrecognized arguments: -c readme.yml" in result.stderr

@@ -578,6 +578,13 @@ def test_identifiers_of_63_bytes_are_fine():
     assert (monitor.schema, monitor.table) == (name, "t" * 63)
 
 
+def test_the_channel_pgne_apply_notifies_is_not_a_config_channel():
+    """`pgne apply` NOTIFYs pgne_applied to wake the running workers: events on it would be lost."""
+    text = config({"    enabled: true\n": "    enabled: true\n    channel: pgne_applied\n"})
+    assert errors(text) == [f"{DB} > channel: pgne_applied is pgne's own channel (pgne apply tells the "
+                            "running workers on it); choose another"]
+
+
 def test_identifiers_longer_than_63_bytes():
     long_schema, long_table, long_column, long_channel = "s" * 64, "é" * 32, "l" * 64, "c" * 64
     text = config({"table: one": f"table: {long_schema}.{long_table}",
@@ -799,6 +806,16 @@ def test_config_path_precedence(monkeypatch):
     monkeypatch.setenv("PGNE_CONFIG", "")
     assert config_path(None) == DEFAULT_CONFIG_PATH
     assert os.environ["PGNE_CONFIG"] == ""
+
+
+def test_the_default_config_installs_nothing_on_a_server_the_user_did_not_name():
+    """A bare `pgne run` in a checkout reads config/events_config.yml, whose database is whatever
+    answers on localhost:5432: it must not install triggers there (perform_setup false)."""
+    from support.processes import REPO
+
+    renderer = Renderer()
+    shipped = load_config(str(REPO / DEFAULT_CONFIG_PATH), renderer)
+    assert [(d.display_name, d.perform_setup) for d in shipped.databases] == [("localhost:5432/test", False)]
 
 
 def test_schema_errors_and_cross_check_errors_of_other_entries_are_reported_together():

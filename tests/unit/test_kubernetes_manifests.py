@@ -15,6 +15,8 @@ from kubernetes_validate.utils import SchemaNotFoundError
 from support.kubernetes import (
     DIRECTORY,
     POD_INDEX_LABEL,
+    SERVICE_MONITOR,
+    base_manifest_files,
     container,
     flags,
     listen_port,
@@ -88,7 +90,36 @@ def test_every_resource_carries_the_same_label_and_the_selectors_match_the_pods(
 def test_kustomization_lists_every_manifest_and_transforms_nothing():
     kustomization = yaml.safe_load((DIRECTORY / "kustomization.yaml").read_text(encoding="utf-8"))
     assert set(kustomization) == {"apiVersion", "kind", "resources"}
-    assert sorted(kustomization["resources"]) == [path.name for path in manifest_files()]
+    assert sorted(kustomization["resources"]) == [path.name for path in base_manifest_files()]
+
+
+def test_the_service_monitor_is_an_optional_component_outside_the_base():
+    """`kubectl apply -k deploy/kubernetes/` must work without prometheus-operator's CRDs: the
+    ServiceMonitor is a kustomize component that the base lists only in a comment."""
+    kinds = [yaml.safe_load(path.read_text(encoding="utf-8"))["kind"] for path in base_manifest_files()]
+    assert sorted(kinds) == ["ConfigMap", "Secret", "Service", "StatefulSet"]
+    component = yaml.safe_load((SERVICE_MONITOR / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert component == {"apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component",
+                         "resources": ["servicemonitor.yaml"]}
+    base_text = (DIRECTORY / "kustomization.yaml").read_text(encoding="utf-8")
+    assert "#   components:\n#     - servicemonitor\n" in base_text
+
+
+def test_the_example_databases_land_two_on_each_of_the_two_shards(resources):
+    """The example's 2 replicas each run 2 of its 4 databases (pgne.shard's hash of host, port, name)."""
+    from pgne.shard import shard_of
+
+    spec = container(resources["StatefulSet"])
+    total = int(flags(spec["args"])["--total-shards"])
+    (config_key,) = resources["ConfigMap"]["data"]
+    config = yaml.safe_load(resources["ConfigMap"]["data"][config_key])
+    shards = {}
+    for host_entry in config:
+        for host, entries in host_entry.items():
+            for entry in entries:
+                shards.setdefault(shard_of((host, entry.get("port", 5432), entry["database"]), total), []).append(
+                    entry["database"])
+    assert shards == {0: ["orders", "inventory"], 1: ["payments", "warehouse"]}
 
 
 def test_each_pod_takes_its_shard_from_its_ordinal_and_the_shard_count_is_the_replica_count(resources):
