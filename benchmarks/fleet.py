@@ -5,8 +5,8 @@ and pgne's notify trigger each, installed by pgne's apply), one `pgne run` is st
 measured:
 - start-up: from the process's start until every database is up (pgne_database_up 1 for all);
 - memory: PSS (proportional set size: a page shared by k processes counts 1/k in each; from
-  /proc/PID/smaps_rollup) of every process pgne runs (master, launcher (or, before it, the forkserver and resource tracker)
-  where there are, workers), summed, after a settling time; RSS too, which counts shared pages
+  /proc/PID/smaps_rollup) of every process pgne runs (master, launcher, workers; a baseline's
+  forkserver and resource tracker where there are), summed, after a settling time; RSS too, which counts shared pages
   in full in every process;
 - scrape: /metrics, timed from the client, `scrapes` times.
 The marginal cost of a database is (total PSS with the most databases - total PSS with 20) /
