@@ -194,3 +194,30 @@ def test_observed_columns_named_like_the_templates_identifiers_are_observed_exac
                 **{("DELETE", name): 1.0 * i for i, name in enumerate(ODD_NAMES)}}
         wait_until(lambda: observed() == want, 30, "every odd column observed", lambda: f"{observed()}")
     assert "WARNING" not in proc.stderr_text()
+
+
+def test_a_hostile_sum_is_skipped_its_rows_counted_and_the_worker_keeps_running(pg_database, tmp_path):
+    pg_database.execute(TABLES)
+    config = write(tmp_path, config_text(database_entry(pg_database, MONITORS, perform_setup=False)))
+    apply_in_process(config)
+    good = {"table": "public.orders", "action": "INSERT", "data": {"supplier": "acme"}, "count": 3,
+            "values": {"amount": {"count": 2, "sum": "10.25", "null": 1,
+                                  "buckets": {"-100": 0, "0": 0, "10": 1, "100": 2, "1000.5": 2}}}}
+    # exact addition of the first raised MemoryError (the worker died, the next row was lost);
+    # the second cost seconds of CPU and hundreds of MB per payload
+    hostile = [dict(good, values={"amount": dict(good["values"]["amount"], sum=total)})
+               for total in ("1e999999999999999999", "1e300000000", "0e-999999999")]
+    with PgneProcess(config, tmp_path / "pgne").running() as proc:
+        for payload in (good, *hostile, good):
+            run_sql(pg_database, ("SELECT pg_notify('pg_notify_exporter', %s)", (json.dumps(payload),)))
+        settle(proc, pg_database)
+        samples = proc.scrape()
+    histogram = exported_histograms(samples, pg_database)[("pgne_observed_euros", "INSERT", "orders", "acme", "amount")]
+    assert histogram == {"count": 4.0, "sum": 20.5, "null": 2.0, "not_finite": 0.0,
+                         "buckets": {"-100.0": 0.0, "0.0": 0.0, "10.0": 2.0, "100.0": 4.0, "1000.5": 4.0, "+Inf": 4.0}}
+    labels = frozenset({"host": host_label(pg_database.host, pg_database.port), "database": pg_database.name}.items())
+    assert samples[("pgne_observed_invalid_values_total", labels)] == 3.0
+    assert samples[("pgne_worker_restarts_total", labels)] == 0.0
+    events = {dict(k[1])["supplier"]: v for k, v in samples.items() if k[0] == "pgne_events_total"
+              and dict(k[1]).get("operation") == "INSERT" and dict(k[1]).get("table") == "orders"}
+    assert events["acme"] == 5 * 3  # every payload's rows
