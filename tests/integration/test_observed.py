@@ -221,3 +221,42 @@ def test_a_hostile_sum_is_skipped_its_rows_counted_and_the_worker_keeps_running(
     events = {dict(k[1])["supplier"]: v for k, v in samples.items() if k[0] == "pgne_events_total"
               and dict(k[1]).get("operation") == "INSERT" and dict(k[1]).get("table") == "orders"}
     assert events["acme"] == 5 * 3  # every payload's rows
+
+
+READINGS = {"table": "readings", "enabled": True, "function": "notification_with_payload",
+            "columns_to_label": [{"day": ["2024-01-31", "2024-02-01"]}],
+            "columns_to_observe": [{"name": "x", "buckets": [1]}], "events": ["insert"]}
+
+
+@pytest.mark.parametrize("delivery", ["notify", "outbox"])
+def test_the_applications_session_settings_never_change_what_pgne_reports(pg_database, tmp_path, delivery):
+    pg_database.execute("CREATE TABLE readings (id serial, day date, x double precision)")
+    entry = (outbox_entry(pg_database, [READINGS], perform_setup=True) if delivery == "outbox"
+             else database_entry(pg_database, [READINGS]))
+    config = write(tmp_path, config_text(entry))
+    with PgneProcess(config, tmp_path / "pgne").running() as proc:
+        conn = psycopg2.connect(pg_database.dsn)
+        try:
+            with conn.cursor() as cur:  # what an application's session may set; SQL's sums are unchanged
+                cur.execute("SET extra_float_digits = -15; SET DateStyle = 'German, DMY'; "
+                            "SET IntervalStyle = sql_standard; SET bytea_output = escape")
+                cur.execute("INSERT INTO readings (day, x) VALUES ('2024-01-31', 1.5e300)")
+                cur.execute("INSERT INTO readings (day, x) VALUES ('2024-02-01', 0.1), ('2024-02-01', 0.2)")
+            conn.commit()
+        finally:
+            conn.close()
+        sums = dict(query(pg_database.dsn, "SELECT day::text, sum(x)::text FROM readings GROUP BY 1"))
+        assert sums == {"2024-01-31": "1.5e+300", "2024-02-01": "0.30000000000000004"}
+        host = host_label(pg_database.host, pg_database.port)
+
+        def exported():
+            return {dict(k[1])["day"]: v for k, v in proc.scrape().items()
+                    if k[0] == "pgne_observed_values_sum" and dict(k[1])["database"] == pg_database.name
+                    and dict(k[1])["host"] == host and v}
+
+        wanted = {"2024-01-31": 1.5e300, "2024-02-01": 0.30000000000000004}  # not 2e+300 and 0.3
+        wait_until(lambda: exported() == wanted, 30, "the sums of both days",
+                   lambda: f"{exported()}\n{proc.describe()}")
+        events = {dict(k[1])["day"]: v for k, v in proc.scrape().items() if k[0] == "pgne_events_total"
+                  and dict(k[1])["database"] == pg_database.name and dict(k[1])["host"] == host and v}
+        assert events == {"2024-01-31": 1.0, "2024-02-01": 2.0}  # the dates read as ISO, not 'other'

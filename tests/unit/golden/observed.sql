@@ -12,6 +12,10 @@ CREATE OR REPLACE FUNCTION "pgne"."sales_orders_74609b9789"()
   RETURNS trigger
   LANGUAGE plpgsql
   SET search_path = pg_catalog, pg_temp
+  SET extra_float_digits = 3
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = postgres
+  SET bytea_output = hex
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -132,7 +136,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:ac398f41a8bd779c6d32f9ec1f10f568ed99a8dd63a5942da603b99af5506d14';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:0def5b0f68bb12c49c04a978fce5c67bf5e7ddbf840e07a7f792b949f5249222';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -190,6 +194,10 @@ CREATE OR REPLACE FUNCTION "pgne"."public_lines_87680e081c"()
   RETURNS trigger
   LANGUAGE plpgsql
   SET search_path = pg_catalog, pg_temp
+  SET extra_float_digits = 3
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = postgres
+  SET bytea_output = hex
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -235,7 +243,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_lines_87680e081c"() IS 'pgne sha256:bd8266325e3a7dbc13d64b9c1fd21c1797b0ca76ac9c3248d53e403c5855946e';
+COMMENT ON FUNCTION "pgne"."public_lines_87680e081c"() IS 'pgne sha256:26b61d1d2ff52f89a77fd971e9c2efc31d58fe54c44158e89d0f96cd189c766f';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
