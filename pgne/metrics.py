@@ -188,7 +188,7 @@ class WorkerMetrics:
         if self._observed_invalid is None:
             self._observed_invalid = _counter(
                 "pgne_observed_invalid_values", "Payloads whose rows were counted but whose values "
-                "(columns_to_observe) were malformed, and skipped.", DATABASE_LABELS).labels(self.host, self.database)
+                "(columns_to_observe) were malformed, out of bounds, or too long for a notification, and skipped.", DATABASE_LABELS).labels(self.host, self.database)
         return self._observed_invalid
 
     def observed(self, key: tuple, column: ObservedColumn) -> ObservedSeries:

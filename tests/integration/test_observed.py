@@ -260,3 +260,36 @@ def test_the_applications_session_settings_never_change_what_pgne_reports(pg_dat
         events = {dict(k[1])["day"]: v for k, v in proc.scrape().items() if k[0] == "pgne_events_total"
                   and dict(k[1])["database"] == pg_database.name and dict(k[1])["host"] == host and v}
         assert events == {"2024-01-31": 1.0, "2024-02-01": 2.0}  # the dates read as ISO, not 'other'
+
+
+HUGE = "9" * 8000  # a numeric value whose sum alone is over NOTIFY's 8000-byte limit
+
+
+def test_notify_a_sum_too_long_for_a_notification_leaves_the_rows_counted(pg_database, tmp_path):
+    pg_database.execute(TABLES)
+    config = write(tmp_path, config_text(database_entry(pg_database, MONITORS)))
+    with PgneProcess(config, tmp_path / "pgne").running() as proc:
+        run_workload(pg_database.dsn, [
+            ([("INSERT INTO orders (supplier, amount) VALUES ('acme', %s), ('acme', 1)", (HUGE,)),
+              ("INSERT INTO orders (supplier, amount) VALUES ('acme', 2.5)", None)], True)])
+        settle(proc, pg_database)
+        samples = proc.scrape()
+    labels = frozenset({"host": host_label(pg_database.host, pg_database.port), "database": pg_database.name}.items())
+    assert samples[("pgne_observed_invalid_values_total", labels)] == 1.0  # the first statement's values
+    events = {dict(k[1])["supplier"]: v for k, v in samples.items() if k[0] == "pgne_events_total"
+              and dict(k[1]).get("operation") == "INSERT" and dict(k[1]).get("table") == "orders"}
+    assert events["acme"] == 3  # was 0: the payload failed with a WARNING, nothing was counted
+    histogram = exported_histograms(samples, pg_database)[("pgne_observed_euros", "INSERT", "orders", "acme", "amount")]
+    assert (histogram["count"], histogram["sum"]) == (1.0, 2.5)
+
+
+def test_outbox_a_sum_of_thousands_of_digits_is_observed_exactly(pg_database, tmp_path):
+    pg_database.execute(TABLES)
+    config = write(tmp_path, config_text(outbox_entry(pg_database, MONITORS, perform_setup=True)))
+    with PgneProcess(config, tmp_path / "pgne").running() as proc:
+        run_workload(pg_database.dsn, [
+            ([("INSERT INTO orders (supplier, amount) VALUES ('acme', %s), ('acme', 1)", ("0." + HUGE,))], True)])
+        wait_histograms(proc, pg_database, expected_histograms(pg_database.dsn))
+    [[total]] = query(pg_database.dsn, "SELECT observed->'amount'->>'sum' FROM pgne.totals "
+                                       "WHERE operation = 'INSERT' AND labels->>'supplier' = 'acme'")
+    assert total == "1." + HUGE
