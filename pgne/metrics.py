@@ -169,7 +169,8 @@ class WorkerMetrics:
         # one series per problem the config allows for (pgne.drift.possible_problems): 1 while it exists
         self.setup_problem = _gauge("pgne_setup_problem", "1 while pgne cannot set the database up as configured "
                                     "(problem: missing_table, missing_label_column, notify_refused, legacy_trigger, "
-                                    "missing_observed_column, observed_column_not_numeric), else 0.",
+                                    "missing_observed_column, observed_column_not_numeric, "
+                                    "virtual_generated_column), else 0.",
                                     DATABASE_LABELS + ("schema", "table", "column", "problem"), "livemostrecent")
         if outbox:  # only databases with delivery: outbox have these series
             self.outbox_backlog = _gauge("pgne_outbox_backlog_rows", "Rows in pgne.event_log not yet drained.",
@@ -188,7 +189,8 @@ class WorkerMetrics:
         if self._observed_invalid is None:
             self._observed_invalid = _counter(
                 "pgne_observed_invalid_values", "Payloads whose rows were counted but whose values "
-                "(columns_to_observe) were malformed, out of bounds, or too long for a notification, and skipped.", DATABASE_LABELS).labels(self.host, self.database)
+                "(columns_to_observe) were malformed, out of bounds, or too long for a notification, "
+                "and skipped.", DATABASE_LABELS).labels(self.host, self.database)
         return self._observed_invalid
 
     def observed(self, key: tuple, column: ObservedColumn) -> ObservedSeries:
