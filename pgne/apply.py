@@ -63,6 +63,9 @@ def apply_on_connection(conn, database: Database, renderer: Renderer, dry_run: b
         # A monitor with a problem of its own (a missing table or column, ...) is not set up; the
         # others are, and the outcome still fails (exit 1) with its problems.
         blocked = blocked_tables(problems)
+        if problems and all((m.schema, m.table) in blocked for m in database.enabled_monitors):
+            return ApplyResult(database, FAILED, "; ".join(d.what for d in problems) + " (nothing applied)",
+                               tuple(changes))  # no monitor to set up: not even schema pgne
         not_set_up = ", ".join(sorted(f"{schema}.{table}" for schema, table in blocked))
         fixes = [d for d in changes if not d.is_problem]
         if not fixes:
