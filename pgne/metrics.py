@@ -44,7 +44,7 @@ from prometheus_client.utils import floatToGoString  # noqa: E402
 from prometheus_client.values import ValueClass  # noqa: E402
 
 from pgne.model import BUILTIN_LABELS, ObservedColumn  # noqa: E402
-from pgne.payload import EXACT, RESULTS, Observation  # noqa: E402
+from pgne.payload import EXACT, RESULTS, Observation, nearest_float  # noqa: E402
 
 DATABASE_LABELS = ("host", "database")
 COMPAT_METRIC = "pg_notify_exporter"
@@ -133,7 +133,7 @@ class ObservedSeries:
             self.buckets[-1].inc(observation.count - previous)
         if observation.sum:
             self.exact_sum = EXACT.add(self.exact_sum, observation.sum)
-            self.sum.set(float(self.exact_sum))
+            self.sum.set(nearest_float(self.exact_sum))
         null, not_finite = self.skipped
         if observation.null:
             null.inc(observation.null)

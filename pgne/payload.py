@@ -60,6 +60,19 @@ MAX_SUM_INTEGER_DIGITS = 131_072 + 20
 MAX_SUM_FRACTION_DIGITS = 16_383
 
 
+# float(Decimal) prints the whole number first: 0.8 ms for a sum of 147,000 digits, once per
+# batch and series. Rounding it first to 800 significant digits "to odd" (ROUND_05UP: towards
+# zero, but away from a last digit of 0 or 5) keeps the float64 it is nearest to: every midpoint
+# between two float64s has at most 768 significant digits, so it is kept exactly, and a value
+# near one stays on its side of it. Microseconds, whatever the length.
+_FOR_FLOAT = decimal.Context(prec=800, rounding=decimal.ROUND_05UP, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+
+
+def nearest_float(total: decimal.Decimal) -> float:
+    """float(total), the float64 nearest to the exact sum, in time that does not grow with its digits."""
+    return float(_FOR_FLOAT.plus(total))
+
+
 def sum_in_bounds(total: decimal.Decimal) -> bool:
     """Is `total` (finite) a sum pgne adds: at most MAX_SUM_INTEGER_DIGITS digits before the point
     and MAX_SUM_FRACTION_DIGITS after it (a zero's exponent counts too: 0E-999999999 + 1 is as

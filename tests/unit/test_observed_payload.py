@@ -3,6 +3,7 @@ skipped while the rows stay counted, a payload without values unchanged."""
 from __future__ import annotations
 
 import json
+import math
 from decimal import Decimal
 
 import pytest
@@ -108,3 +109,21 @@ def test_every_sum_postgresql_can_hold_is_added_exactly(total):
     [observation] = router().classify(_sum(total))[2]
     assert observation.sum == Decimal(total)
     assert observation.plus(observation).sum == EXACT.add(Decimal(total), Decimal(total))
+
+
+def test_the_exported_sum_is_the_float_nearest_to_the_exact_sum_at_any_length():
+    import random
+
+    from pgne.payload import nearest_float
+    rng = random.Random(21)
+    values = [Decimal("0.30000000000000004"), Decimal("1.5e300"), Decimal("9" * 400), Decimal("-1e-320"),
+              Decimal("1" + "0" * 16 + "5"), Decimal("1" + "0" * 16 + "5" + "0" * 30 + "1")]  # a tie, and just above
+    for _ in range(3000):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 60)))
+        values.append(Decimal(f"{rng.choice('-+')}{digits}e{rng.randint(-340, 300)}"))
+        f = rng.uniform(-1e6, 1e6)  # exact midpoints between neighbouring floats: the hardest case
+        values.append(EXACT.multiply(EXACT.add(Decimal(f), Decimal(math.nextafter(f, math.inf))), Decimal("0.5")))
+    for value in values:
+        assert nearest_float(value) == float(value), value
+    huge = EXACT.add(Decimal("1e131091"), Decimal("1e-16383"))  # 147,475 digits: float() takes 0.8 ms
+    assert nearest_float(huge) == float("inf")  # beyond float64, as float() gives it
