@@ -27,23 +27,31 @@ def _json_bytes(text: str) -> int:
     return len(json.dumps(text, ensure_ascii=False).encode("utf-8"))
 
 
+def _joined(parts: list[int]) -> int:
+    """Bytes of parts joined by ", "."""
+    return sum(parts) + len(", ") * max(len(parts) - 1, 0)
+
+
 def worst_case_payload_bytes(monitor: Monitor) -> int:
-    """The bytes of the longest payload the monitor's notify trigger sends with full values."""
-    size = len('{"table" : , "action" : "UPDATE", "count" : }, "seq" : }') + COUNT_BYTES + SEQ_BYTES
-    size += _json_bytes(monitor.qualified_name)
+    """The bytes of the longest payload the monitor's notify trigger sends with full values:
+    {"table" : T, "action" : "UPDATE"[, "data" : {L : V, ...}], "count" : N[, "values" : {C : {...}, ...}], "seq" : S}
+    """
+    size = (len('{"table" : , "action" : "UPDATE", "count" : , "seq" : }') + _json_bytes(monitor.qualified_name)
+            + COUNT_BYTES + SEQ_BYTES)
     if monitor.label_columns:
-        size += len('"data" : {}, ')
-        for column in monitor.label_columns:
-            widest = max(_json_bytes(value) for value in (*column.values, OTHER))
-            size += _json_bytes(column.name) + len(" : , ") + widest
+        size += len(', "data" : {}') + _joined([
+            _json_bytes(c.name) + len(" : ") + max(_json_bytes(v) for v in (*c.values, OTHER))
+            for c in monitor.label_columns])
     if monitor.observed_columns:
-        size += len(', "values" : {}')
+        columns = []
         for column in monitor.observed_columns:
-            size += (_json_bytes(column.name) + len(' : {"count" : , "sum" : "", "null" : , "not_finite" : }, ')
-                     + SUM_TEXT_BYTES + 3 * COUNT_BYTES)
+            size_of = (_json_bytes(column.name) + len(' : {"count" : , "sum" : "", "null" : , "not_finite" : }')
+                       + SUM_TEXT_BYTES + 3 * COUNT_BYTES)
             if column.bounds:
-                size += len(', "buckets" : {}') + sum(_json_bytes(b) + len(" : , ") + COUNT_BYTES
-                                                     for b in column.bounds)
+                size_of += len(', "buckets" : {}') + _joined([_json_bytes(b) + len(" : ") + COUNT_BYTES
+                                                              for b in column.bounds])
+            columns.append(size_of)
+        size += len(', "values" : {}') + _joined(columns)
     return size
 
 

@@ -293,3 +293,29 @@ def test_outbox_a_sum_of_thousands_of_digits_is_observed_exactly(pg_database, tm
     [[total]] = query(pg_database.dsn, "SELECT observed->'amount'->>'sum' FROM pgne.totals "
                                        "WHERE operation = 'INSERT' AND labels->>'supplier' = 'acme'")
     assert total == "1." + HUGE
+
+
+def test_checks_worst_case_payload_size_is_exactly_what_the_trigger_sends_at_the_widest(pg_database, tmp_path,
+                                                                                       listener_factory):
+    """notify_size mirrors the trigger's layout: a real payload is the computed worst case less
+    exactly the room its narrower parts left (counts of 1 digit for 19, the sum, seq, label)."""
+    from pgne.config import load_config
+    from pgne.notify_size import COUNT_BYTES, SEQ_BYTES, SUM_TEXT_BYTES, worst_case_payload_bytes
+    from pgne.render import Renderer
+    pg_database.execute('CREATE TABLE "we""ird" (id serial, code text, amount double precision)')
+    monitor = {"table": 'we"ird', "enabled": True, "function": "notification_with_payload", "events": ["insert"],
+               "columns_to_label": [{"code": ['a"\\é\x01', "bb"]}],
+               "columns_to_observe": [{"name": "amount", "buckets": [-3, 0.5, 1e20]}]}
+    config = write(tmp_path, config_text(database_entry(pg_database, [monitor], perform_setup=False)))
+    assert apply_in_process(config).code == 0
+    [parsed] = load_config(str(config), Renderer()).databases[0].monitors
+    listener = listener_factory(pg_database)
+    run_sql(pg_database, ("INSERT INTO \"we\"\"ird\" (code, amount) VALUES (%s, 1.25)", ('a"\\é\x01',)))
+    wait_until(lambda: listener.poll(0.2) or listener.raw_payloads, 10, "the payload")
+    [raw] = listener.raw_payloads
+    payload = json.loads(raw)
+    assert payload["values"]["amount"]["sum"] == "1.25"
+    widest_label = len(json.dumps('a"\\é\x01', ensure_ascii=False).encode())  # the value sent is the widest
+    room = ((COUNT_BYTES - 1) * (1 + 3 + 3)  # the row count; count, null, not_finite; 3 buckets
+            + SUM_TEXT_BYTES - len("1.25") + SEQ_BYTES - len(str(payload["seq"])))
+    assert worst_case_payload_bytes(parsed) - len(raw.encode()) == room, (raw, widest_label)
