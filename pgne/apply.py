@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import psycopg2
 
-from pgne.drift import LEGACY_TRIGGER, Difference, find_differences, read_inventory
+from pgne.drift import DATABASE_PROBLEMS, LEGACY_TRIGGER, Difference, blocked_tables, find_differences, read_inventory
 from pgne.errors import first_line
 from pgne.model import APPLIED_CHANNEL, Database
 from pgne.render import Renderer
@@ -57,22 +57,36 @@ def apply_on_connection(conn, database: Database, renderer: Renderer, dry_run: b
     previous_autocommit = conn.autocommit
     conn.autocommit = True
     try:
-        differences = find_differences(read_inventory(conn, database, renderer), database, renderer)
+        differences = find_differences(read_inventory(conn, database, renderer), database, renderer, replace_legacy)
         extras = [d for d in differences if d.kind == "extra"] if prune else []
         changes = [d for d in differences if d.kind != "extra"] + extras
-        problems = [d.what for d in changes if d.is_problem and not (replace_legacy and d.kind == LEGACY_TRIGGER)]
-        if problems:  # a missing table or label column, notify refused for 2PC: nothing to apply can fix them
-            return ApplyResult(database, FAILED, "; ".join(problems) + " (nothing applied)", tuple(changes))
-        if not changes:
+        problems = [d for d in changes if d.is_problem and not (replace_legacy and d.kind == LEGACY_TRIGGER)]
+        if any(d.kind in DATABASE_PROBLEMS for d in problems):  # notify refused for 2PC: nothing can be set up
+            return ApplyResult(database, FAILED, "; ".join(d.what for d in problems) + " (nothing applied)",
+                               tuple(changes))
+        # A monitor with a problem of its own (a missing table or column, ...) is not set up; the
+        # others are, and the outcome still fails (exit 1) with its problems.
+        blocked = blocked_tables(problems)
+        if problems and all((m.schema, m.table) in blocked for m in database.enabled_monitors):
+            return ApplyResult(database, FAILED, "; ".join(d.what for d in problems) + " (nothing applied)",
+                               tuple(changes))  # no monitor to set up: not even schema pgne
+        not_set_up = ", ".join(sorted(f"{schema}.{table}" for schema, table in blocked))
+        fixes = [d for d in changes if not d.is_problem]
+        if not fixes:
+            if problems:
+                return ApplyResult(database, FAILED, "; ".join(d.what for d in problems)
+                                   + f" (not set up: {not_set_up}; nothing else to apply)", tuple(changes))
             return ApplyResult(database, UP_TO_DATE)
-        summary = f"{len(changes)} change{'s' if len(changes) != 1 else ''}: " + "; ".join(map(str, changes))
+        summary = f"{len(fixes)} change{'s' if len(fixes) != 1 else ''}: " + "; ".join(map(str, fixes))
+        if problems:
+            summary = "; ".join(d.what for d in problems) + f" (not set up: {not_set_up}); " + summary
         if dry_run:
-            return ApplyResult(database, WOULD_APPLY, summary, tuple(changes))
+            return ApplyResult(database, FAILED if problems else WOULD_APPLY, summary, tuple(changes))
         try:
             with conn.cursor() as cur:
-                if any(d.kind != "extra" for d in changes):
+                if any(d.kind != "extra" for d in fixes):
                     # no parameters: sent as it is
-                    cur.execute(renderer.render_database(database, replace_legacy=replace_legacy))
+                    cur.execute(renderer.render_database(database, replace_legacy=replace_legacy, blocked=blocked))
                 if extras:  # the script that `render-sql --prune` prints after the database's
                     cur.execute(renderer.render_prune(database))
         except psycopg2.Error as exc:
@@ -81,7 +95,7 @@ def apply_on_connection(conn, database: Database, renderer: Renderer, dry_run: b
                     cur.execute("ROLLBACK")
             return ApplyResult(database, FAILED, first_line(exc) + " (nothing applied)", tuple(changes))
         _tell_running_workers(conn, database)
-        return ApplyResult(database, APPLIED, summary, tuple(changes))
+        return ApplyResult(database, FAILED if problems else APPLIED, summary, tuple(changes))
     finally:
         if not conn.closed:
             conn.autocommit = previous_autocommit

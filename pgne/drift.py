@@ -39,18 +39,27 @@ JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
 WHERE NOT t.tgisinternal AND t.tgparentid = 0 AND t.tgname = ANY(%s)
 """
 
-# One row if the table exists (any relation kind), with its column names, and those of its
-# columns that can be observed (columns_to_observe): the numeric types, or domains over them.
+# One row if the table exists (any relation kind), with its column names, those of its columns
+# that can be observed (columns_to_observe: the numeric types, or domains over them, to any
+# depth), and its virtual generated columns (PostgreSQL 18: a trigger's transition table cannot
+# read them, "unexpected virtual generated column reference"; attgenerated is '' or 's' before).
 _COLUMNS_SQL = """
 SELECT ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
        ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
-             JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-               AND (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END)
-                   IN ('pg_catalog.int2'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype,
-                       'pg_catalog.int8'::pg_catalog.regtype, 'pg_catalog.numeric'::pg_catalog.regtype,
-                       'pg_catalog.float4'::pg_catalog.regtype, 'pg_catalog.float8'::pg_catalog.regtype))
+               AND (WITH RECURSIVE chain(typ) AS (
+                      SELECT a.atttypid
+                      UNION ALL
+                      SELECT t.typbasetype FROM pg_catalog.pg_type t JOIN chain ON t.oid = chain.typ
+                      WHERE t.typtype = 'd')
+                    SELECT pg_catalog.bool_or(chain.typ IN (
+                      'pg_catalog.int2'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype,
+                      'pg_catalog.int8'::pg_catalog.regtype, 'pg_catalog.numeric'::pg_catalog.regtype,
+                      'pg_catalog.float4'::pg_catalog.regtype, 'pg_catalog.float8'::pg_catalog.regtype))
+                    FROM chain)),
+       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = 'v')
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s
 """
@@ -67,7 +76,13 @@ MISSING_TABLE, MISSING_LABEL_COLUMN, NOTIFY_REFUSED = "missing_table", "missing_
 LEGACY_TRIGGER = "legacy_trigger"
 # columns_to_observe: a column the table lacks, or one that is not of a numeric type
 MISSING_OBSERVED_COLUMN, NOT_NUMERIC = "missing_observed_column", "observed_column_not_numeric"
-PROBLEMS = (MISSING_TABLE, MISSING_LABEL_COLUMN, NOTIFY_REFUSED, LEGACY_TRIGGER, MISSING_OBSERVED_COLUMN, NOT_NUMERIC)
+# a label or observed column that is a virtual generated column (PostgreSQL 18)
+VIRTUAL_COLUMN = "virtual_generated_column"
+PROBLEMS = (MISSING_TABLE, MISSING_LABEL_COLUMN, NOTIFY_REFUSED, LEGACY_TRIGGER, MISSING_OBSERVED_COLUMN, NOT_NUMERIC,
+            VIRTUAL_COLUMN)
+# Problems of the whole database: nothing is applied to it. Every other problem is one monitor's
+# (one table's): that monitor is not set up, the others are (see blocked_tables).
+DATABASE_PROBLEMS = (NOTIFY_REFUSED,)
 NUMERIC_TYPES = "smallint, integer, bigint, numeric, real, double precision"
 # The apply option that drops legacy triggers in the transaction that installs pgne's.
 REPLACE_LEGACY_OPTION = "--replace-legacy"
@@ -104,6 +119,9 @@ def problem_text(problem: str, schema: str = "", table: str = "", column: str = 
     if problem == NOT_NUMERIC:
         return (f"observed column {column} of table {schema}.{table} is not of a numeric type "
                 f"({NUMERIC_TYPES}, or a domain over one)")
+    if problem == VIRTUAL_COLUMN:
+        return (f"column {column} of table {schema}.{table} is a virtual generated column, which a trigger "
+                f"cannot read (make it STORED, or do not label or observe it)")
     if problem == NOTIFY_REFUSED:
         setting = "> 0" if max_prepared_transactions is None else f"= {max_prepared_transactions}"
         return ("delivery: notify refused: this server allows prepared transactions "
@@ -129,6 +147,8 @@ def possible_problems(database: Database) -> list[ProblemKey]:
         for column in monitor.observed_columns:
             keys += [(MISSING_OBSERVED_COLUMN, monitor.schema, monitor.table, column.name),
                      (NOT_NUMERIC, monitor.schema, monitor.table, column.name)]
+        keys += [(VIRTUAL_COLUMN, monitor.schema, monitor.table, column)
+                 for column in (*monitor.label_names, *(c.name for c in monitor.observed_columns))]
     for schema, table in dict.fromkeys((m.schema, m.table) for m in database.enabled_monitors):
         keys.append((LEGACY_TRIGGER, schema, table, ""))
     return keys
@@ -176,6 +196,7 @@ class Inventory:
     legacy: tuple[LegacyTrigger, ...] = ()  # pg_notify_exporter's triggers on the monitored tables
     extras: tuple[ExtraObject, ...] = ()  # what `apply --prune` drops
     observed_tables: frozenset[str] = frozenset()  # tables in schema pgne with a column `observed`
+    virtual_columns: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)  # PG 18's virtual
 
 
 @functools.lru_cache(maxsize=1)
@@ -218,7 +239,7 @@ def read_inventory(conn, database: Database, renderer: Renderer | None = None) -
                     "AND a.attname = %s AND NOT a.attisdropped", (SCHEMA, OBSERVED_COLUMN))
         observed_tables = frozenset(row[0] for row in cur.fetchall())
         existing = set()
-        columns, numeric = {}, {}
+        columns, numeric, virtual = {}, {}, {}
         for monitor in database.monitors:
             # the catalogs, not to_regclass(): that needs USAGE on the schema, which a role that may
             # only CONNECT (pgne run with perform_setup: false) does not have
@@ -228,12 +249,14 @@ def read_inventory(conn, database: Database, renderer: Renderer | None = None) -
                 existing.add((monitor.schema, monitor.table))
                 columns[(monitor.schema, monitor.table)] = frozenset(row[0])
                 numeric[(monitor.schema, monitor.table)] = frozenset(row[1])
+                virtual[(monitor.schema, monitor.table)] = frozenset(row[2])
         # PGC_POSTMASTER, readable by every role
         cur.execute("SELECT pg_catalog.current_setting('max_prepared_transactions')::int")
         max_prepared = cur.fetchone()[0]
     legacy = read_legacy_triggers(conn, database, renderer) if database.enabled else ()
     return Inventory(schema_exists, functions, triggers, frozenset(existing), schema_tables, columns, numeric,
-                     max_prepared, legacy, read_extra_objects(conn, database, renderer), observed_tables)
+                     max_prepared, legacy, read_extra_objects(conn, database, renderer), observed_tables,
+                     virtual)
 
 
 def setup_problems(inventory: Inventory, database: Database) -> list[Difference]:
@@ -263,6 +286,10 @@ def setup_problems(inventory: Inventory, database: Database) -> list[Difference]
             if (schema, table) in inventory.existing_tables:
                 continue
             what = problem_text(*key)
+        elif problem == VIRTUAL_COLUMN:
+            if column not in inventory.virtual_columns.get((schema, table), ()):
+                continue
+            what = problem_text(*key)
         elif problem == NOT_NUMERIC:
             existing = inventory.columns.get((schema, table))
             if existing is None or column not in existing or column in inventory.numeric_columns[(schema, table)]:
@@ -280,6 +307,13 @@ def setup_problems(inventory: Inventory, database: Database) -> list[Difference]
     return problems
 
 
+def blocked_tables(problems: list[Difference], replace_legacy: bool = False) -> frozenset[tuple[str, str]]:
+    """The (schema, table) of each monitor that a setup problem of its own keeps from being set up
+    (a legacy trigger does not with `apply --replace-legacy`: the script replaces it)."""
+    return frozenset(d.object_id[1:3] for d in problems if d.is_problem and d.kind not in DATABASE_PROBLEMS
+                     and not (replace_legacy and d.kind == LEGACY_TRIGGER))
+
+
 def trigger_matches(monitor: Monitor, event: str, facts: tuple | None) -> bool:
     """Does the pg_trigger row `facts` hold exactly the trigger pgne creates for `event`?"""
     if facts is None:
@@ -291,10 +325,13 @@ def trigger_matches(monitor: Monitor, event: str, facts: tuple | None) -> bool:
             and new_table == spec.new_table and old_table == spec.old_table)
 
 
-def find_differences(inventory: Inventory, database: Database, renderer: Renderer) -> list[Difference]:
+def find_differences(inventory: Inventory, database: Database, renderer: Renderer,
+                     replace_legacy: bool = False) -> list[Difference]:
     """What `apply` would change, setup problems first. Objects the config does not name at all
-    are `extra`."""
+    are `extra`. A monitor with a setup problem of its own is left as it is (its problem is the
+    difference): `apply` sets up the others."""
     diffs: list[Difference] = setup_problems(inventory, database)
+    blocked = blocked_tables(diffs, replace_legacy)
     enabled = set(database.enabled_monitors)
     if database.enabled and not inventory.schema_exists:
         diffs.append(Difference("missing", f"schema {SCHEMA}"))
@@ -305,6 +342,8 @@ def find_differences(inventory: Inventory, database: Database, renderer: Rendere
             diffs += [Difference("missing", f"column {SCHEMA}.{table}.{OBSERVED_COLUMN}") for table in OUTBOX_TABLES
                       if table in inventory.schema_tables and table not in inventory.observed_tables]
     for monitor in database.monitors:
+        if monitor in enabled and (monitor.schema, monitor.table) in blocked:
+            continue
         fn = function_name(monitor)
         table = monitor.qualified_name
         if monitor in enabled:

@@ -44,7 +44,7 @@ from prometheus_client.utils import floatToGoString  # noqa: E402
 from prometheus_client.values import ValueClass  # noqa: E402
 
 from pgne.model import BUILTIN_LABELS, ObservedColumn  # noqa: E402
-from pgne.payload import EXACT, RESULTS, Observation  # noqa: E402
+from pgne.payload import EXACT, RESULTS, Observation, nearest_float  # noqa: E402
 
 DATABASE_LABELS = ("host", "database")
 COMPAT_METRIC = "pg_notify_exporter"
@@ -133,7 +133,7 @@ class ObservedSeries:
             self.buckets[-1].inc(observation.count - previous)
         if observation.sum:
             self.exact_sum = EXACT.add(self.exact_sum, observation.sum)
-            self.sum.set(float(self.exact_sum))
+            self.sum.set(nearest_float(self.exact_sum))
         null, not_finite = self.skipped
         if observation.null:
             null.inc(observation.null)
@@ -169,7 +169,8 @@ class WorkerMetrics:
         # one series per problem the config allows for (pgne.drift.possible_problems): 1 while it exists
         self.setup_problem = _gauge("pgne_setup_problem", "1 while pgne cannot set the database up as configured "
                                     "(problem: missing_table, missing_label_column, notify_refused, legacy_trigger, "
-                                    "missing_observed_column, observed_column_not_numeric), else 0.",
+                                    "missing_observed_column, observed_column_not_numeric, "
+                                    "virtual_generated_column), else 0.",
                                     DATABASE_LABELS + ("schema", "table", "column", "problem"), "livemostrecent")
         if outbox:  # only databases with delivery: outbox have these series
             self.outbox_backlog = _gauge("pgne_outbox_backlog_rows", "Rows in pgne.event_log not yet drained.",
@@ -188,7 +189,8 @@ class WorkerMetrics:
         if self._observed_invalid is None:
             self._observed_invalid = _counter(
                 "pgne_observed_invalid_values", "Payloads whose rows were counted but whose values "
-                "(columns_to_observe) were malformed, and skipped.", DATABASE_LABELS).labels(self.host, self.database)
+                "(columns_to_observe) were malformed, out of bounds, or too long for a notification, "
+                "and skipped.", DATABASE_LABELS).labels(self.host, self.database)
         return self._observed_invalid
 
     def observed(self, key: tuple, column: ObservedColumn) -> ObservedSeries:

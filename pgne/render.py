@@ -261,11 +261,14 @@ class Renderer:
             **self._named_objects(database),
         )
 
-    def render_database(self, database: Database, replace_legacy: bool = False) -> str:
+    def render_database(self, database: Database, replace_legacy: bool = False,
+                        blocked: frozenset[tuple[str, str]] = frozenset()) -> str:
         """The whole script for one database: header comment, then BEGIN ... COMMIT. With
         `replace_legacy`, pg_notify_exporter's triggers on the monitored tables are dropped in the
-        same transaction, before pgne's own are created."""
-        enabled = [self.render_monitor(database, m) for m in database.enabled_monitors]
+        same transaction, before pgne's own are created. The monitors of `blocked` tables (a setup
+        problem of their own, pgne.drift) are left out: neither set up nor their legacy triggers dropped."""
+        enabled = [self.render_monitor(database, m) for m in database.enabled_monitors
+                   if (m.schema, m.table) not in blocked]
         dropped = [m for m in database.monitors if m not in database.enabled_monitors]
         template = self.env.get_template(DATABASE_TEMPLATE)
         return template.render(
@@ -284,7 +287,7 @@ class Renderer:
             qualified_function=qualified_function,
             trigger_name=trigger_name,
             replace_legacy=replace_legacy and bool(enabled),
-            legacy_tables=self.legacy_tables(database),
+            legacy_tables=[t for t in self.legacy_tables(database) if t not in blocked],
         )
 
     def render_config(self, databases: Iterable[Database], replace_legacy: bool = False, prune: bool = False) -> str:

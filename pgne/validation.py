@@ -40,6 +40,7 @@ from pgne.model import (
     ObservedColumn,
     value_as_text,
 )
+from pgne.notify_size import CHECKED_TEMPLATE, payload_problem
 from pgne.resources import config_schema_path
 from pgne.yamlfile import SURROGATE_RE, read_bounded, shown_path
 
@@ -330,7 +331,7 @@ def _build_monitor(raw: dict, where: str, templates: TemplateCatalog, errors: li
 
     if schema is None:
         return None
-    return Monitor(
+    monitor = Monitor(
         schema=schema,
         table=table,
         enabled=raw.get("enabled"),
@@ -340,6 +341,11 @@ def _build_monitor(raw: dict, where: str, templates: TemplateCatalog, errors: li
         observed_columns=tuple(observed_columns),
         location=where,
     )
+    if delivery == NOTIFY and function == CHECKED_TEMPLATE:  # no statement's rows lost to NOTIFY's limit
+        problem = payload_problem(monitor)
+        if problem:
+            errors.append(f"{where}: {problem}")
+    return monitor
 
 
 def _finite(number: float) -> bool:

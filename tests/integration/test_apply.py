@@ -190,16 +190,21 @@ def test_concurrent_applies_are_serialised_and_both_succeed(db, write_config):
 # -- failures and exit codes --------------------------------------------------------------------
 
 
-def test_a_missing_table_fails_naming_it_and_nothing_of_that_database_is_applied(db, write_config):
+def test_a_missing_table_fails_naming_it_and_the_databases_other_monitors_are_applied(db, write_config):
     extra = [{"table": "nosuch", "enabled": True, "function": "simple_event_notification", "events": ["insert"]},
              {"table": "app.gone", "enabled": True, "function": "simple_event_notification", "events": ["delete"]}]
     path = write_config(db, monitors(extra=extra))
 
     proc = run_pgne("apply", "-c", path)
     assert (proc.returncode, proc.stderr) == (1, "")
-    assert proc.stdout == (f"{name(db)}: FAILED: table public.nosuch does not exist; "
-                           f"table app.gone does not exist (nothing applied)\n")
-    assert state(db) == NOTHING
+    assert proc.stdout.startswith(f"{name(db)}: FAILED: table public.nosuch does not exist; "
+                                  f"table app.gone does not exist (not set up: app.gone, public.nosuch); "
+                                  f"7 changes: missing: schema pgne; "), proc.stdout
+    assert state(db) == INSTALLED  # a problem of one monitor keeps only that monitor from being set up
+    path = write_config(db, monitors(extra=extra[:1]))  # the only monitor: nothing applied
+    write_config(db, [extra[0]], filename="only.yml")
+    proc = run_pgne("apply", "-c", path.parent / "only.yml")
+    assert proc.stdout == f"{name(db)}: FAILED: table public.nosuch does not exist (nothing applied)\n"
 
 
 def test_dry_run_changes_nothing_and_says_what_would_be_applied(db, write_config):

@@ -194,3 +194,128 @@ def test_observed_columns_named_like_the_templates_identifiers_are_observed_exac
                 **{("DELETE", name): 1.0 * i for i, name in enumerate(ODD_NAMES)}}
         wait_until(lambda: observed() == want, 30, "every odd column observed", lambda: f"{observed()}")
     assert "WARNING" not in proc.stderr_text()
+
+
+def test_a_hostile_sum_is_skipped_its_rows_counted_and_the_worker_keeps_running(pg_database, tmp_path):
+    pg_database.execute(TABLES)
+    config = write(tmp_path, config_text(database_entry(pg_database, MONITORS, perform_setup=False)))
+    apply_in_process(config)
+    good = {"table": "public.orders", "action": "INSERT", "data": {"supplier": "acme"}, "count": 3,
+            "values": {"amount": {"count": 2, "sum": "10.25", "null": 1,
+                                  "buckets": {"-100": 0, "0": 0, "10": 1, "100": 2, "1000.5": 2}}}}
+    # exact addition of the first raised MemoryError (the worker died, the next row was lost);
+    # the second cost seconds of CPU and hundreds of MB per payload
+    hostile = [dict(good, values={"amount": dict(good["values"]["amount"], sum=total)})
+               for total in ("1e999999999999999999", "1e300000000", "0e-999999999")]
+    with PgneProcess(config, tmp_path / "pgne").running() as proc:
+        for payload in (good, *hostile, good):
+            run_sql(pg_database, ("SELECT pg_notify('pg_notify_exporter', %s)", (json.dumps(payload),)))
+        settle(proc, pg_database)
+        samples = proc.scrape()
+    histogram = exported_histograms(samples, pg_database)[("pgne_observed_euros", "INSERT", "orders", "acme", "amount")]
+    assert histogram == {"count": 4.0, "sum": 20.5, "null": 2.0, "not_finite": 0.0,
+                         "buckets": {"-100.0": 0.0, "0.0": 0.0, "10.0": 2.0, "100.0": 4.0, "1000.5": 4.0, "+Inf": 4.0}}
+    labels = frozenset({"host": host_label(pg_database.host, pg_database.port), "database": pg_database.name}.items())
+    assert samples[("pgne_observed_invalid_values_total", labels)] == 3.0
+    assert samples[("pgne_worker_restarts_total", labels)] == 0.0
+    events = {dict(k[1])["supplier"]: v for k, v in samples.items() if k[0] == "pgne_events_total"
+              and dict(k[1]).get("operation") == "INSERT" and dict(k[1]).get("table") == "orders"}
+    assert events["acme"] == 5 * 3  # every payload's rows
+
+
+READINGS = {"table": "readings", "enabled": True, "function": "notification_with_payload",
+            "columns_to_label": [{"day": ["2024-01-31", "2024-02-01"]}],
+            "columns_to_observe": [{"name": "x", "buckets": [1]}], "events": ["insert"]}
+
+
+@pytest.mark.parametrize("delivery", ["notify", "outbox"])
+def test_the_applications_session_settings_never_change_what_pgne_reports(pg_database, tmp_path, delivery):
+    pg_database.execute("CREATE TABLE readings (id serial, day date, x double precision)")
+    entry = (outbox_entry(pg_database, [READINGS], perform_setup=True) if delivery == "outbox"
+             else database_entry(pg_database, [READINGS]))
+    config = write(tmp_path, config_text(entry))
+    with PgneProcess(config, tmp_path / "pgne").running() as proc:
+        conn = psycopg2.connect(pg_database.dsn)
+        try:
+            with conn.cursor() as cur:  # what an application's session may set; SQL's sums are unchanged
+                cur.execute("SET extra_float_digits = -15; SET DateStyle = 'German, DMY'; "
+                            "SET IntervalStyle = sql_standard; SET bytea_output = escape")
+                cur.execute("INSERT INTO readings (day, x) VALUES ('2024-01-31', 1.5e300)")
+                cur.execute("INSERT INTO readings (day, x) VALUES ('2024-02-01', 0.1), ('2024-02-01', 0.2)")
+            conn.commit()
+        finally:
+            conn.close()
+        sums = dict(query(pg_database.dsn, "SELECT day::text, sum(x)::text FROM readings GROUP BY 1"))
+        assert sums == {"2024-01-31": "1.5e+300", "2024-02-01": "0.30000000000000004"}
+        host = host_label(pg_database.host, pg_database.port)
+
+        def exported():
+            return {dict(k[1])["day"]: v for k, v in proc.scrape().items()
+                    if k[0] == "pgne_observed_values_sum" and dict(k[1])["database"] == pg_database.name
+                    and dict(k[1])["host"] == host and v}
+
+        wanted = {"2024-01-31": 1.5e300, "2024-02-01": 0.30000000000000004}  # not 2e+300 and 0.3
+        wait_until(lambda: exported() == wanted, 30, "the sums of both days",
+                   lambda: f"{exported()}\n{proc.describe()}")
+        events = {dict(k[1])["day"]: v for k, v in proc.scrape().items() if k[0] == "pgne_events_total"
+                  and dict(k[1])["database"] == pg_database.name and dict(k[1])["host"] == host and v}
+        assert events == {"2024-01-31": 1.0, "2024-02-01": 2.0}  # the dates read as ISO, not 'other'
+
+
+HUGE = "9" * 8000  # a numeric value whose sum alone is over NOTIFY's 8000-byte limit
+
+
+def test_notify_a_sum_too_long_for_a_notification_leaves_the_rows_counted(pg_database, tmp_path):
+    pg_database.execute(TABLES)
+    config = write(tmp_path, config_text(database_entry(pg_database, MONITORS)))
+    with PgneProcess(config, tmp_path / "pgne").running() as proc:
+        run_workload(pg_database.dsn, [
+            ([("INSERT INTO orders (supplier, amount) VALUES ('acme', %s), ('acme', 1)", (HUGE,)),
+              ("INSERT INTO orders (supplier, amount) VALUES ('acme', 2.5)", None)], True)])
+        settle(proc, pg_database)
+        samples = proc.scrape()
+    labels = frozenset({"host": host_label(pg_database.host, pg_database.port), "database": pg_database.name}.items())
+    assert samples[("pgne_observed_invalid_values_total", labels)] == 1.0  # the first statement's values
+    events = {dict(k[1])["supplier"]: v for k, v in samples.items() if k[0] == "pgne_events_total"
+              and dict(k[1]).get("operation") == "INSERT" and dict(k[1]).get("table") == "orders"}
+    assert events["acme"] == 3  # was 0: the payload failed with a WARNING, nothing was counted
+    histogram = exported_histograms(samples, pg_database)[("pgne_observed_euros", "INSERT", "orders", "acme", "amount")]
+    assert (histogram["count"], histogram["sum"]) == (1.0, 2.5)
+
+
+def test_outbox_a_sum_of_thousands_of_digits_is_observed_exactly(pg_database, tmp_path):
+    pg_database.execute(TABLES)
+    config = write(tmp_path, config_text(outbox_entry(pg_database, MONITORS, perform_setup=True)))
+    with PgneProcess(config, tmp_path / "pgne").running() as proc:
+        run_workload(pg_database.dsn, [
+            ([("INSERT INTO orders (supplier, amount) VALUES ('acme', %s), ('acme', 1)", ("0." + HUGE,))], True)])
+        wait_histograms(proc, pg_database, expected_histograms(pg_database.dsn))
+    [[total]] = query(pg_database.dsn, "SELECT observed->'amount'->>'sum' FROM pgne.totals "
+                                       "WHERE operation = 'INSERT' AND labels->>'supplier' = 'acme'")
+    assert total == "1." + HUGE
+
+
+def test_checks_worst_case_payload_size_is_exactly_what_the_trigger_sends_at_the_widest(pg_database, tmp_path,
+                                                                                       listener_factory):
+    """notify_size mirrors the trigger's layout: a real payload is the computed worst case less
+    exactly the room its narrower parts left (counts of 1 digit for 19, the sum, seq, label)."""
+    from pgne.config import load_config
+    from pgne.notify_size import COUNT_BYTES, SEQ_BYTES, SUM_TEXT_BYTES, worst_case_payload_bytes
+    from pgne.render import Renderer
+    pg_database.execute('CREATE TABLE "we""ird" (id serial, code text, amount double precision)')
+    monitor = {"table": 'we"ird', "enabled": True, "function": "notification_with_payload", "events": ["insert"],
+               "columns_to_label": [{"code": ['a"\\é\x01', "bb"]}],
+               "columns_to_observe": [{"name": "amount", "buckets": [-3, 0.5, 1e20]}]}
+    config = write(tmp_path, config_text(database_entry(pg_database, [monitor], perform_setup=False)))
+    assert apply_in_process(config).code == 0
+    [parsed] = load_config(str(config), Renderer()).databases[0].monitors
+    listener = listener_factory(pg_database)
+    run_sql(pg_database, ("INSERT INTO \"we\"\"ird\" (code, amount) VALUES (%s, 1.25)", ('a"\\é\x01',)))
+    wait_until(lambda: listener.poll(0.2) or listener.raw_payloads, 10, "the payload")
+    [raw] = listener.raw_payloads
+    payload = json.loads(raw)
+    assert payload["values"]["amount"]["sum"] == "1.25"
+    widest_label = len(json.dumps('a"\\é\x01', ensure_ascii=False).encode())  # the value sent is the widest
+    room = ((COUNT_BYTES - 1) * (1 + 3 + 3)  # the row count; count, null, not_finite; 3 buckets
+            + SUM_TEXT_BYTES - len("1.25") + SEQ_BYTES - len(str(payload["seq"])))
+    assert worst_case_payload_bytes(parsed) - len(raw.encode()) == room, (raw, widest_label)

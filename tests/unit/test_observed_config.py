@@ -126,3 +126,28 @@ def test_every_error_of_columns_to_observe_is_reported_at_once():
         f"{MON} > columns_to_label[0]: label column 'le' collides with the label 'le' of the histograms of "
         f"columns_to_observe (they add: column, le)",
     ]
+
+
+def _columns(n: int, buckets: int) -> str:
+    return "".join(f"      - name: c{i}\n        buckets: [{', '.join(str(b) for b in range(buckets))}]\n"
+                   for i in range(n))
+
+
+def test_a_config_whose_notification_could_exceed_notifys_limit_is_refused():
+    [line] = errors(observe(_columns(3, 200)))  # every payload was over 8000 bytes: 0 rows counted
+    assert line.startswith(f"{MON}: a notification of this monitor can reach ")
+    assert ("(0 label column(s) with their longest whitelisted value, 3 observed column(s) with 600 bucket(s) "
+            "in all, sums of up to 40 characters): PostgreSQL's NOTIFY takes less than 8000; observe fewer "
+            "columns or buckets, shorten the whitelisted values, or use delivery: outbox") in line
+    parse(observe(_columns(3, 50)))  # ordinary histograms fit
+    # the same in outbox delivery: no NOTIFY, no limit
+    parse(observe(_columns(3, 200)).replace("    enabled: true\n", "    enabled: true\n    delivery: outbox\n", 1))
+
+
+def test_long_whitelisted_label_values_count_towards_the_limit():
+    # a control character is sent escaped: \u0001, 6 bytes
+    labels = "      - code: ['" + "x" * 3000 + "', 'y']\n      - kind: [\"" + "\\x01" * 900 + "\"]\n"
+    [line] = errors(config({"      events: [insert]\n": "      events: [insert]\n      columns_to_label:\n" + labels}))
+    assert "a notification of this monitor can reach 8" in line  # 3002 + 5402 + the rest
+    parse(config({"      events: [insert]\n": "      events: [insert]\n      columns_to_label:\n"
+                                              "      - code: ['" + "x" * 3000 + "', 'y']\n"}))

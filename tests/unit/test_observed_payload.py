@@ -3,13 +3,14 @@ skipped while the rows stay counted, a payload without values unchanged."""
 from __future__ import annotations
 
 import json
+import math
 from decimal import Decimal
 
 import pytest
 from support.inline_configs import config, parse
 
 from pgne.model import ObservedColumn
-from pgne.payload import INVALID, Observation, Router
+from pgne.payload import EXACT, INVALID, Observation, Router
 
 AMOUNT = ObservedColumn("amount", (10.0, 100.5), "euros")
 CONFIG = config({"      events: [insert]\n": "      columns_to_label:\n      - code: [alpha]\n"
@@ -79,3 +80,50 @@ def test_observations_of_one_series_add_exactly():
     a = Observation(AMOUNT, 2, Decimal("0.1"), (1, 2), 1, 0)
     b = Observation(AMOUNT, 3, Decimal("1" + "0" * 40 + ".2"), (0, 3), 0, 2)
     assert a.plus(b) == Observation(AMOUNT, 5, Decimal("1" + "0" * 40 + ".3"), (1, 5), 1, 2)
+
+
+def _sum(text: object) -> str:
+    return payload({"amount": {"count": 1, "sum": text, "buckets": {"10": 1, "100.5": 1}}})
+
+
+@pytest.mark.parametrize("total", [
+    "1e999999999999999999",  # exact addition to 1 would need 10^18 digits: MemoryError
+    "1e300000000",  # seconds of CPU and hundreds of MB per addition
+    "-1e131092",  # one digit more before the point than pgne adds
+    "0e-999999999",  # a zero: adding it to 1 is as long as adding 1e-999999999
+    "1e-16384",  # one digit more after the point than PostgreSQL's numeric holds
+    "1e" + "9" * 5000,  # an exponent decimal cannot even hold
+])
+def test_a_sum_outside_what_postgresql_can_hold_is_skipped_and_its_rows_counted(total):
+    assert router().classify(_sum(total)) == (KEY, 3, None)
+
+
+@pytest.mark.parametrize("total", [
+    "9" * 131_072 + "." + "9" * 16_383,  # numeric's largest value
+    "-" + "1" + "0" * 131_091,  # and 20 more digits before the point: a sum of 10^20 of them
+    "1e-16383",
+    "1.7976931348623157e+308", "4.9e-324", "-2.2250738585072014e-308",  # float8's extremes
+    "0e-16383", "0e+131091",
+])
+def test_every_sum_postgresql_can_hold_is_added_exactly(total):
+    [observation] = router().classify(_sum(total))[2]
+    assert observation.sum == Decimal(total)
+    assert observation.plus(observation).sum == EXACT.add(Decimal(total), Decimal(total))
+
+
+def test_the_exported_sum_is_the_float_nearest_to_the_exact_sum_at_any_length():
+    import random
+
+    from pgne.payload import nearest_float
+    rng = random.Random(21)
+    values = [Decimal("0.30000000000000004"), Decimal("1.5e300"), Decimal("9" * 400), Decimal("-1e-320"),
+              Decimal("1" + "0" * 16 + "5"), Decimal("1" + "0" * 16 + "5" + "0" * 30 + "1")]  # a tie, and just above
+    for _ in range(3000):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 60)))
+        values.append(Decimal(f"{rng.choice('-+')}{digits}e{rng.randint(-340, 300)}"))
+        f = rng.uniform(-1e6, 1e6)  # exact midpoints between neighbouring floats: the hardest case
+        values.append(EXACT.multiply(EXACT.add(Decimal(f), Decimal(math.nextafter(f, math.inf))), Decimal("0.5")))
+    for value in values:
+        assert nearest_float(value) == float(value), value
+    huge = EXACT.add(Decimal("1e131091"), Decimal("1e-16383"))  # 147,475 digits: float() takes 0.8 ms
+    assert nearest_float(huge) == float("inf")  # beyond float64, as float() gives it

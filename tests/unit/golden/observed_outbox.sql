@@ -53,6 +53,10 @@ CREATE OR REPLACE FUNCTION "pgne"."sales_orders_74609b9789"()
   LANGUAGE plpgsql
   SECURITY DEFINER
   SET search_path = pg_catalog, pg_temp
+  SET extra_float_digits = 3
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = postgres
+  SET bytea_output = hex
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -169,7 +173,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:a7e59765caf39ae34baa668735a578e30fd850040ca6e7307bdf53eaad071b27';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:2224d071fe6e087690be0ac3d062825380aeb66e12959cfa3724b8172f5b01c9';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -228,6 +232,10 @@ CREATE OR REPLACE FUNCTION "pgne"."public_lines_87680e081c"()
   LANGUAGE plpgsql
   SECURITY DEFINER
   SET search_path = pg_catalog, pg_temp
+  SET extra_float_digits = 3
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = postgres
+  SET bytea_output = hex
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -281,7 +289,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_lines_87680e081c"() IS 'pgne sha256:9ab0a24ed56011d6da19d045d42c242a9a622f0f2e1b4b20db2511ee0af17f07';
+COMMENT ON FUNCTION "pgne"."public_lines_87680e081c"() IS 'pgne sha256:dafc6b98f16a686c8adea473aba502b65b6362d6a67d34169739a809361bef75';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger

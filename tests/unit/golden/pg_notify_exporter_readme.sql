@@ -12,6 +12,10 @@ CREATE OR REPLACE FUNCTION "pgne"."public_one_6415285b3b"()
   RETURNS trigger
   LANGUAGE plpgsql
   SET search_path = pg_catalog, pg_temp
+  SET extra_float_digits = 3
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = postgres
+  SET bytea_output = hex
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -44,7 +48,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_one_6415285b3b"() IS 'pgne sha256:ea05f99c17a0a15bd04a80a30e4a3075cc0f073eb355d2d118c8caf4d2c65f2e';
+COMMENT ON FUNCTION "pgne"."public_one_6415285b3b"() IS 'pgne sha256:161eec95f7dd133bc7c933c5f9b50dde33c7bfe8da7fd2ba0236b5738f75adae';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -82,6 +86,10 @@ CREATE OR REPLACE FUNCTION "pgne"."public_two_93be4d32ed"()
   RETURNS trigger
   LANGUAGE plpgsql
   SET search_path = pg_catalog, pg_temp
+  SET extra_float_digits = 3
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = postgres
+  SET bytea_output = hex
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -111,7 +119,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_two_93be4d32ed"() IS 'pgne sha256:e4652ecd350b3c56f755ab4f9b2ecdb7784d7b224e3b2476b730d4c659862d67';
+COMMENT ON FUNCTION "pgne"."public_two_93be4d32ed"() IS 'pgne sha256:b010825ce379bd3d1a7e36b3b3748eea8407d8b893be7eb182fcb458db4961c6';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger

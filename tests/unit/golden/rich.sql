@@ -12,6 +12,10 @@ CREATE OR REPLACE FUNCTION "pgne"."sales_orders_74609b9789"()
   RETURNS trigger
   LANGUAGE plpgsql
   SET search_path = pg_catalog, pg_temp
+  SET extra_float_digits = 3
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = postgres
+  SET bytea_output = hex
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -68,7 +72,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:05ea3d0937d2fc29ef509dea9dfa2afebd4472b03c5cac6031216ac514ef26e1';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:d79ec737952cf107ba8f24325c23d4356a210db33f0992a4e10cff8c267caa16';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -126,6 +130,10 @@ CREATE OR REPLACE FUNCTION "pgne"."public_customers_746dedf2f4"()
   RETURNS trigger
   LANGUAGE plpgsql
   SET search_path = pg_catalog, pg_temp
+  SET extra_float_digits = 3
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = postgres
+  SET bytea_output = hex
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -148,7 +156,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:537162c5d7cb16e1f328eb4d9ba3f8a7d9298ec6f80830a1c420f4622e89fc0a';
+COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:20489ae83aff1313584b215cef5d7ff1a73f258f5d925be268b4349f0bfc3053';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -185,6 +193,10 @@ CREATE OR REPLACE FUNCTION "pgne"."audit_log_dd556fb87f"()
   RETURNS trigger
   LANGUAGE plpgsql
   SET search_path = pg_catalog, pg_temp
+  SET extra_float_digits = 3
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = postgres
+  SET bytea_output = hex
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -226,7 +238,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:a3b2e36d34af23ed93882733ae62c8c5a6b9614e49a11ea2784bf120957dc941';
+COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:920e55e78682f0ca2e6a4b1088a1512a57bc1e6fb92ee6abf9304527da599048';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -308,6 +320,10 @@ CREATE OR REPLACE FUNCTION "pgne"."public_refunds_520c957fdd"()
   RETURNS trigger
   LANGUAGE plpgsql
   SET search_path = pg_catalog, pg_temp
+  SET extra_float_digits = 3
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = postgres
+  SET bytea_output = hex
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -340,7 +356,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:136c60d468644f3191aa3dd0efd93235c39a7b0d6457243947a70d8ccce5cdaf';
+COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:de2659a4948a2a134c4d1200f4cfb9e296b72c76f7aa1d431c9cc6e37b067d4c';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger

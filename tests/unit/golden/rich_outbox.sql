@@ -35,6 +35,10 @@ CREATE OR REPLACE FUNCTION "pgne"."sales_orders_74609b9789"()
   LANGUAGE plpgsql
   SECURITY DEFINER
   SET search_path = pg_catalog, pg_temp
+  SET extra_float_digits = 3
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = postgres
+  SET bytea_output = hex
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -125,7 +129,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:d5e2993113ec1955b2360dfb77637af689711dc69940c26a65cffd52d03e2125';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:4be4c6fb6387098e495446a96fbda524287e0aed100689d015a818c035ceec77';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -184,6 +188,10 @@ CREATE OR REPLACE FUNCTION "pgne"."public_customers_746dedf2f4"()
   LANGUAGE plpgsql
   SECURITY DEFINER
   SET search_path = pg_catalog, pg_temp
+  SET extra_float_digits = 3
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = postgres
+  SET bytea_output = hex
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -209,7 +217,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:285da21f1fcc2ceed8ce2d2756e50fb5f7f49167d7fa464a41ca5f1697cb9601';
+COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:f7dafe2328486b644595fbbc3243bef875cdf900a96abc01dc7240c38f90433e';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -247,6 +255,10 @@ CREATE OR REPLACE FUNCTION "pgne"."audit_log_dd556fb87f"()
   LANGUAGE plpgsql
   SECURITY DEFINER
   SET search_path = pg_catalog, pg_temp
+  SET extra_float_digits = 3
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = postgres
+  SET bytea_output = hex
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -314,7 +326,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:f907b25049715adb8704a50c18cc7ec26d34f7117ba40bdb36c2d877e9f6b1ce';
+COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:65b74cc6edb2942b8e42a5f602ca19445bdaef7c155f7690ea4177ff283f1794';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -419,6 +431,10 @@ CREATE OR REPLACE FUNCTION "pgne"."public_refunds_520c957fdd"()
   LANGUAGE plpgsql
   SECURITY DEFINER
   SET search_path = pg_catalog, pg_temp
+  SET extra_float_digits = 3
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = postgres
+  SET bytea_output = hex
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -472,7 +488,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:62c4a11f720e3fdd7a89fc11782e172e1dc1d2fd4d4a4e7b5e5fe2683d6c6ddf';
+COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:4209fc5bd4091217b03e2e56fba8f24b86d94916c0db3d9bbabf3a8cf45c46b7';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
