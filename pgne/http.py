@@ -35,8 +35,9 @@ from prometheus_client import CollectorRegistry
 
 from pgne import __version__
 from pgne.exposition import MetricsRenderer
+from pgne.password_checks import AuthBusy
 from pgne.statedir import collect
-from pgne.webconfig import AuthBusy, WebConfig
+from pgne.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ def make_handler(state_dir: str, web: WebConfig, telemetry_path: str = "/metrics
                 except (ValueError, UnicodeDecodeError):
                     sep = ""
                 try:
-                    if sep and web.check_password(user, password):
+                    if sep and web.check_password(user, password, self.client_address[0]):
                         self.server.working()
                         return True
                 except AuthBusy:

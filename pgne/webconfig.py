@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgne.errors import UserError
+from pgne.password_checks import PasswordChecks
 from pgne.yamlfile import read_bounded, read_yaml, shown_path
 
 # Python's ssl verifies every client certificate it asks for, so the toolkit's two modes that
@@ -36,17 +37,8 @@ TLS_KEYS = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_
 TOP_KEYS = {"tls_server_config", "basic_auth_users"}
 
 
-# bcrypt costs one core for its whole run (hundreds of ms at cost 12): guesses take their turn
-# through this, so that no number of them takes more than one core from the workers; and at most
-# BCRYPT_QUEUE requests wait for a turn (they hold HTTP connections meanwhile), the others are
-# answered at once (429). Whether a user exists plays no part in either.
-_BCRYPT_TURN = threading.Lock()
-BCRYPT_QUEUE = 4
-_BCRYPT_WAITING = threading.BoundedSemaphore(BCRYPT_QUEUE)
-
-
-class AuthBusy(Exception):
-    """BCRYPT_QUEUE password checks already wait: try again later."""
+# One for the process: every password check of the HTTP server takes its turn through it.
+PASSWORD_CHECKS = PasswordChecks()
 
 
 @dataclass
@@ -60,7 +52,9 @@ class WebConfig:
     def dummy_hash(self) -> bytes:
         """A hash of a random password at the cost most users' hashes have (the highest of the
         most common): an unknown user costs one bcrypt run as a wrong password does, so the
-        time of a 401 does not tell which user names exist (as Prometheus' exporter-toolkit)."""
+        time of a 401 does not tell which user names exist (as Prometheus' exporter-toolkit).
+        No cost is right for every unknown name: a user whose hash has another cost than the
+        dummy's answers in another time, so that user's existence shows (README: one cost)."""
         import bcrypt
 
         with self._lock:
@@ -70,8 +64,9 @@ class WebConfig:
                 self._dummy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=cost))
             return self._dummy
 
-    def check_password(self, user: str, password: str) -> bool:
-        """Whether `password` is `user`'s; AuthBusy when BCRYPT_QUEUE checks already wait."""
+    def check_password(self, user: str, password: str, client: str) -> bool:
+        """Whether `password` is `user`'s; AuthBusy when `client` (the address the request
+        came from) or too many clients already have a check waiting (PasswordChecks)."""
         import bcrypt
 
         hashed = self.users.get(user)
@@ -81,15 +76,11 @@ class WebConfig:
                     return True
         # the same work whether the user exists or not; only a success is remembered
         candidate = hashed if hashed is not None else self.dummy_hash()
-        if not _BCRYPT_WAITING.acquire(blocking=False):
-            raise AuthBusy
         try:
-            with _BCRYPT_TURN:
+            with PASSWORD_CHECKS.turn(client):
                 ok = bcrypt.checkpw(password.encode("utf-8"), candidate)
         except ValueError:  # bcrypt 5 refuses passwords over 72 bytes (for any user alike)
             ok = False
-        finally:
-            _BCRYPT_WAITING.release()
         if ok and hashed is not None:
             with self._lock:
                 self._verified.add((user, password))
