@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 # The master and its workers write to one stderr: one format, the process named in each line.
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
@@ -32,12 +32,13 @@ def _iso_time(record: logging.LogRecord) -> str:
 
 
 def _logfmt_value(value: object) -> str:
+    """Bare when it can be, else in double quotes with `\\` and `\"` escaped and what is not
+    printable escaped by one_line's rule in JSON's spelling (\\n, \\u001b, \\u2028), which is
+    what logfmt parsers decode."""
     text = str(value)
     if text and not any(c in text for c in ' ="\\') and text.isprintable():
         return text
-    escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-               .replace("\t", "\\t"))
-    return f'"{escaped}"'
+    return '"' + one_line(text.replace("\\", "\\\\").replace('"', '\\"'), _quoted_escape) + '"'
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -65,6 +66,11 @@ def _json_formatter() -> logging.Formatter:
             super().add_fields(fields, record, message_dict)
             log_data.update(time=_iso_time(record), level=record.levelname.lower(), **fields)
 
+        def jsonify_log_record(self, log_data: dict) -> str:
+            # json.dumps escapes only U+0000-U+001F: the rest of one_line's rule as \u escapes
+            # (outside its strings a JSON line has only printable ASCII, so this touches only them)
+            return one_line(super().jsonify_log_record(log_data), _quoted_escape)
+
     # {message}: the formatted message; `database` comes in as an extra field where it is set
     return Formatter("{name}{process}{message}", style="{",
                      rename_fields={"name": "logger", "process": "pid", "message": "msg",
@@ -75,19 +81,36 @@ def _json_formatter() -> logging.Formatter:
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-def one_line(text: str) -> str:
-    """`text` with every character that is not printable (newlines, other control characters,
-    Unicode line separators) written as a visible escape (\\n, \\x1b, \\u2028): a table, database
-    or host name, a label value or an exception's text can then never start a line of its own
-    that reads as a record of pgne's."""
+def _visible_escape(c: str) -> str:
+    """\\n, \\r, \\t, else Python's: \\x1b, \\x85, \\u2028, \\U000e0001."""
+    return _NAMED_ESCAPES.get(c) or repr(c)[1:-1]
+
+
+def _quoted_escape(c: str) -> str:
+    """JSON's spelling: \\n, \\r, \\t, else \\u001b, \\u2028; beyond U+FFFF the UTF-16 surrogate
+    pair (\\udb40\\udc01)."""
+    if c in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[c]
+    if ord(c) <= 0xFFFF:
+        return f"\\u{ord(c):04x}"
+    high, low = divmod(ord(c) - 0x10000, 0x400)
+    return f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}"
+
+
+def one_line(text: str, escape: Callable[[str], str] = _visible_escape) -> str:
+    """The one rule of every log format: each character of `text` that is not printable
+    (newlines, other C0 and C1 control characters, Unicode line and paragraph separators,
+    format characters, lone surrogates) written as a visible escape (`escape`, by default
+    \\n, \\x1b, \\u2028): a table, database or host name, a label value or an exception's text can
+    then never start a line of its own that reads as a record of pgne's, nor drive a terminal."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else _NAMED_ESCAPES.get(c) or repr(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() else escape(c) for c in text)
 
 
 class PlainFormatter(logging.Formatter):
     """LOG_FORMAT, one record per line: the message, and a traceback when there is one, escaped
-    by one_line (logfmt and JSON quote their values; this format has no quoting of its own)."""
+    by one_line (this format has no quoting of its own: the whole line)."""
 
     def format(self, record: logging.LogRecord) -> str:
         return one_line(super().format(record))

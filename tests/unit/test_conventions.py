@@ -62,6 +62,28 @@ def test_json_is_one_object_per_line_with_the_database_when_given():
     assert "database" not in json.loads(logs.formatter("json").format(_record("stopping")))
 
 
+HOSTILE = "evil\x1b[2J\x00\x7f\x85x\u2028y\u2029\ud800\U000e0001 \"q\" \\ é 日本"
+
+
+def test_every_format_escapes_what_is_not_printable_by_one_rule():
+    """logfmt and JSON in JSON's spelling (\\u001b: what their parsers decode), the default
+    format in Python's (\\x1b): the same characters in each, and nothing else."""
+    record = _record("db %s", HOSTILE, **logs.for_database(HOSTILE))
+    logfmt = logs.formatter("logfmt").format(record)
+    quoted = ('"evil\\u001b[2J\\u0000\\u007f\\u0085x\\u2028y\\u2029\\ud800\\udb40\\udc01 '
+              '\\"q\\" \\\\ é 日本"')
+    assert logfmt == (f"time=2024-12-04T15:38:05.250Z level=info logger=pgne.master pid=42 database={quoted} "
+                      f"msg={quoted[0]}db {quoted[1:]}")
+    text = logs.formatter("json").format(record)
+    assert text == ('{"time": "2024-12-04T15:38:05.250Z", "level": "info", "logger": "pgne.master", "pid": 42, '
+                    f'"msg": {quoted[0]}db {quoted[1:]}, "database": {quoted}}}')
+    assert json.loads(text)["database"] == HOSTILE
+    plain = logs.formatter(None).format(record)
+    assert plain.endswith(" INFO pgne.master[42]: db evil\\x1b[2J\\x00\\x7f\\x85x\\u2028y\\u2029\\ud800"
+                          "\\U000e0001 \"q\" \\ é 日本")
+    assert logfmt.isprintable() and text.isprintable() and plain.isprintable()
+
+
 def test_without_a_format_the_lines_are_todays():
     record = _record("stopping")
     assert logs.formatter(None).format(record).endswith(" INFO pgne.master[42]: stopping")
