@@ -176,6 +176,7 @@ class Inventory:
     legacy: tuple[LegacyTrigger, ...] = ()  # pg_notify_exporter's triggers on the monitored tables
     extras: tuple[ExtraObject, ...] = ()  # what `apply --prune` drops
     observed_tables: frozenset[str] = frozenset()  # tables in schema pgne with a column `observed`
+    event_log_damage: str | None = None  # what differs in pgne.event_log from pgne's layout (outbox)
 
 
 @functools.lru_cache(maxsize=1)
@@ -228,12 +229,17 @@ def read_inventory(conn, database: Database, renderer: Renderer | None = None) -
                 existing.add((monitor.schema, monitor.table))
                 columns[(monitor.schema, monitor.table)] = frozenset(row[0])
                 numeric[(monitor.schema, monitor.table)] = frozenset(row[1])
+        damage = None
+        if database.enabled and database.delivery == OUTBOX and "event_log" in schema_tables:
+            observing = any(m.observed_columns for m in database.enabled_monitors)
+            cur.execute((renderer or _builtin_renderer()).render_event_log_check(observing))
+            damage = cur.fetchone()[0]
         # PGC_POSTMASTER, readable by every role
         cur.execute("SELECT pg_catalog.current_setting('max_prepared_transactions')::int")
         max_prepared = cur.fetchone()[0]
     legacy = read_legacy_triggers(conn, database, renderer) if database.enabled else ()
     return Inventory(schema_exists, functions, triggers, frozenset(existing), schema_tables, columns, numeric,
-                     max_prepared, legacy, read_extra_objects(conn, database, renderer), observed_tables)
+                     max_prepared, legacy, read_extra_objects(conn, database, renderer), observed_tables, damage)
 
 
 def setup_problems(inventory: Inventory, database: Database) -> list[Difference]:
@@ -301,6 +307,8 @@ def find_differences(inventory: Inventory, database: Database, renderer: Rendere
     if database.enabled and database.delivery == OUTBOX:
         diffs += [Difference("missing", f"table {SCHEMA}.{table}") for table in OUTBOX_TABLES
                   if table not in inventory.schema_tables]
+        if inventory.event_log_damage is not None:  # apply rebuilds it (sql_templates/_event_log.sql.j2)
+            diffs.append(Difference("outdated", f"table {SCHEMA}.event_log ({inventory.event_log_damage})"))
         if any(m.observed_columns for m in database.enabled_monitors):
             diffs += [Difference("missing", f"column {SCHEMA}.{table}.{OBSERVED_COLUMN}") for table in OUTBOX_TABLES
                       if table in inventory.schema_tables and table not in inventory.observed_tables]

@@ -15,7 +15,8 @@ CREATE TABLE IF NOT EXISTS "pgne".event_log (
   operation text NOT NULL,
   labels jsonb NOT NULL,
   n bigint NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now()
+  created_at timestamptz NOT NULL DEFAULT now(),
+  observed jsonb
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
         autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 10000);
 -- The durable counts that pgne exports.
@@ -44,6 +45,88 @@ BEGIN
                    AND attname = 'observed' AND NOT attisdropped) THEN
     ALTER TABLE "pgne".totals ADD COLUMN observed jsonb;
   END IF;
+END
+$pgne$;
+
+-- pgne.event_log as pgne made it, or rebuilt (its rows and grants kept): the triggers'
+-- INSERT into it must never fail (a DBA's constraint, trigger, rule, row-level security,
+-- an older layout...). Nothing is done to one that is intact.
+DO $pgne$
+DECLARE
+  damage pg_catalog.text := (SELECT CASE
+      WHEN "pgne-c".oid IS NULL THEN 'is missing'
+      WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
+      WHEN "pgne-c".relrowsecurity THEN 'has row-level security'
+      WHEN "pgne-c".relhasrules THEN 'has a rule'
+      WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger AS "pgne-t" WHERE "pgne-t".tgrelid = "pgne-c".oid) THEN 'has a trigger'
+      WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
+      WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
+                   WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
+      WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
+                     || pg_catalog.format_type("pgne-a".atttypid, NULL)
+                     || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
+                     || CASE WHEN "pgne-a".atthasdef
+                             THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
+                             ELSE '' END
+                     || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
+                     ', ' ORDER BY "pgne-a".attname)
+            FROM pg_catalog.pg_attribute AS "pgne-a"
+            LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
+            WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
+           NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null')
+        THEN 'has other columns than pgne''s'
+    END
+    FROM (SELECT) AS "pgne-one"
+    LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
+               ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
+      ON "pgne-c".relname = 'event_log');
+  copied pg_catalog.int8;
+  privilege record;
+BEGIN
+  IF damage IS NULL THEN
+    RETURN;
+  END IF;
+  ALTER TABLE "pgne".event_log RENAME TO "event_log-damaged";
+  CREATE TABLE IF NOT EXISTS "pgne".event_log (
+    table_name text NOT NULL,
+    operation text NOT NULL,
+    labels jsonb NOT NULL,
+    n bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    observed jsonb
+  ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
+          autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 10000);
+  REVOKE ALL ON "pgne".event_log FROM PUBLIC;
+  FOR privilege IN
+    SELECT "pgne-g".privilege_type, "pgne-r".rolname
+    FROM pg_catalog.pg_class AS "pgne-c",
+         LATERAL pg_catalog.aclexplode("pgne-c".relacl) AS "pgne-g"
+         JOIN pg_catalog.pg_roles AS "pgne-r" ON "pgne-r".oid = "pgne-g".grantee
+    WHERE "pgne-c".oid = '"pgne"."event_log-damaged"'::pg_catalog.regclass
+      AND "pgne-g".grantee <> "pgne-c".relowner
+  LOOP
+    EXECUTE pg_catalog.format('GRANT %s ON "pgne".event_log TO %I', privilege.privilege_type, privilege.rolname);
+  END LOOP;
+  BEGIN  -- the rows not drained yet, as far as they can be read
+    EXECUTE pg_catalog.format(
+      'INSERT INTO "pgne".event_log (table_name, operation, labels, n, created_at%s) '
+      'SELECT table_name::text, operation::text, labels::jsonb, n::int8, COALESCE(created_at::timestamptz, now())%s '
+      'FROM ONLY "pgne"."event_log-damaged"',
+      CASE WHEN true THEN ', observed' ELSE '' END,
+      CASE WHEN NOT true THEN ''
+           WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute
+                        WHERE attrelid = '"pgne"."event_log-damaged"'::pg_catalog.regclass
+                          AND attname = 'observed' AND NOT attisdropped) THEN ', observed::jsonb'
+           ELSE ', NULL' END);
+    GET DIAGNOSTICS copied = ROW_COUNT;
+    RAISE WARNING 'pgne: pgne.event_log %: rebuilt as pgne makes it, % row(s) kept', damage, copied;
+  EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'pgne: pgne.event_log %: rebuilt as pgne makes it; its rows could not be read (%), they are not counted',
+      damage, SQLERRM;
+  END;
+  EXECUTE pg_catalog.format('DROP %s "pgne"."event_log-damaged" CASCADE',
+    (SELECT CASE relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END
+     FROM pg_catalog.pg_class WHERE oid = '"pgne"."event_log-damaged"'::pg_catalog.regclass));
 END
 $pgne$;
 
@@ -149,9 +232,66 @@ BEGIN
       "pgne-trigger".labels := '{"{}"}';
       "pgne-trigger".counts := '{1}';
     END IF;
-    -- What the INSERT after this block needs ('...'::regclass fails here if the table is missing).
-    IF NOT pg_catalog.has_table_privilege('pgne.event_log'::pg_catalog.regclass, 'INSERT') THEN
+    -- What the INSERT after this block needs ('...'::regclass fails here if the table is missing),
+    -- and pgne.event_log as pgne made it: nothing on it can make that INSERT fail.
+    IF NOT pg_catalog.has_table_privilege('pgne.event_log'::pg_catalog.regclass, 'INSERT')
+       OR NOT pg_catalog.has_schema_privilege('pgne', 'USAGE') THEN
       RAISE EXCEPTION 'permission denied for table pgne.event_log' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF (SELECT CASE
+          WHEN "pgne-c".oid IS NULL THEN 'is missing'
+          WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
+          WHEN "pgne-c".relrowsecurity THEN 'has row-level security'
+          WHEN "pgne-c".relhasrules THEN 'has a rule'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger AS "pgne-t" WHERE "pgne-t".tgrelid = "pgne-c".oid) THEN 'has a trigger'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
+                       WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
+          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
+                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
+                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
+                         || CASE WHEN "pgne-a".atthasdef
+                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
+                                 ELSE '' END
+                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
+                         ', ' ORDER BY "pgne-a".attname)
+                FROM pg_catalog.pg_attribute AS "pgne-a"
+                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
+                WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
+               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null')
+            THEN 'has other columns than pgne''s'
+        END
+        FROM (SELECT) AS "pgne-one"
+        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
+                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
+          ON "pgne-c".relname = 'event_log') IS NOT NULL THEN
+      RAISE EXCEPTION 'pgne.event_log %: pgne repairs it at its next setup (pgne apply)', (SELECT CASE
+          WHEN "pgne-c".oid IS NULL THEN 'is missing'
+          WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
+          WHEN "pgne-c".relrowsecurity THEN 'has row-level security'
+          WHEN "pgne-c".relhasrules THEN 'has a rule'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger AS "pgne-t" WHERE "pgne-t".tgrelid = "pgne-c".oid) THEN 'has a trigger'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
+                       WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
+          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
+                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
+                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
+                         || CASE WHEN "pgne-a".atthasdef
+                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
+                                 ELSE '' END
+                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
+                         ', ' ORDER BY "pgne-a".attname)
+                FROM pg_catalog.pg_attribute AS "pgne-a"
+                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
+                WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
+               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null')
+            THEN 'has other columns than pgne''s'
+        END
+        FROM (SELECT) AS "pgne-one"
+        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
+                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
+          ON "pgne-c".relname = 'event_log');
     END IF;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
@@ -169,7 +309,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:a7e59765caf39ae34baa668735a578e30fd850040ca6e7307bdf53eaad071b27';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:0acc977696b98e1d12f8dca6938a5b606cedc6e9857e246f3bf0d70f5b9828ff';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -261,9 +401,66 @@ BEGIN
       ) AS "pgne-r"
       HAVING pg_catalog.count(*) > 0
     ) AS "pgne-g";
-    -- What the INSERT after this block needs ('...'::regclass fails here if the table is missing).
-    IF NOT pg_catalog.has_table_privilege('pgne.event_log'::pg_catalog.regclass, 'INSERT') THEN
+    -- What the INSERT after this block needs ('...'::regclass fails here if the table is missing),
+    -- and pgne.event_log as pgne made it: nothing on it can make that INSERT fail.
+    IF NOT pg_catalog.has_table_privilege('pgne.event_log'::pg_catalog.regclass, 'INSERT')
+       OR NOT pg_catalog.has_schema_privilege('pgne', 'USAGE') THEN
       RAISE EXCEPTION 'permission denied for table pgne.event_log' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF (SELECT CASE
+          WHEN "pgne-c".oid IS NULL THEN 'is missing'
+          WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
+          WHEN "pgne-c".relrowsecurity THEN 'has row-level security'
+          WHEN "pgne-c".relhasrules THEN 'has a rule'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger AS "pgne-t" WHERE "pgne-t".tgrelid = "pgne-c".oid) THEN 'has a trigger'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
+                       WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
+          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
+                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
+                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
+                         || CASE WHEN "pgne-a".atthasdef
+                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
+                                 ELSE '' END
+                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
+                         ', ' ORDER BY "pgne-a".attname)
+                FROM pg_catalog.pg_attribute AS "pgne-a"
+                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
+                WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
+               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null')
+            THEN 'has other columns than pgne''s'
+        END
+        FROM (SELECT) AS "pgne-one"
+        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
+                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
+          ON "pgne-c".relname = 'event_log') IS NOT NULL THEN
+      RAISE EXCEPTION 'pgne.event_log %: pgne repairs it at its next setup (pgne apply)', (SELECT CASE
+          WHEN "pgne-c".oid IS NULL THEN 'is missing'
+          WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
+          WHEN "pgne-c".relrowsecurity THEN 'has row-level security'
+          WHEN "pgne-c".relhasrules THEN 'has a rule'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger AS "pgne-t" WHERE "pgne-t".tgrelid = "pgne-c".oid) THEN 'has a trigger'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
+                       WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
+          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
+                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
+                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
+                         || CASE WHEN "pgne-a".atthasdef
+                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
+                                 ELSE '' END
+                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
+                         ', ' ORDER BY "pgne-a".attname)
+                FROM pg_catalog.pg_attribute AS "pgne-a"
+                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
+                WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
+               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null')
+            THEN 'has other columns than pgne''s'
+        END
+        FROM (SELECT) AS "pgne-one"
+        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
+                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
+          ON "pgne-c".relname = 'event_log');
     END IF;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
@@ -281,7 +478,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_lines_87680e081c"() IS 'pgne sha256:9ab0a24ed56011d6da19d045d42c242a9a622f0f2e1b4b20db2511ee0af17f07';
+COMMENT ON FUNCTION "pgne"."public_lines_87680e081c"() IS 'pgne sha256:107f479c783fa1fe3fb8479381f475db962b6a05924aeb5f80feadad1962eb84';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger

@@ -29,6 +29,87 @@ CREATE TABLE IF NOT EXISTS "pgne".totals (
 );
 REVOKE ALL ON "pgne".event_log, "pgne".totals FROM PUBLIC;
 
+-- pgne.event_log as pgne made it, or rebuilt (its rows and grants kept): the triggers'
+-- INSERT into it must never fail (a DBA's constraint, trigger, rule, row-level security,
+-- an older layout...). Nothing is done to one that is intact.
+DO $pgne$
+DECLARE
+  damage pg_catalog.text := (SELECT CASE
+      WHEN "pgne-c".oid IS NULL THEN 'is missing'
+      WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
+      WHEN "pgne-c".relrowsecurity THEN 'has row-level security'
+      WHEN "pgne-c".relhasrules THEN 'has a rule'
+      WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger AS "pgne-t" WHERE "pgne-t".tgrelid = "pgne-c".oid) THEN 'has a trigger'
+      WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
+      WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
+                   WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
+      WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
+                     || pg_catalog.format_type("pgne-a".atttypid, NULL)
+                     || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
+                     || CASE WHEN "pgne-a".atthasdef
+                             THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
+                             ELSE '' END
+                     || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
+                     ', ' ORDER BY "pgne-a".attname)
+            FROM pg_catalog.pg_attribute AS "pgne-a"
+            LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
+            WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
+           NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
+        THEN 'has other columns than pgne''s'
+    END
+    FROM (SELECT) AS "pgne-one"
+    LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
+               ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
+      ON "pgne-c".relname = 'event_log');
+  copied pg_catalog.int8;
+  privilege record;
+BEGIN
+  IF damage IS NULL THEN
+    RETURN;
+  END IF;
+  ALTER TABLE "pgne".event_log RENAME TO "event_log-damaged";
+  CREATE TABLE IF NOT EXISTS "pgne".event_log (
+    table_name text NOT NULL,
+    operation text NOT NULL,
+    labels jsonb NOT NULL,
+    n bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+  ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
+          autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 10000);
+  REVOKE ALL ON "pgne".event_log FROM PUBLIC;
+  FOR privilege IN
+    SELECT "pgne-g".privilege_type, "pgne-r".rolname
+    FROM pg_catalog.pg_class AS "pgne-c",
+         LATERAL pg_catalog.aclexplode("pgne-c".relacl) AS "pgne-g"
+         JOIN pg_catalog.pg_roles AS "pgne-r" ON "pgne-r".oid = "pgne-g".grantee
+    WHERE "pgne-c".oid = '"pgne"."event_log-damaged"'::pg_catalog.regclass
+      AND "pgne-g".grantee <> "pgne-c".relowner
+  LOOP
+    EXECUTE pg_catalog.format('GRANT %s ON "pgne".event_log TO %I', privilege.privilege_type, privilege.rolname);
+  END LOOP;
+  BEGIN  -- the rows not drained yet, as far as they can be read
+    EXECUTE pg_catalog.format(
+      'INSERT INTO "pgne".event_log (table_name, operation, labels, n, created_at%s) '
+      'SELECT table_name::text, operation::text, labels::jsonb, n::int8, COALESCE(created_at::timestamptz, now())%s '
+      'FROM ONLY "pgne"."event_log-damaged"',
+      CASE WHEN false THEN ', observed' ELSE '' END,
+      CASE WHEN NOT false THEN ''
+           WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute
+                        WHERE attrelid = '"pgne"."event_log-damaged"'::pg_catalog.regclass
+                          AND attname = 'observed' AND NOT attisdropped) THEN ', observed::jsonb'
+           ELSE ', NULL' END);
+    GET DIAGNOSTICS copied = ROW_COUNT;
+    RAISE WARNING 'pgne: pgne.event_log %: rebuilt as pgne makes it, % row(s) kept', damage, copied;
+  EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'pgne: pgne.event_log %: rebuilt as pgne makes it; its rows could not be read (%), they are not counted',
+      damage, SQLERRM;
+  END;
+  EXECUTE pg_catalog.format('DROP %s "pgne"."event_log-damaged" CASCADE',
+    (SELECT CASE relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END
+     FROM pg_catalog.pg_class WHERE oid = '"pgne"."event_log-damaged"'::pg_catalog.regclass));
+END
+$pgne$;
+
 -- "sales.orders": "notification_with_payload" on INSERT, UPDATE, DELETE, TRUNCATE
 CREATE OR REPLACE FUNCTION "pgne"."sales_orders_74609b9789"()
   RETURNS trigger
@@ -103,9 +184,66 @@ BEGIN
       "pgne-trigger".labels := '{"{}"}';
       "pgne-trigger".counts := '{1}';
     END IF;
-    -- What the INSERT after this block needs ('...'::regclass fails here if the table is missing).
-    IF NOT pg_catalog.has_table_privilege('pgne.event_log'::pg_catalog.regclass, 'INSERT') THEN
+    -- What the INSERT after this block needs ('...'::regclass fails here if the table is missing),
+    -- and pgne.event_log as pgne made it: nothing on it can make that INSERT fail.
+    IF NOT pg_catalog.has_table_privilege('pgne.event_log'::pg_catalog.regclass, 'INSERT')
+       OR NOT pg_catalog.has_schema_privilege('pgne', 'USAGE') THEN
       RAISE EXCEPTION 'permission denied for table pgne.event_log' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF (SELECT CASE
+          WHEN "pgne-c".oid IS NULL THEN 'is missing'
+          WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
+          WHEN "pgne-c".relrowsecurity THEN 'has row-level security'
+          WHEN "pgne-c".relhasrules THEN 'has a rule'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger AS "pgne-t" WHERE "pgne-t".tgrelid = "pgne-c".oid) THEN 'has a trigger'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
+                       WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
+          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
+                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
+                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
+                         || CASE WHEN "pgne-a".atthasdef
+                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
+                                 ELSE '' END
+                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
+                         ', ' ORDER BY "pgne-a".attname)
+                FROM pg_catalog.pg_attribute AS "pgne-a"
+                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
+                WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
+               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
+            THEN 'has other columns than pgne''s'
+        END
+        FROM (SELECT) AS "pgne-one"
+        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
+                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
+          ON "pgne-c".relname = 'event_log') IS NOT NULL THEN
+      RAISE EXCEPTION 'pgne.event_log %: pgne repairs it at its next setup (pgne apply)', (SELECT CASE
+          WHEN "pgne-c".oid IS NULL THEN 'is missing'
+          WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
+          WHEN "pgne-c".relrowsecurity THEN 'has row-level security'
+          WHEN "pgne-c".relhasrules THEN 'has a rule'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger AS "pgne-t" WHERE "pgne-t".tgrelid = "pgne-c".oid) THEN 'has a trigger'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
+                       WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
+          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
+                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
+                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
+                         || CASE WHEN "pgne-a".atthasdef
+                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
+                                 ELSE '' END
+                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
+                         ', ' ORDER BY "pgne-a".attname)
+                FROM pg_catalog.pg_attribute AS "pgne-a"
+                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
+                WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
+               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
+            THEN 'has other columns than pgne''s'
+        END
+        FROM (SELECT) AS "pgne-one"
+        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
+                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
+          ON "pgne-c".relname = 'event_log');
     END IF;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
@@ -125,7 +263,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:d5e2993113ec1955b2360dfb77637af689711dc69940c26a65cffd52d03e2125';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:67a210e418b8f140576a49e00e2083abb81ecc8c63cb734bbfb73a0b07555c3b';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -191,9 +329,66 @@ DECLARE
 BEGIN
   BEGIN
     "pgne-trigger".n := 1;
-    -- What the INSERT after this block needs ('...'::regclass fails here if the table is missing).
-    IF NOT pg_catalog.has_table_privilege('pgne.event_log'::pg_catalog.regclass, 'INSERT') THEN
+    -- What the INSERT after this block needs ('...'::regclass fails here if the table is missing),
+    -- and pgne.event_log as pgne made it: nothing on it can make that INSERT fail.
+    IF NOT pg_catalog.has_table_privilege('pgne.event_log'::pg_catalog.regclass, 'INSERT')
+       OR NOT pg_catalog.has_schema_privilege('pgne', 'USAGE') THEN
       RAISE EXCEPTION 'permission denied for table pgne.event_log' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF (SELECT CASE
+          WHEN "pgne-c".oid IS NULL THEN 'is missing'
+          WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
+          WHEN "pgne-c".relrowsecurity THEN 'has row-level security'
+          WHEN "pgne-c".relhasrules THEN 'has a rule'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger AS "pgne-t" WHERE "pgne-t".tgrelid = "pgne-c".oid) THEN 'has a trigger'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
+                       WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
+          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
+                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
+                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
+                         || CASE WHEN "pgne-a".atthasdef
+                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
+                                 ELSE '' END
+                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
+                         ', ' ORDER BY "pgne-a".attname)
+                FROM pg_catalog.pg_attribute AS "pgne-a"
+                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
+                WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
+               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
+            THEN 'has other columns than pgne''s'
+        END
+        FROM (SELECT) AS "pgne-one"
+        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
+                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
+          ON "pgne-c".relname = 'event_log') IS NOT NULL THEN
+      RAISE EXCEPTION 'pgne.event_log %: pgne repairs it at its next setup (pgne apply)', (SELECT CASE
+          WHEN "pgne-c".oid IS NULL THEN 'is missing'
+          WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
+          WHEN "pgne-c".relrowsecurity THEN 'has row-level security'
+          WHEN "pgne-c".relhasrules THEN 'has a rule'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger AS "pgne-t" WHERE "pgne-t".tgrelid = "pgne-c".oid) THEN 'has a trigger'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
+                       WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
+          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
+                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
+                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
+                         || CASE WHEN "pgne-a".atthasdef
+                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
+                                 ELSE '' END
+                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
+                         ', ' ORDER BY "pgne-a".attname)
+                FROM pg_catalog.pg_attribute AS "pgne-a"
+                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
+                WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
+               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
+            THEN 'has other columns than pgne''s'
+        END
+        FROM (SELECT) AS "pgne-one"
+        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
+                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
+          ON "pgne-c".relname = 'event_log');
     END IF;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
@@ -209,7 +404,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:285da21f1fcc2ceed8ce2d2756e50fb5f7f49167d7fa464a41ca5f1697cb9601';
+COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:99f1c064f1c6282367f4236086e446113a7d29f6179bf4480ae58fe6a61adf8c';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -292,9 +487,66 @@ BEGIN
         ) AS "pgne-g";
       END IF;
     END IF;
-    -- What the INSERT after this block needs ('...'::regclass fails here if the table is missing).
-    IF NOT pg_catalog.has_table_privilege('pgne.event_log'::pg_catalog.regclass, 'INSERT') THEN
+    -- What the INSERT after this block needs ('...'::regclass fails here if the table is missing),
+    -- and pgne.event_log as pgne made it: nothing on it can make that INSERT fail.
+    IF NOT pg_catalog.has_table_privilege('pgne.event_log'::pg_catalog.regclass, 'INSERT')
+       OR NOT pg_catalog.has_schema_privilege('pgne', 'USAGE') THEN
       RAISE EXCEPTION 'permission denied for table pgne.event_log' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF (SELECT CASE
+          WHEN "pgne-c".oid IS NULL THEN 'is missing'
+          WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
+          WHEN "pgne-c".relrowsecurity THEN 'has row-level security'
+          WHEN "pgne-c".relhasrules THEN 'has a rule'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger AS "pgne-t" WHERE "pgne-t".tgrelid = "pgne-c".oid) THEN 'has a trigger'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
+                       WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
+          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
+                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
+                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
+                         || CASE WHEN "pgne-a".atthasdef
+                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
+                                 ELSE '' END
+                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
+                         ', ' ORDER BY "pgne-a".attname)
+                FROM pg_catalog.pg_attribute AS "pgne-a"
+                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
+                WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
+               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
+            THEN 'has other columns than pgne''s'
+        END
+        FROM (SELECT) AS "pgne-one"
+        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
+                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
+          ON "pgne-c".relname = 'event_log') IS NOT NULL THEN
+      RAISE EXCEPTION 'pgne.event_log %: pgne repairs it at its next setup (pgne apply)', (SELECT CASE
+          WHEN "pgne-c".oid IS NULL THEN 'is missing'
+          WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
+          WHEN "pgne-c".relrowsecurity THEN 'has row-level security'
+          WHEN "pgne-c".relhasrules THEN 'has a rule'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger AS "pgne-t" WHERE "pgne-t".tgrelid = "pgne-c".oid) THEN 'has a trigger'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
+                       WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
+          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
+                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
+                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
+                         || CASE WHEN "pgne-a".atthasdef
+                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
+                                 ELSE '' END
+                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
+                         ', ' ORDER BY "pgne-a".attname)
+                FROM pg_catalog.pg_attribute AS "pgne-a"
+                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
+                WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
+               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
+            THEN 'has other columns than pgne''s'
+        END
+        FROM (SELECT) AS "pgne-one"
+        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
+                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
+          ON "pgne-c".relname = 'event_log');
     END IF;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
@@ -314,7 +566,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:f907b25049715adb8704a50c18cc7ec26d34f7117ba40bdb36c2d877e9f6b1ce';
+COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:f190fff896d483a2a4b8761f4af9d9c9bdda6929daa5ddae30037c22733cf05e';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -413,6 +665,87 @@ CREATE TABLE IF NOT EXISTS "pgne".totals (
 );
 REVOKE ALL ON "pgne".event_log, "pgne".totals FROM PUBLIC;
 
+-- pgne.event_log as pgne made it, or rebuilt (its rows and grants kept): the triggers'
+-- INSERT into it must never fail (a DBA's constraint, trigger, rule, row-level security,
+-- an older layout...). Nothing is done to one that is intact.
+DO $pgne$
+DECLARE
+  damage pg_catalog.text := (SELECT CASE
+      WHEN "pgne-c".oid IS NULL THEN 'is missing'
+      WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
+      WHEN "pgne-c".relrowsecurity THEN 'has row-level security'
+      WHEN "pgne-c".relhasrules THEN 'has a rule'
+      WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger AS "pgne-t" WHERE "pgne-t".tgrelid = "pgne-c".oid) THEN 'has a trigger'
+      WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
+      WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
+                   WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
+      WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
+                     || pg_catalog.format_type("pgne-a".atttypid, NULL)
+                     || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
+                     || CASE WHEN "pgne-a".atthasdef
+                             THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
+                             ELSE '' END
+                     || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
+                     ', ' ORDER BY "pgne-a".attname)
+            FROM pg_catalog.pg_attribute AS "pgne-a"
+            LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
+            WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
+           NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
+        THEN 'has other columns than pgne''s'
+    END
+    FROM (SELECT) AS "pgne-one"
+    LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
+               ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
+      ON "pgne-c".relname = 'event_log');
+  copied pg_catalog.int8;
+  privilege record;
+BEGIN
+  IF damage IS NULL THEN
+    RETURN;
+  END IF;
+  ALTER TABLE "pgne".event_log RENAME TO "event_log-damaged";
+  CREATE TABLE IF NOT EXISTS "pgne".event_log (
+    table_name text NOT NULL,
+    operation text NOT NULL,
+    labels jsonb NOT NULL,
+    n bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+  ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
+          autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 10000);
+  REVOKE ALL ON "pgne".event_log FROM PUBLIC;
+  FOR privilege IN
+    SELECT "pgne-g".privilege_type, "pgne-r".rolname
+    FROM pg_catalog.pg_class AS "pgne-c",
+         LATERAL pg_catalog.aclexplode("pgne-c".relacl) AS "pgne-g"
+         JOIN pg_catalog.pg_roles AS "pgne-r" ON "pgne-r".oid = "pgne-g".grantee
+    WHERE "pgne-c".oid = '"pgne"."event_log-damaged"'::pg_catalog.regclass
+      AND "pgne-g".grantee <> "pgne-c".relowner
+  LOOP
+    EXECUTE pg_catalog.format('GRANT %s ON "pgne".event_log TO %I', privilege.privilege_type, privilege.rolname);
+  END LOOP;
+  BEGIN  -- the rows not drained yet, as far as they can be read
+    EXECUTE pg_catalog.format(
+      'INSERT INTO "pgne".event_log (table_name, operation, labels, n, created_at%s) '
+      'SELECT table_name::text, operation::text, labels::jsonb, n::int8, COALESCE(created_at::timestamptz, now())%s '
+      'FROM ONLY "pgne"."event_log-damaged"',
+      CASE WHEN false THEN ', observed' ELSE '' END,
+      CASE WHEN NOT false THEN ''
+           WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute
+                        WHERE attrelid = '"pgne"."event_log-damaged"'::pg_catalog.regclass
+                          AND attname = 'observed' AND NOT attisdropped) THEN ', observed::jsonb'
+           ELSE ', NULL' END);
+    GET DIAGNOSTICS copied = ROW_COUNT;
+    RAISE WARNING 'pgne: pgne.event_log %: rebuilt as pgne makes it, % row(s) kept', damage, copied;
+  EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'pgne: pgne.event_log %: rebuilt as pgne makes it; its rows could not be read (%), they are not counted',
+      damage, SQLERRM;
+  END;
+  EXECUTE pg_catalog.format('DROP %s "pgne"."event_log-damaged" CASCADE',
+    (SELECT CASE relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END
+     FROM pg_catalog.pg_class WHERE oid = '"pgne"."event_log-damaged"'::pg_catalog.regclass));
+END
+$pgne$;
+
 -- "public.refunds": "notification_with_payload" on DELETE
 CREATE OR REPLACE FUNCTION "pgne"."public_refunds_520c957fdd"()
   RETURNS trigger
@@ -450,9 +783,66 @@ BEGIN
         GROUP BY 1
       ) AS "pgne-g";
     END IF;
-    -- What the INSERT after this block needs ('...'::regclass fails here if the table is missing).
-    IF NOT pg_catalog.has_table_privilege('pgne.event_log'::pg_catalog.regclass, 'INSERT') THEN
+    -- What the INSERT after this block needs ('...'::regclass fails here if the table is missing),
+    -- and pgne.event_log as pgne made it: nothing on it can make that INSERT fail.
+    IF NOT pg_catalog.has_table_privilege('pgne.event_log'::pg_catalog.regclass, 'INSERT')
+       OR NOT pg_catalog.has_schema_privilege('pgne', 'USAGE') THEN
       RAISE EXCEPTION 'permission denied for table pgne.event_log' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF (SELECT CASE
+          WHEN "pgne-c".oid IS NULL THEN 'is missing'
+          WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
+          WHEN "pgne-c".relrowsecurity THEN 'has row-level security'
+          WHEN "pgne-c".relhasrules THEN 'has a rule'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger AS "pgne-t" WHERE "pgne-t".tgrelid = "pgne-c".oid) THEN 'has a trigger'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
+                       WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
+          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
+                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
+                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
+                         || CASE WHEN "pgne-a".atthasdef
+                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
+                                 ELSE '' END
+                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
+                         ', ' ORDER BY "pgne-a".attname)
+                FROM pg_catalog.pg_attribute AS "pgne-a"
+                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
+                WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
+               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
+            THEN 'has other columns than pgne''s'
+        END
+        FROM (SELECT) AS "pgne-one"
+        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
+                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
+          ON "pgne-c".relname = 'event_log') IS NOT NULL THEN
+      RAISE EXCEPTION 'pgne.event_log %: pgne repairs it at its next setup (pgne apply)', (SELECT CASE
+          WHEN "pgne-c".oid IS NULL THEN 'is missing'
+          WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
+          WHEN "pgne-c".relrowsecurity THEN 'has row-level security'
+          WHEN "pgne-c".relhasrules THEN 'has a rule'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger AS "pgne-t" WHERE "pgne-t".tgrelid = "pgne-c".oid) THEN 'has a trigger'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
+                       WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
+          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
+                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
+                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
+                         || CASE WHEN "pgne-a".atthasdef
+                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
+                                 ELSE '' END
+                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
+                         ', ' ORDER BY "pgne-a".attname)
+                FROM pg_catalog.pg_attribute AS "pgne-a"
+                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
+                WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
+               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
+            THEN 'has other columns than pgne''s'
+        END
+        FROM (SELECT) AS "pgne-one"
+        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
+                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
+          ON "pgne-c".relname = 'event_log');
     END IF;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
@@ -472,7 +862,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:62c4a11f720e3fdd7a89fc11782e172e1dc1d2fd4d4a4e7b5e5fe2683d6c6ddf';
+COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:5151a9b14a7fbe99d47863cdc767158749738b34e363609cba278f1cf3edd569';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
