@@ -62,24 +62,29 @@ DECLARE
       WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
       WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                    WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-      WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
-                     || pg_catalog.format_type("pgne-a".atttypid, NULL)
-                     || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
-                     || CASE WHEN "pgne-a".atthasdef
-                             THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
-                             ELSE '' END
-                     || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
-                     ', ' ORDER BY "pgne-a".attname)
+      WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
+                   WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
+                     AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
+                          "pgne-a".attgenerated, "pgne-a".attidentity) NOT IN (
+                       ('table_name', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                       ('operation', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                       ('labels', 'pg_catalog.jsonb'::pg_catalog.regtype, true, false, '', ''),
+                       ('n', 'pg_catalog.int8'::pg_catalog.regtype, true, false, '', ''),
+                       ('created_at', 'pg_catalog.timestamptz'::pg_catalog.regtype, true, true, '', ''),
+                       ('observed', 'pg_catalog.jsonb'::pg_catalog.regtype, false, false, '', '')))
+        THEN 'has other columns, types, defaults or NOT NULLs than pgne''s'
+      WHEN (SELECT pg_catalog.count(*) FILTER (WHERE "pgne-a".attname <> 'observed')
+                     || '/' || pg_catalog.count(*) FILTER (WHERE "pgne-a".attname = 'observed')
             FROM pg_catalog.pg_attribute AS "pgne-a"
-            LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
             WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
-           NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null')
-        THEN 'has other columns than pgne''s'
+           NOT IN ('5/1')
+        THEN 'lacks a column of pgne''s'
+      WHEN (SELECT pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid) FROM pg_catalog.pg_attrdef AS "pgne-d"
+            WHERE "pgne-d".adrelid = "pgne-c".oid) IS DISTINCT FROM 'now()'
+        THEN 'has another default than pgne''s'
     END
-    FROM (SELECT) AS "pgne-one"
-    LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
-               ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
-      ON "pgne-c".relname = 'event_log');
+    FROM pg_catalog.pg_class AS "pgne-c" WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass
+);
   copied pg_catalog.int8;
   privilege record;
 BEGIN
@@ -247,24 +252,29 @@ BEGIN
           WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
           WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                        WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
-                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
-                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
-                         || CASE WHEN "pgne-a".atthasdef
-                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
-                                 ELSE '' END
-                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
-                         ', ' ORDER BY "pgne-a".attname)
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
+                       WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
+                         AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
+                              "pgne-a".attgenerated, "pgne-a".attidentity) NOT IN (
+                           ('table_name', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('operation', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('labels', 'pg_catalog.jsonb'::pg_catalog.regtype, true, false, '', ''),
+                           ('n', 'pg_catalog.int8'::pg_catalog.regtype, true, false, '', ''),
+                           ('created_at', 'pg_catalog.timestamptz'::pg_catalog.regtype, true, true, '', ''),
+                           ('observed', 'pg_catalog.jsonb'::pg_catalog.regtype, false, false, '', '')))
+            THEN 'has other columns, types, defaults or NOT NULLs than pgne''s'
+          WHEN (SELECT pg_catalog.count(*) FILTER (WHERE "pgne-a".attname <> 'observed')
+                         || '/' || pg_catalog.count(*) FILTER (WHERE "pgne-a".attname = 'observed')
                 FROM pg_catalog.pg_attribute AS "pgne-a"
-                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
                 WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
-               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null')
-            THEN 'has other columns than pgne''s'
+               NOT IN ('5/1')
+            THEN 'lacks a column of pgne''s'
+          WHEN (SELECT pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid) FROM pg_catalog.pg_attrdef AS "pgne-d"
+                WHERE "pgne-d".adrelid = "pgne-c".oid) IS DISTINCT FROM 'now()'
+            THEN 'has another default than pgne''s'
         END
-        FROM (SELECT) AS "pgne-one"
-        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
-                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
-          ON "pgne-c".relname = 'event_log') IS NOT NULL THEN
+        FROM pg_catalog.pg_class AS "pgne-c" WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass
+) IS NOT NULL THEN
       RAISE EXCEPTION 'pgne.event_log %: pgne repairs it at its next setup (pgne apply)', (SELECT CASE
           WHEN "pgne-c".oid IS NULL THEN 'is missing'
           WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
@@ -274,24 +284,29 @@ BEGIN
           WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
           WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                        WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
-                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
-                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
-                         || CASE WHEN "pgne-a".atthasdef
-                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
-                                 ELSE '' END
-                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
-                         ', ' ORDER BY "pgne-a".attname)
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
+                       WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
+                         AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
+                              "pgne-a".attgenerated, "pgne-a".attidentity) NOT IN (
+                           ('table_name', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('operation', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('labels', 'pg_catalog.jsonb'::pg_catalog.regtype, true, false, '', ''),
+                           ('n', 'pg_catalog.int8'::pg_catalog.regtype, true, false, '', ''),
+                           ('created_at', 'pg_catalog.timestamptz'::pg_catalog.regtype, true, true, '', ''),
+                           ('observed', 'pg_catalog.jsonb'::pg_catalog.regtype, false, false, '', '')))
+            THEN 'has other columns, types, defaults or NOT NULLs than pgne''s'
+          WHEN (SELECT pg_catalog.count(*) FILTER (WHERE "pgne-a".attname <> 'observed')
+                         || '/' || pg_catalog.count(*) FILTER (WHERE "pgne-a".attname = 'observed')
                 FROM pg_catalog.pg_attribute AS "pgne-a"
-                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
                 WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
-               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null')
-            THEN 'has other columns than pgne''s'
+               NOT IN ('5/1')
+            THEN 'lacks a column of pgne''s'
+          WHEN (SELECT pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid) FROM pg_catalog.pg_attrdef AS "pgne-d"
+                WHERE "pgne-d".adrelid = "pgne-c".oid) IS DISTINCT FROM 'now()'
+            THEN 'has another default than pgne''s'
         END
-        FROM (SELECT) AS "pgne-one"
-        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
-                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
-          ON "pgne-c".relname = 'event_log');
+        FROM pg_catalog.pg_class AS "pgne-c" WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass
+);
     END IF;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
@@ -309,7 +324,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:0acc977696b98e1d12f8dca6938a5b606cedc6e9857e246f3bf0d70f5b9828ff';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:bf5c663c48817ffcdc161fa1425ba53be6dcaeb532727d5a7f48ee8027ad85f5';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -416,24 +431,29 @@ BEGIN
           WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
           WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                        WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
-                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
-                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
-                         || CASE WHEN "pgne-a".atthasdef
-                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
-                                 ELSE '' END
-                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
-                         ', ' ORDER BY "pgne-a".attname)
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
+                       WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
+                         AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
+                              "pgne-a".attgenerated, "pgne-a".attidentity) NOT IN (
+                           ('table_name', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('operation', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('labels', 'pg_catalog.jsonb'::pg_catalog.regtype, true, false, '', ''),
+                           ('n', 'pg_catalog.int8'::pg_catalog.regtype, true, false, '', ''),
+                           ('created_at', 'pg_catalog.timestamptz'::pg_catalog.regtype, true, true, '', ''),
+                           ('observed', 'pg_catalog.jsonb'::pg_catalog.regtype, false, false, '', '')))
+            THEN 'has other columns, types, defaults or NOT NULLs than pgne''s'
+          WHEN (SELECT pg_catalog.count(*) FILTER (WHERE "pgne-a".attname <> 'observed')
+                         || '/' || pg_catalog.count(*) FILTER (WHERE "pgne-a".attname = 'observed')
                 FROM pg_catalog.pg_attribute AS "pgne-a"
-                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
                 WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
-               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null')
-            THEN 'has other columns than pgne''s'
+               NOT IN ('5/1')
+            THEN 'lacks a column of pgne''s'
+          WHEN (SELECT pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid) FROM pg_catalog.pg_attrdef AS "pgne-d"
+                WHERE "pgne-d".adrelid = "pgne-c".oid) IS DISTINCT FROM 'now()'
+            THEN 'has another default than pgne''s'
         END
-        FROM (SELECT) AS "pgne-one"
-        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
-                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
-          ON "pgne-c".relname = 'event_log') IS NOT NULL THEN
+        FROM pg_catalog.pg_class AS "pgne-c" WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass
+) IS NOT NULL THEN
       RAISE EXCEPTION 'pgne.event_log %: pgne repairs it at its next setup (pgne apply)', (SELECT CASE
           WHEN "pgne-c".oid IS NULL THEN 'is missing'
           WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
@@ -443,24 +463,29 @@ BEGIN
           WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
           WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                        WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
-                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
-                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
-                         || CASE WHEN "pgne-a".atthasdef
-                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
-                                 ELSE '' END
-                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
-                         ', ' ORDER BY "pgne-a".attname)
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
+                       WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
+                         AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
+                              "pgne-a".attgenerated, "pgne-a".attidentity) NOT IN (
+                           ('table_name', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('operation', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('labels', 'pg_catalog.jsonb'::pg_catalog.regtype, true, false, '', ''),
+                           ('n', 'pg_catalog.int8'::pg_catalog.regtype, true, false, '', ''),
+                           ('created_at', 'pg_catalog.timestamptz'::pg_catalog.regtype, true, true, '', ''),
+                           ('observed', 'pg_catalog.jsonb'::pg_catalog.regtype, false, false, '', '')))
+            THEN 'has other columns, types, defaults or NOT NULLs than pgne''s'
+          WHEN (SELECT pg_catalog.count(*) FILTER (WHERE "pgne-a".attname <> 'observed')
+                         || '/' || pg_catalog.count(*) FILTER (WHERE "pgne-a".attname = 'observed')
                 FROM pg_catalog.pg_attribute AS "pgne-a"
-                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
                 WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
-               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null')
-            THEN 'has other columns than pgne''s'
+               NOT IN ('5/1')
+            THEN 'lacks a column of pgne''s'
+          WHEN (SELECT pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid) FROM pg_catalog.pg_attrdef AS "pgne-d"
+                WHERE "pgne-d".adrelid = "pgne-c".oid) IS DISTINCT FROM 'now()'
+            THEN 'has another default than pgne''s'
         END
-        FROM (SELECT) AS "pgne-one"
-        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
-                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
-          ON "pgne-c".relname = 'event_log');
+        FROM pg_catalog.pg_class AS "pgne-c" WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass
+);
     END IF;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
@@ -478,7 +503,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_lines_87680e081c"() IS 'pgne sha256:107f479c783fa1fe3fb8479381f475db962b6a05924aeb5f80feadad1962eb84';
+COMMENT ON FUNCTION "pgne"."public_lines_87680e081c"() IS 'pgne sha256:073e106ecb9163799dab94ac91530dcb6fb1db659f2cb1377f0a7a3906eac169';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger

@@ -43,24 +43,29 @@ DECLARE
       WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
       WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                    WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-      WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
-                     || pg_catalog.format_type("pgne-a".atttypid, NULL)
-                     || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
-                     || CASE WHEN "pgne-a".atthasdef
-                             THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
-                             ELSE '' END
-                     || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
-                     ', ' ORDER BY "pgne-a".attname)
+      WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
+                   WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
+                     AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
+                          "pgne-a".attgenerated, "pgne-a".attidentity) NOT IN (
+                       ('table_name', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                       ('operation', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                       ('labels', 'pg_catalog.jsonb'::pg_catalog.regtype, true, false, '', ''),
+                       ('n', 'pg_catalog.int8'::pg_catalog.regtype, true, false, '', ''),
+                       ('created_at', 'pg_catalog.timestamptz'::pg_catalog.regtype, true, true, '', ''),
+                       ('observed', 'pg_catalog.jsonb'::pg_catalog.regtype, false, false, '', '')))
+        THEN 'has other columns, types, defaults or NOT NULLs than pgne''s'
+      WHEN (SELECT pg_catalog.count(*) FILTER (WHERE "pgne-a".attname <> 'observed')
+                     || '/' || pg_catalog.count(*) FILTER (WHERE "pgne-a".attname = 'observed')
             FROM pg_catalog.pg_attribute AS "pgne-a"
-            LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
             WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
-           NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
-        THEN 'has other columns than pgne''s'
+           NOT IN ('5/0', '5/1')
+        THEN 'lacks a column of pgne''s'
+      WHEN (SELECT pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid) FROM pg_catalog.pg_attrdef AS "pgne-d"
+            WHERE "pgne-d".adrelid = "pgne-c".oid) IS DISTINCT FROM 'now()'
+        THEN 'has another default than pgne''s'
     END
-    FROM (SELECT) AS "pgne-one"
-    LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
-               ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
-      ON "pgne-c".relname = 'event_log');
+    FROM pg_catalog.pg_class AS "pgne-c" WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass
+);
   copied pg_catalog.int8;
   privilege record;
 BEGIN
@@ -199,24 +204,29 @@ BEGIN
           WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
           WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                        WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
-                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
-                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
-                         || CASE WHEN "pgne-a".atthasdef
-                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
-                                 ELSE '' END
-                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
-                         ', ' ORDER BY "pgne-a".attname)
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
+                       WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
+                         AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
+                              "pgne-a".attgenerated, "pgne-a".attidentity) NOT IN (
+                           ('table_name', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('operation', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('labels', 'pg_catalog.jsonb'::pg_catalog.regtype, true, false, '', ''),
+                           ('n', 'pg_catalog.int8'::pg_catalog.regtype, true, false, '', ''),
+                           ('created_at', 'pg_catalog.timestamptz'::pg_catalog.regtype, true, true, '', ''),
+                           ('observed', 'pg_catalog.jsonb'::pg_catalog.regtype, false, false, '', '')))
+            THEN 'has other columns, types, defaults or NOT NULLs than pgne''s'
+          WHEN (SELECT pg_catalog.count(*) FILTER (WHERE "pgne-a".attname <> 'observed')
+                         || '/' || pg_catalog.count(*) FILTER (WHERE "pgne-a".attname = 'observed')
                 FROM pg_catalog.pg_attribute AS "pgne-a"
-                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
                 WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
-               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
-            THEN 'has other columns than pgne''s'
+               NOT IN ('5/0', '5/1')
+            THEN 'lacks a column of pgne''s'
+          WHEN (SELECT pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid) FROM pg_catalog.pg_attrdef AS "pgne-d"
+                WHERE "pgne-d".adrelid = "pgne-c".oid) IS DISTINCT FROM 'now()'
+            THEN 'has another default than pgne''s'
         END
-        FROM (SELECT) AS "pgne-one"
-        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
-                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
-          ON "pgne-c".relname = 'event_log') IS NOT NULL THEN
+        FROM pg_catalog.pg_class AS "pgne-c" WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass
+) IS NOT NULL THEN
       RAISE EXCEPTION 'pgne.event_log %: pgne repairs it at its next setup (pgne apply)', (SELECT CASE
           WHEN "pgne-c".oid IS NULL THEN 'is missing'
           WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
@@ -226,24 +236,29 @@ BEGIN
           WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
           WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                        WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
-                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
-                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
-                         || CASE WHEN "pgne-a".atthasdef
-                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
-                                 ELSE '' END
-                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
-                         ', ' ORDER BY "pgne-a".attname)
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
+                       WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
+                         AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
+                              "pgne-a".attgenerated, "pgne-a".attidentity) NOT IN (
+                           ('table_name', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('operation', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('labels', 'pg_catalog.jsonb'::pg_catalog.regtype, true, false, '', ''),
+                           ('n', 'pg_catalog.int8'::pg_catalog.regtype, true, false, '', ''),
+                           ('created_at', 'pg_catalog.timestamptz'::pg_catalog.regtype, true, true, '', ''),
+                           ('observed', 'pg_catalog.jsonb'::pg_catalog.regtype, false, false, '', '')))
+            THEN 'has other columns, types, defaults or NOT NULLs than pgne''s'
+          WHEN (SELECT pg_catalog.count(*) FILTER (WHERE "pgne-a".attname <> 'observed')
+                         || '/' || pg_catalog.count(*) FILTER (WHERE "pgne-a".attname = 'observed')
                 FROM pg_catalog.pg_attribute AS "pgne-a"
-                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
                 WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
-               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
-            THEN 'has other columns than pgne''s'
+               NOT IN ('5/0', '5/1')
+            THEN 'lacks a column of pgne''s'
+          WHEN (SELECT pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid) FROM pg_catalog.pg_attrdef AS "pgne-d"
+                WHERE "pgne-d".adrelid = "pgne-c".oid) IS DISTINCT FROM 'now()'
+            THEN 'has another default than pgne''s'
         END
-        FROM (SELECT) AS "pgne-one"
-        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
-                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
-          ON "pgne-c".relname = 'event_log');
+        FROM pg_catalog.pg_class AS "pgne-c" WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass
+);
     END IF;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
@@ -263,7 +278,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:67a210e418b8f140576a49e00e2083abb81ecc8c63cb734bbfb73a0b07555c3b';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:7c0c4db14477744459687c54fe219c5f30c054d45025db4e618da680fe2933f4';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -344,24 +359,29 @@ BEGIN
           WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
           WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                        WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
-                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
-                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
-                         || CASE WHEN "pgne-a".atthasdef
-                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
-                                 ELSE '' END
-                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
-                         ', ' ORDER BY "pgne-a".attname)
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
+                       WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
+                         AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
+                              "pgne-a".attgenerated, "pgne-a".attidentity) NOT IN (
+                           ('table_name', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('operation', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('labels', 'pg_catalog.jsonb'::pg_catalog.regtype, true, false, '', ''),
+                           ('n', 'pg_catalog.int8'::pg_catalog.regtype, true, false, '', ''),
+                           ('created_at', 'pg_catalog.timestamptz'::pg_catalog.regtype, true, true, '', ''),
+                           ('observed', 'pg_catalog.jsonb'::pg_catalog.regtype, false, false, '', '')))
+            THEN 'has other columns, types, defaults or NOT NULLs than pgne''s'
+          WHEN (SELECT pg_catalog.count(*) FILTER (WHERE "pgne-a".attname <> 'observed')
+                         || '/' || pg_catalog.count(*) FILTER (WHERE "pgne-a".attname = 'observed')
                 FROM pg_catalog.pg_attribute AS "pgne-a"
-                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
                 WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
-               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
-            THEN 'has other columns than pgne''s'
+               NOT IN ('5/0', '5/1')
+            THEN 'lacks a column of pgne''s'
+          WHEN (SELECT pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid) FROM pg_catalog.pg_attrdef AS "pgne-d"
+                WHERE "pgne-d".adrelid = "pgne-c".oid) IS DISTINCT FROM 'now()'
+            THEN 'has another default than pgne''s'
         END
-        FROM (SELECT) AS "pgne-one"
-        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
-                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
-          ON "pgne-c".relname = 'event_log') IS NOT NULL THEN
+        FROM pg_catalog.pg_class AS "pgne-c" WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass
+) IS NOT NULL THEN
       RAISE EXCEPTION 'pgne.event_log %: pgne repairs it at its next setup (pgne apply)', (SELECT CASE
           WHEN "pgne-c".oid IS NULL THEN 'is missing'
           WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
@@ -371,24 +391,29 @@ BEGIN
           WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
           WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                        WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
-                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
-                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
-                         || CASE WHEN "pgne-a".atthasdef
-                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
-                                 ELSE '' END
-                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
-                         ', ' ORDER BY "pgne-a".attname)
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
+                       WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
+                         AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
+                              "pgne-a".attgenerated, "pgne-a".attidentity) NOT IN (
+                           ('table_name', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('operation', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('labels', 'pg_catalog.jsonb'::pg_catalog.regtype, true, false, '', ''),
+                           ('n', 'pg_catalog.int8'::pg_catalog.regtype, true, false, '', ''),
+                           ('created_at', 'pg_catalog.timestamptz'::pg_catalog.regtype, true, true, '', ''),
+                           ('observed', 'pg_catalog.jsonb'::pg_catalog.regtype, false, false, '', '')))
+            THEN 'has other columns, types, defaults or NOT NULLs than pgne''s'
+          WHEN (SELECT pg_catalog.count(*) FILTER (WHERE "pgne-a".attname <> 'observed')
+                         || '/' || pg_catalog.count(*) FILTER (WHERE "pgne-a".attname = 'observed')
                 FROM pg_catalog.pg_attribute AS "pgne-a"
-                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
                 WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
-               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
-            THEN 'has other columns than pgne''s'
+               NOT IN ('5/0', '5/1')
+            THEN 'lacks a column of pgne''s'
+          WHEN (SELECT pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid) FROM pg_catalog.pg_attrdef AS "pgne-d"
+                WHERE "pgne-d".adrelid = "pgne-c".oid) IS DISTINCT FROM 'now()'
+            THEN 'has another default than pgne''s'
         END
-        FROM (SELECT) AS "pgne-one"
-        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
-                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
-          ON "pgne-c".relname = 'event_log');
+        FROM pg_catalog.pg_class AS "pgne-c" WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass
+);
     END IF;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
@@ -404,7 +429,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:99f1c064f1c6282367f4236086e446113a7d29f6179bf4480ae58fe6a61adf8c';
+COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:35e381579521ecaada0918e3ea5ef2d4ae4747670c45310f2a55b19552ef8f2f';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -502,24 +527,29 @@ BEGIN
           WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
           WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                        WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
-                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
-                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
-                         || CASE WHEN "pgne-a".atthasdef
-                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
-                                 ELSE '' END
-                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
-                         ', ' ORDER BY "pgne-a".attname)
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
+                       WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
+                         AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
+                              "pgne-a".attgenerated, "pgne-a".attidentity) NOT IN (
+                           ('table_name', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('operation', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('labels', 'pg_catalog.jsonb'::pg_catalog.regtype, true, false, '', ''),
+                           ('n', 'pg_catalog.int8'::pg_catalog.regtype, true, false, '', ''),
+                           ('created_at', 'pg_catalog.timestamptz'::pg_catalog.regtype, true, true, '', ''),
+                           ('observed', 'pg_catalog.jsonb'::pg_catalog.regtype, false, false, '', '')))
+            THEN 'has other columns, types, defaults or NOT NULLs than pgne''s'
+          WHEN (SELECT pg_catalog.count(*) FILTER (WHERE "pgne-a".attname <> 'observed')
+                         || '/' || pg_catalog.count(*) FILTER (WHERE "pgne-a".attname = 'observed')
                 FROM pg_catalog.pg_attribute AS "pgne-a"
-                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
                 WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
-               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
-            THEN 'has other columns than pgne''s'
+               NOT IN ('5/0', '5/1')
+            THEN 'lacks a column of pgne''s'
+          WHEN (SELECT pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid) FROM pg_catalog.pg_attrdef AS "pgne-d"
+                WHERE "pgne-d".adrelid = "pgne-c".oid) IS DISTINCT FROM 'now()'
+            THEN 'has another default than pgne''s'
         END
-        FROM (SELECT) AS "pgne-one"
-        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
-                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
-          ON "pgne-c".relname = 'event_log') IS NOT NULL THEN
+        FROM pg_catalog.pg_class AS "pgne-c" WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass
+) IS NOT NULL THEN
       RAISE EXCEPTION 'pgne.event_log %: pgne repairs it at its next setup (pgne apply)', (SELECT CASE
           WHEN "pgne-c".oid IS NULL THEN 'is missing'
           WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
@@ -529,24 +559,29 @@ BEGIN
           WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
           WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                        WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
-                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
-                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
-                         || CASE WHEN "pgne-a".atthasdef
-                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
-                                 ELSE '' END
-                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
-                         ', ' ORDER BY "pgne-a".attname)
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
+                       WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
+                         AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
+                              "pgne-a".attgenerated, "pgne-a".attidentity) NOT IN (
+                           ('table_name', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('operation', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('labels', 'pg_catalog.jsonb'::pg_catalog.regtype, true, false, '', ''),
+                           ('n', 'pg_catalog.int8'::pg_catalog.regtype, true, false, '', ''),
+                           ('created_at', 'pg_catalog.timestamptz'::pg_catalog.regtype, true, true, '', ''),
+                           ('observed', 'pg_catalog.jsonb'::pg_catalog.regtype, false, false, '', '')))
+            THEN 'has other columns, types, defaults or NOT NULLs than pgne''s'
+          WHEN (SELECT pg_catalog.count(*) FILTER (WHERE "pgne-a".attname <> 'observed')
+                         || '/' || pg_catalog.count(*) FILTER (WHERE "pgne-a".attname = 'observed')
                 FROM pg_catalog.pg_attribute AS "pgne-a"
-                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
                 WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
-               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
-            THEN 'has other columns than pgne''s'
+               NOT IN ('5/0', '5/1')
+            THEN 'lacks a column of pgne''s'
+          WHEN (SELECT pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid) FROM pg_catalog.pg_attrdef AS "pgne-d"
+                WHERE "pgne-d".adrelid = "pgne-c".oid) IS DISTINCT FROM 'now()'
+            THEN 'has another default than pgne''s'
         END
-        FROM (SELECT) AS "pgne-one"
-        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
-                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
-          ON "pgne-c".relname = 'event_log');
+        FROM pg_catalog.pg_class AS "pgne-c" WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass
+);
     END IF;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
@@ -566,7 +601,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:f190fff896d483a2a4b8761f4af9d9c9bdda6929daa5ddae30037c22733cf05e';
+COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:fa533db145882c771f207314707e808449d43571d7a3d4eb9714cd2fdd46cad2';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -679,24 +714,29 @@ DECLARE
       WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
       WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                    WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-      WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
-                     || pg_catalog.format_type("pgne-a".atttypid, NULL)
-                     || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
-                     || CASE WHEN "pgne-a".atthasdef
-                             THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
-                             ELSE '' END
-                     || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
-                     ', ' ORDER BY "pgne-a".attname)
+      WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
+                   WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
+                     AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
+                          "pgne-a".attgenerated, "pgne-a".attidentity) NOT IN (
+                       ('table_name', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                       ('operation', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                       ('labels', 'pg_catalog.jsonb'::pg_catalog.regtype, true, false, '', ''),
+                       ('n', 'pg_catalog.int8'::pg_catalog.regtype, true, false, '', ''),
+                       ('created_at', 'pg_catalog.timestamptz'::pg_catalog.regtype, true, true, '', ''),
+                       ('observed', 'pg_catalog.jsonb'::pg_catalog.regtype, false, false, '', '')))
+        THEN 'has other columns, types, defaults or NOT NULLs than pgne''s'
+      WHEN (SELECT pg_catalog.count(*) FILTER (WHERE "pgne-a".attname <> 'observed')
+                     || '/' || pg_catalog.count(*) FILTER (WHERE "pgne-a".attname = 'observed')
             FROM pg_catalog.pg_attribute AS "pgne-a"
-            LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
             WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
-           NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
-        THEN 'has other columns than pgne''s'
+           NOT IN ('5/0', '5/1')
+        THEN 'lacks a column of pgne''s'
+      WHEN (SELECT pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid) FROM pg_catalog.pg_attrdef AS "pgne-d"
+            WHERE "pgne-d".adrelid = "pgne-c".oid) IS DISTINCT FROM 'now()'
+        THEN 'has another default than pgne''s'
     END
-    FROM (SELECT) AS "pgne-one"
-    LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
-               ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
-      ON "pgne-c".relname = 'event_log');
+    FROM pg_catalog.pg_class AS "pgne-c" WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass
+);
   copied pg_catalog.int8;
   privilege record;
 BEGIN
@@ -798,24 +838,29 @@ BEGIN
           WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
           WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                        WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
-                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
-                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
-                         || CASE WHEN "pgne-a".atthasdef
-                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
-                                 ELSE '' END
-                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
-                         ', ' ORDER BY "pgne-a".attname)
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
+                       WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
+                         AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
+                              "pgne-a".attgenerated, "pgne-a".attidentity) NOT IN (
+                           ('table_name', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('operation', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('labels', 'pg_catalog.jsonb'::pg_catalog.regtype, true, false, '', ''),
+                           ('n', 'pg_catalog.int8'::pg_catalog.regtype, true, false, '', ''),
+                           ('created_at', 'pg_catalog.timestamptz'::pg_catalog.regtype, true, true, '', ''),
+                           ('observed', 'pg_catalog.jsonb'::pg_catalog.regtype, false, false, '', '')))
+            THEN 'has other columns, types, defaults or NOT NULLs than pgne''s'
+          WHEN (SELECT pg_catalog.count(*) FILTER (WHERE "pgne-a".attname <> 'observed')
+                         || '/' || pg_catalog.count(*) FILTER (WHERE "pgne-a".attname = 'observed')
                 FROM pg_catalog.pg_attribute AS "pgne-a"
-                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
                 WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
-               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
-            THEN 'has other columns than pgne''s'
+               NOT IN ('5/0', '5/1')
+            THEN 'lacks a column of pgne''s'
+          WHEN (SELECT pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid) FROM pg_catalog.pg_attrdef AS "pgne-d"
+                WHERE "pgne-d".adrelid = "pgne-c".oid) IS DISTINCT FROM 'now()'
+            THEN 'has another default than pgne''s'
         END
-        FROM (SELECT) AS "pgne-one"
-        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
-                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
-          ON "pgne-c".relname = 'event_log') IS NOT NULL THEN
+        FROM pg_catalog.pg_class AS "pgne-c" WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass
+) IS NOT NULL THEN
       RAISE EXCEPTION 'pgne.event_log %: pgne repairs it at its next setup (pgne apply)', (SELECT CASE
           WHEN "pgne-c".oid IS NULL THEN 'is missing'
           WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
@@ -825,24 +870,29 @@ BEGIN
           WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS "pgne-i" WHERE "pgne-i".indrelid = "pgne-c".oid) THEN 'has an index'
           WHEN EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                        WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-          WHEN (SELECT pg_catalog.string_agg("pgne-a".attname::pg_catalog.text || ' '
-                         || pg_catalog.format_type("pgne-a".atttypid, NULL)
-                         || CASE WHEN "pgne-a".attnotnull THEN ' not null' ELSE '' END
-                         || CASE WHEN "pgne-a".atthasdef
-                                 THEN ' default ' || COALESCE(pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid), '?')
-                                 ELSE '' END
-                         || CASE WHEN "pgne-a".attgenerated <> '' OR "pgne-a".attidentity <> '' THEN ' generated' ELSE '' END,
-                         ', ' ORDER BY "pgne-a".attname)
+          WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
+                       WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
+                         AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
+                              "pgne-a".attgenerated, "pgne-a".attidentity) NOT IN (
+                           ('table_name', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('operation', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                           ('labels', 'pg_catalog.jsonb'::pg_catalog.regtype, true, false, '', ''),
+                           ('n', 'pg_catalog.int8'::pg_catalog.regtype, true, false, '', ''),
+                           ('created_at', 'pg_catalog.timestamptz'::pg_catalog.regtype, true, true, '', ''),
+                           ('observed', 'pg_catalog.jsonb'::pg_catalog.regtype, false, false, '', '')))
+            THEN 'has other columns, types, defaults or NOT NULLs than pgne''s'
+          WHEN (SELECT pg_catalog.count(*) FILTER (WHERE "pgne-a".attname <> 'observed')
+                         || '/' || pg_catalog.count(*) FILTER (WHERE "pgne-a".attname = 'observed')
                 FROM pg_catalog.pg_attribute AS "pgne-a"
-                LEFT JOIN pg_catalog.pg_attrdef AS "pgne-d" ON "pgne-d".adrelid = "pgne-a".attrelid AND "pgne-d".adnum = "pgne-a".attnum
                 WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
-               NOT IN ('created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, observed jsonb, operation text not null, table_name text not null', 'created_at timestamp with time zone not null default now(), labels jsonb not null, n bigint not null, operation text not null, table_name text not null')
-            THEN 'has other columns than pgne''s'
+               NOT IN ('5/0', '5/1')
+            THEN 'lacks a column of pgne''s'
+          WHEN (SELECT pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid) FROM pg_catalog.pg_attrdef AS "pgne-d"
+                WHERE "pgne-d".adrelid = "pgne-c".oid) IS DISTINCT FROM 'now()'
+            THEN 'has another default than pgne''s'
         END
-        FROM (SELECT) AS "pgne-one"
-        LEFT JOIN (pg_catalog.pg_class AS "pgne-c" JOIN pg_catalog.pg_namespace AS "pgne-n"
-                   ON "pgne-n".oid = "pgne-c".relnamespace AND "pgne-n".nspname = 'pgne')
-          ON "pgne-c".relname = 'event_log');
+        FROM pg_catalog.pg_class AS "pgne-c" WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass
+);
     END IF;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
@@ -862,7 +912,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:5151a9b14a7fbe99d47863cdc767158749738b34e363609cba278f1cf3edd569';
+COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:663c2ea2592d6ed5257fd2de19a650fded4935448a00c6a5f3740bae129671e6';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
