@@ -23,7 +23,8 @@ from pgne.model import EVENTS, NOTIFY, OUTBOX, Database, Monitor
 from pgne.render import SCHEMA, TRIGGER_SPECS, Renderer, function_name, trigger_name
 
 OUTBOX_TABLES = ("event_log", "totals")
-# Added to both when a monitor of an outbox database observes a column (columns_to_observe): an
+# Always in pgne.event_log (one layout, checked by the triggers by its number of columns); added to
+# pgne.totals when a monitor of an outbox database observes a column (columns_to_observe): an
 # install made before that lacks it, and is complete without it until a column is observed.
 OBSERVED_COLUMN = "observed"
 TRIGGER_NAMES = tuple(trigger_name(e) for e in EVENTS)
@@ -231,8 +232,7 @@ def read_inventory(conn, database: Database, renderer: Renderer | None = None) -
                 numeric[(monitor.schema, monitor.table)] = frozenset(row[1])
         damage = None
         if database.enabled and database.delivery == OUTBOX and "event_log" in schema_tables:
-            observing = any(m.observed_columns for m in database.enabled_monitors)
-            cur.execute((renderer or _builtin_renderer()).render_event_log_check(observing))
+            cur.execute((renderer or _builtin_renderer()).render_event_log_check())
             damage = cur.fetchone()[0]
         # PGC_POSTMASTER, readable by every role
         cur.execute("SELECT pg_catalog.current_setting('max_prepared_transactions')::int")
@@ -309,9 +309,10 @@ def find_differences(inventory: Inventory, database: Database, renderer: Rendere
                   if table not in inventory.schema_tables]
         if inventory.event_log_damage is not None:  # apply rebuilds it (sql_templates/_event_log.sql.j2)
             diffs.append(Difference("outdated", f"table {SCHEMA}.event_log ({inventory.event_log_damage})"))
-        if any(m.observed_columns for m in database.enabled_monitors):
-            diffs += [Difference("missing", f"column {SCHEMA}.{table}.{OBSERVED_COLUMN}") for table in OUTBOX_TABLES
-                      if table in inventory.schema_tables and table not in inventory.observed_tables]
+        # pgne.totals' column `observed` (pgne.event_log's is part of its layout: event_log_damage)
+        if any(m.observed_columns for m in database.enabled_monitors) and "totals" in inventory.schema_tables \
+                and "totals" not in inventory.observed_tables:
+            diffs.append(Difference("missing", f"column {SCHEMA}.totals.{OBSERVED_COLUMN}"))
     for monitor in database.monitors:
         fn = function_name(monitor)
         table = monitor.qualified_name

@@ -250,13 +250,12 @@ class Renderer:
         macro = self.env.get_template(EXTRA_TEMPLATE).module.extra_objects
         return str(macro(SCHEMA, **self._named_objects(database))).strip() + "\n"
 
-    def render_event_log_check(self, observed: bool) -> str:
+    def render_event_log_check(self) -> str:
         """The query that says what differs in pgne.event_log from the layout pgne makes (NULL:
-        nothing), as the outbox triggers run it before their INSERT (`observed`: the column
-        `observed` is required, as where a monitor observes a column). By name in the catalogs: a
-        role without USAGE on schema pgne can run it."""
+        nothing), which `apply` repairs: everything that makes the outbox triggers skip their
+        INSERT, and more. By name in the catalogs: a role without USAGE on schema pgne can run it."""
         macro = self.env.get_template(EVENT_LOG_TEMPLATE).module.event_log_damage
-        return str(macro(observed, by_name=True)).strip() + "\n"
+        return str(macro(by_name=True)).strip() + "\n"
 
     def render_prune(self, database: Database) -> str:
         """The script that `apply --prune` runs after the database's own (when `status` finds extra
