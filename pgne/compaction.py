@@ -191,17 +191,21 @@ def compact(state_dir: str, pid: int, timeout: float | None = None) -> int | Non
 
 # Series whose label names follow the config's label columns (pgne.metrics.WorkerMetrics.series),
 # and so do the histograms of observed columns and their skipped counters (metric names starting
-# with OBSERVED_PREFIX, labels with `column`).
+# with OBSERVED_PREFIX, labels with `column`), and pg_notify_exporter's series (--compat-metric),
+# whose built-in labels are its own.
 SERIES_METRICS = frozenset({"pgne_events", "pgne_last_event_timestamp_seconds"})
 SERIES_BUILTINS = ("operation", "host", "database", "tag", "schema", "table")
+COMPAT_METRIC = "pg_notify_exporter"
+COMPAT_BUILTINS = ("operation", "host", "tag", "database", "table")
 
 
-def series_labels(labels: dict, label_names: tuple[str, ...]) -> dict:
+def series_labels(labels: dict, label_names: tuple[str, ...], builtins: tuple[str, ...] = SERIES_BUILTINS) -> dict:
     """`labels` of a pgne_events_total series (or its timestamp) with the label columns
     `label_names`: a column the series lacks is added empty; one it has that `label_names` lacks
     is dropped when empty (to Prometheus an empty label is no label: the same series) and kept
-    otherwise (a series of its own, that keeps its value)."""
-    out = {name: labels[name] for name in SERIES_BUILTINS if name in labels}
+    otherwise (a series of its own, that keeps its value). `builtins`: the labels that are not
+    label columns."""
+    out = {name: labels[name] for name in builtins if name in labels}
     for name in label_names:
         out[name] = labels.get(name, "")
     for name, value in labels.items():
@@ -211,7 +215,8 @@ def series_labels(labels: dict, label_names: tuple[str, ...]) -> dict:
 
 
 def relabel_series(state_dir: str, label_names: tuple[str, ...]) -> int:
-    """Rewrite the merged files' pgne_events_total series (and timestamps) to the label columns
+    """Rewrite the merged files' pgne_events_total series (timestamps, histograms and the compat
+    series) to the label columns
     `label_names` (see series_labels), combining series that become one; returns the number of
     keys rewritten. Call it when every process that wrote other label columns has been reaped
     and compacted. A file that needs no change is not written."""
@@ -226,9 +231,10 @@ def relabel_series(state_dir: str, label_names: tuple[str, ...]) -> int:
                 rewritten = 0
                 for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(path):
                     metric, name, labels, help_text = json.loads(key)
-                    if isinstance(labels, dict) and (metric in SERIES_METRICS or (
+                    if isinstance(labels, dict) and (metric in SERIES_METRICS or metric == COMPAT_METRIC or (
                             metric.startswith(OBSERVED_PREFIX) and "column" in labels)):
-                        new = series_labels(labels, label_names)
+                        new = series_labels(labels, label_names,
+                                            COMPAT_BUILTINS if metric == COMPAT_METRIC else SERIES_BUILTINS)
                         if new != labels:
                             key = json.dumps([metric, name, new, help_text], sort_keys=True)
                             rewritten += 1

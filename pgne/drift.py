@@ -23,7 +23,8 @@ from pgne.model import EVENTS, NOTIFY, OUTBOX, Database, Monitor
 from pgne.render import SCHEMA, TRIGGER_SPECS, Renderer, function_name, trigger_name
 
 OUTBOX_TABLES = ("event_log", "totals")
-# Added to both when a monitor of an outbox database observes a column (columns_to_observe): an
+# Always in pgne.event_log (one layout, checked by the triggers by its number of columns); added to
+# pgne.totals when a monitor of an outbox database observes a column (columns_to_observe): an
 # install made before that lacks it, and is complete without it until a column is observed.
 OBSERVED_COLUMN = "observed"
 TRIGGER_NAMES = tuple(trigger_name(e) for e in EVENTS)
@@ -197,6 +198,7 @@ class Inventory:
     extras: tuple[ExtraObject, ...] = ()  # what `apply --prune` drops
     observed_tables: frozenset[str] = frozenset()  # tables in schema pgne with a column `observed`
     virtual_columns: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)  # PG 18's virtual
+    event_log_damage: str | None = None  # what differs in pgne.event_log from pgne's layout (outbox)
 
 
 @functools.lru_cache(maxsize=1)
@@ -250,13 +252,17 @@ def read_inventory(conn, database: Database, renderer: Renderer | None = None) -
                 columns[(monitor.schema, monitor.table)] = frozenset(row[0])
                 numeric[(monitor.schema, monitor.table)] = frozenset(row[1])
                 virtual[(monitor.schema, monitor.table)] = frozenset(row[2])
+        damage = None
+        if database.enabled and database.delivery == OUTBOX and "event_log" in schema_tables:
+            cur.execute((renderer or _builtin_renderer()).render_event_log_check())
+            damage = cur.fetchone()[0]
         # PGC_POSTMASTER, readable by every role
         cur.execute("SELECT pg_catalog.current_setting('max_prepared_transactions')::int")
         max_prepared = cur.fetchone()[0]
     legacy = read_legacy_triggers(conn, database, renderer) if database.enabled else ()
     return Inventory(schema_exists, functions, triggers, frozenset(existing), schema_tables, columns, numeric,
                      max_prepared, legacy, read_extra_objects(conn, database, renderer), observed_tables,
-                     virtual)
+                     virtual, damage)
 
 
 def setup_problems(inventory: Inventory, database: Database) -> list[Difference]:
@@ -338,9 +344,12 @@ def find_differences(inventory: Inventory, database: Database, renderer: Rendere
     if database.enabled and database.delivery == OUTBOX:
         diffs += [Difference("missing", f"table {SCHEMA}.{table}") for table in OUTBOX_TABLES
                   if table not in inventory.schema_tables]
-        if any(m.observed_columns for m in database.enabled_monitors):
-            diffs += [Difference("missing", f"column {SCHEMA}.{table}.{OBSERVED_COLUMN}") for table in OUTBOX_TABLES
-                      if table in inventory.schema_tables and table not in inventory.observed_tables]
+        if inventory.event_log_damage is not None:  # apply rebuilds it (sql_templates/_event_log.sql.j2)
+            diffs.append(Difference("outdated", f"table {SCHEMA}.event_log ({inventory.event_log_damage})"))
+        # pgne.totals' column `observed` (pgne.event_log's is part of its layout: event_log_damage)
+        if any(m.observed_columns for m in database.enabled_monitors) and "totals" in inventory.schema_tables \
+                and "totals" not in inventory.observed_tables:
+            diffs.append(Difference("missing", f"column {SCHEMA}.totals.{OBSERVED_COLUMN}"))
     for monitor in database.monitors:
         if monitor in enabled and (monitor.schema, monitor.table) in blocked:
             continue

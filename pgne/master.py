@@ -45,7 +45,7 @@ from pgne.errors import EXIT_OK, UserError
 from pgne.http import Lifecycle, MetricsServer
 from pgne.logs import for_database
 from pgne.metrics import MasterMetrics
-from pgne.model import NOTIFY, OUTBOX, Config, Database
+from pgne.model import Config, Database
 from pgne.protocol import EXIT_TEARDOWN_FAILED, LISTEN, TEARDOWN, WorkerSpec, encode_spec
 from pgne.render import Renderer
 from pgne.shard import Shard
@@ -112,8 +112,6 @@ class Master:
         # pid -> slot of every worker not reaped yet (gunicorn's WORKERS), the workers of slots
         # that a reload replaced included: they are reaped (mark_process_dead) like any other.
         self.workers: dict[int, WorkerSlot] = {}
-        # Reloads that switched a database from notify to outbox (see pgne.outbox.OutboxExporter).
-        self.outbox_switches: dict[tuple, int] = {}
         self.flags: set[int] = set()
         # reaped workers whose files are not folded yet, with the label columns they wrote
         self.uncompacted: list[tuple[int, tuple[str, ...]]] = []
@@ -177,7 +175,6 @@ class Master:
             lock_timeout=self.renderer.lock_timeout,
             log_level=self.log_level,
             trigger_check_interval=self.trigger_check_interval,
-            outbox_switch_generation=self.outbox_switches.get(slot.database.key, 0),
             compat_metric=self.compat_metric,
             log_format=self.log_format,
         )
@@ -366,8 +363,6 @@ class Master:
                 continue
             _signal(slot, signal.SIGTERM)  # reaped like any worker; its replacement waits for that
             del self.slots[key]
-            if new is not None and slot.database.delivery == NOTIFY and new.database.delivery == OUTBOX:
-                self.outbox_switches[key] = self.outbox_switches.get(key, 0) + 1
             log.info("%s: %s in the new config", slot.database.display_name,
                      "changed" if new else "removed", extra=for_database(slot.database.display_name))
             if new is None and slot.database.perform_setup and slot.mode == LISTEN:

@@ -43,12 +43,12 @@ from prometheus_client import Counter, Gauge  # noqa: E402
 from prometheus_client.utils import floatToGoString  # noqa: E402
 from prometheus_client.values import ValueClass  # noqa: E402
 
+from pgne.compaction import COMPAT_BUILTINS, COMPAT_METRIC  # noqa: E402
 from pgne.model import BUILTIN_LABELS, ObservedColumn  # noqa: E402
 from pgne.payload import EXACT, RESULTS, Observation, nearest_float  # noqa: E402
 
 DATABASE_LABELS = ("host", "database")
-COMPAT_METRIC = "pg_notify_exporter"
-COMPAT_LABELS = ("operation", "host", "tag", "database", "table")  # pg_notify_exporter's, in its order
+COMPAT_LABELS = COMPAT_BUILTINS  # pg_notify_exporter's, in its order
 
 # Label order of pgne_events_total: operation, host, database, tag, schema, table, then columns.
 assert BUILTIN_LABELS == ("operation", "host", "database", "tag", "schema", "table")
@@ -105,18 +105,32 @@ class ObservedSeries:
     def raise_to(self, observation: Observation, exported: dict) -> None:
         """Raise the buckets and skipped counters to `observation`'s totals, given what is
         `exported` ({"buckets": {le: cumulative}, "skipped": {reason: n}}, updated here);
-        never lowers one. The caller writes `_sum`."""
-        bounds = [floatToGoString(b) for b in observation.column.buckets] + ["+Inf"]
+        never lowers one. The caller writes `_sum`.
+
+        /metrics adds every process's per-bucket values and cumulates them over the union of
+        their bounds, so what is exported at one of our bounds is what `exported` holds at its
+        greatest bound not above it (earlier processes may have written other bounds: the
+        config's buckets changed). Each of our buckets gains what brings the cumulative value
+        at its bound to the total, less what the buckets below it gained."""
+        les = [floatToGoString(b) for b in observation.column.buckets] + ["+Inf"]
         wanted = (*observation.buckets, observation.count)
         shown = exported["buckets"]
-        wanted_below = old_below = new_below = 0.0  # cumulative values of the bucket below
-        for value, le, cumulative in zip(self.buckets, bounds, wanted):
-            old = shown.get(le, 0.0)
-            gain = (cumulative - wanted_below) - (old - old_below)  # each file holds per-bucket values
+        shown_bounds = sorted((float(le), value) for le, value in shown.items())
+        gains = []
+        written = 0.0  # what our buckets up to the current bound gain together
+        for le, cumulative in zip(les, wanted):
+            bound = float(le)
+            before = next((value for b, value in reversed(shown_bounds) if b <= bound), 0.0)
+            gain = max(0.0, cumulative - before - written)
+            gains.append((bound, gain))
+            written += gain
+        for value, (_, gain) in zip(self.buckets, gains):
             if gain > 0:
                 value.inc(gain)
-            shown[le] = new_below + (old - old_below) + max(gain, 0)
-            wanted_below, old_below, new_below = cumulative, old, shown[le]
+        for le in set(shown) | set(les):  # every exported bound after the gains
+            bound = float(le)
+            before = next((value for b, value in reversed(shown_bounds) if b <= bound), 0.0)
+            shown[le] = before + sum(gain for b, gain in gains if b <= bound)
         for counter, reason, total in zip(self.skipped, SKIPPED_REASONS, (observation.null, observation.not_finite)):
             gain = total - exported["skipped"].get(reason, 0.0)
             if gain > 0:

@@ -30,8 +30,6 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Callable
 
-from prometheus_client.utils import floatToGoString
-
 from pgne.compaction import SERIES_BUILTINS
 from pgne.model import LABEL_NAME_RE, OBSERVED_PREFIX, value_as_text
 from pgne.payload import EXACT, Observation, Router, parse_observation
@@ -123,8 +121,8 @@ def exported_totals(state_dir: str, host: str, database: str, label_names: tuple
 def merge_observed(into: dict, raw: object) -> None:
     """Add the histograms `raw` (a pgne.event_log or pgne.totals `observed` value:
     {column: {"count", "sum" (decimal text), "buckets": {bound: n}, "null", "not_finite"}}) into
-    `into`, in place: counts added, sums added exactly, buckets added bound by bound (a bound
-    that only one side has keeps its own count). Values that are not of that shape are skipped."""
+    `into`, in place: counts added, sums added exactly, buckets merged as cumulative histograms
+    (merge_buckets). Values that are not of that shape are skipped."""
     if type(raw) is not dict:
         return
     for column, histogram in raw.items():
@@ -140,10 +138,44 @@ def merge_observed(into: dict, raw: object) -> None:
             pass
         buckets = histogram.get("buckets")
         if type(buckets) is dict:
-            target_buckets = target.setdefault("buckets", {})
-            for bound, n in buckets.items():
-                if type(n) is int:
-                    target_buckets[bound] = target_buckets.get(bound, 0) + n
+            target["buckets"] = merge_buckets(target.get("buckets", {}), buckets)
+
+
+def _bounds(buckets: dict) -> list[tuple[Decimal, str, int]]:
+    """(bound, its text, cumulative count) of a histogram's buckets, by bound; keys that are not
+    finite numbers, and counts that are not integers, skipped."""
+    out = []
+    for text, n in buckets.items():
+        try:
+            bound = Decimal(text)
+        except (InvalidOperation, TypeError):
+            continue
+        if bound.is_finite() and type(n) is int:
+            out.append((bound, text, n))
+    out.sort(key=lambda item: item[0])
+    return out
+
+
+def merge_buckets(a: dict, b: dict) -> dict:
+    """The cumulative buckets of two histograms added, over the union of their bounds: at each
+    bound, what each side holds at its greatest bound not above it. A bound only one side has
+    (the config's buckets changed between them) so counts the other side's values certainly
+    below it, exactly as /metrics adds the per-bucket values of processes that wrote different
+    bounds: the result stays cumulative, and a later merge only ever raises it."""
+    sides = [_bounds(a), _bounds(b)]
+    union: dict[Decimal, str] = {}
+    for side in sides:
+        for bound, text, _ in side:
+            union.setdefault(bound, text)
+    merged = {}
+    positions, held = [0, 0], [0, 0]
+    for bound in sorted(union):
+        for i, side in enumerate(sides):
+            while positions[i] < len(side) and side[positions[i]][0] <= bound:
+                held[i] = side[positions[i]][2]
+                positions[i] += 1
+        merged[union[bound]] = held[0] + held[1]
+    return merged
 
 
 def drain_chunk(conn, labels_for: Callable[[str, str, object], object], observed: bool = False) -> int:
@@ -227,26 +259,25 @@ def exported_histograms(state_dir: str, host: str, database: str, label_names: t
 class OutboxExporter:
     """Exports pgne.totals.
 
-    `switch_generation` counts the reloads that switched this database from notify to outbox in
-    this pgne's lifetime. After such a switch the counters already hold what the notify worker
-    counted, which pgne.totals knows nothing of. Before its first drain, the outbox worker
-    raises every pgne.totals series to at least what is exported (in one transaction): the
-    notify counts become part of the durable totals, so the counters continue from there, also
-    across restarts and crashes of pgne. Raising "to at least" (never adding) makes it
-    idempotent: a restarted worker, or a second pgne instance switching the same database,
-    adds nothing more.
+    The exported counters are the record the scraper has seen, and may hold more than
+    pgne.totals: the counts of a notify worker before a SIGHUP switch to outbox (pgne.totals
+    knows nothing of them), or a pgne.totals that was torn down (the database removed from the
+    config, or disabled, then added back), dropped or edited meanwhile. So before its first
+    drain, and again whenever a series' total is found below what is exported, the worker raises
+    every pgne.totals series to at least what is exported (in one transaction): the counters
+    continue from there, exact and monotonic, also across restarts and crashes of pgne.
+    Raising "to at least" (never adding) makes it idempotent: a restarted worker, or a second
+    pgne instance doing the same, adds nothing more.
     """
 
-    def __init__(self, router: Router, metrics, state_dir: str, host: str, database: str,
-                 switch_generation: int = 0):
+    def __init__(self, router: Router, metrics, state_dir: str, host: str, database: str):
         self.router = router
         self.metrics = metrics
         self.state_dir = state_dir
         self.exported, self._exported_last = exported_totals(state_dir, host, database, router.label_names)
         self.first_export_done = False
-        self._warned: set[tuple] = set()
         self._created: set[tuple] = set()  # keys whose children this process has created
-        self.fold_pending = switch_generation > 0
+        self.fold_pending = bool(self.exported)  # files wiped (a fresh pgne): nothing to raise to
         self.observing = router.observes  # columns_to_observe: pgne.event_log/totals have `observed`
         self.exported_observed = exported_histograms(state_dir, host, database, router.label_names) \
             if self.observing else {}
@@ -274,8 +305,9 @@ class OutboxExporter:
                         pass
                 raise
         if rows:
-            log.info("switched from notify: pgne.totals continues from the %d counted so far",
-                     sum(row[3] for row in rows))
+            log.info("pgne.totals held less than was exported (a switch from notify, or pgne.totals "
+                     "recreated): %d series raised to their exported values, the counters continue from there",
+                     len(rows))
         self.fold_pending = False
 
     def _missing_totals(self, conn) -> list[tuple]:
@@ -314,8 +346,13 @@ class OutboxExporter:
             count = int(shown["buckets"].get("+Inf", 0.0))
             if count <= have.count:
                 continue
-            buckets = {bound: max(0, int(shown["buckets"].get(floatToGoString(b), 0.0)) - n)
-                       for b, bound, n in zip(column.buckets, column.bounds, have.buckets)}
+            # what is exported at each bound (the greatest exported bound not above it: see
+            # metrics.ObservedSeries.raise_to) less what the totals hold; kept cumulative
+            shown_bounds = sorted((float(le), value) for le, value in shown["buckets"].items())
+            buckets, below = {}, 0
+            for b, bound, n in zip(column.buckets, column.bounds, have.buckets):
+                at = next((int(value) for s, value in reversed(shown_bounds) if s <= b), 0)
+                below = buckets[bound] = min(count - have.count, max(below, at - n))
             missing.setdefault(self._row_key(key), {})[name] = {
                 "count": count - have.count, "sum": str(EXACT.subtract(Decimal(repr(shown["sum"])), have.sum)),
                 "buckets": buckets, "null": max(0, int(shown["skipped"].get("null", 0.0)) - have.null),
@@ -382,10 +419,8 @@ class OutboxExporter:
                 if delta > 0:
                     counter.inc(delta)
                     self.exported[key] = total
-                elif delta < 0 and key not in self._warned:
-                    self._warned.add(key)
-                    log.warning("pgne.totals for %s went down: %d exported, %d now (rows deleted by hand?); "
-                                "the exported counter keeps its value", key, self.exported[key], total)
+                elif delta < 0:  # pgne.totals recreated or edited meanwhile: raised again at the next drain
+                    self.fold_pending = True
                 last_event_gauge.set(last_event)
                 if self.observing:
                     self._export_observed(key, histograms)

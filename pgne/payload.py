@@ -106,7 +106,7 @@ def parse_observation(column: ObservedColumn, raw: object, lenient: bool = False
     if it is malformed: not an object, counts that are not integers from 0 to 2^53, a sum that is
     not a finite decimal or outside sum_in_bounds, a configured bucket missing, or buckets that are not cumulative.
     `lenient` (durable outbox totals, which predate a bound added to the config since): a
-    missing bound holds what the bound below it holds."""
+    missing bound holds what the greatest stored bound below it holds (pgne.outbox.merge_buckets)."""
     if type(raw) is not dict:
         return None
     count, total, null, not_finite = raw.get("count"), raw.get("sum", 0), raw.get("null", 0), raw.get("not_finite", 0)
@@ -136,11 +136,9 @@ def parse_observation(column: ObservedColumn, raw: object, lenient: bool = False
                 continue  # not a bound of ours: ignored, like keys pgne does not know
         buckets = tuple(by_bound.get(bound) for bound in column.buckets)
         if lenient:
-            filled, below = [], 0
-            for n in buckets:
-                below = below if n is None else n
-                filled.append(below)
-            buckets = tuple(filled)
+            stored = sorted(by_bound.items())
+            buckets = tuple(n if n is not None else next((m for b, m in reversed(stored) if b < bound), 0)
+                            for bound, n in zip(column.buckets, buckets))
         previous = 0
         for n in buckets:
             if not _count_value(n) or n < previous or n > count:

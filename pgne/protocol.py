@@ -46,7 +46,6 @@ class WorkerSpec:
     lock_timeout: float
     log_level: str
     trigger_check_interval: float = 60.0
-    outbox_switch_generation: int = 0  # see pgne.outbox.OutboxExporter
     compat_metric: bool = False  # pgne run --compat-metric: pg_notify_exporter's series too
     log_format: str | None = None  # pgne run --log.format (pgne.logs): the master's format, in every worker
 

@@ -25,6 +25,7 @@ TEMPLATE_SUFFIX = ".sql.j2"
 DATABASE_TEMPLATE = "_database.sql.j2"  # the per-database skeleton; `_` names are internal
 LEGACY_TEMPLATE = "_legacy_triggers.sql.j2"  # finds pg_notify_exporter's triggers (status, --replace-legacy)
 PRUNE_TEMPLATE = "_prune.sql.j2"  # what `apply --prune` runs after the database's script
+EVENT_LOG_TEMPLATE = "_event_log.sql.j2"
 EXTRA_TEMPLATE = "_extra_objects.sql.j2"  # finds what the config does not name (status, --prune)
 SCHEMA = "pgne"
 NEW_TABLE = "pgne_new"  # transition table names the triggers declare (REFERENCING ... AS)
@@ -248,6 +249,13 @@ class Renderer:
         not name: what `status` reports as extra and the --prune script drops."""
         macro = self.env.get_template(EXTRA_TEMPLATE).module.extra_objects
         return str(macro(SCHEMA, **self._named_objects(database))).strip() + "\n"
+
+    def render_event_log_check(self) -> str:
+        """The query that says what differs in pgne.event_log from the layout pgne makes (NULL:
+        nothing), which `apply` repairs: everything that makes the outbox triggers skip their
+        INSERT, and more. By name in the catalogs: a role without USAGE on schema pgne can run it."""
+        macro = self.env.get_template(EVENT_LOG_TEMPLATE).module.event_log_damage
+        return str(macro(by_name=True)).strip() + "\n"
 
     def render_prune(self, database: Database) -> str:
         """The script that `apply --prune` runs after the database's own (when `status` finds extra

@@ -115,7 +115,7 @@ class Worker:
         if self.db.delivery == OUTBOX:
             # Reads what earlier workers exported *before* this one writes anything.
             self.outbox = OutboxExporter(self.router, None, os.environ[ENV_VARIABLE],
-                                         self.db.host_label, self.db.name, spec.outbox_switch_generation)
+                                         self.db.host_label, self.db.name)
         self.metrics = WorkerMetrics(self.db.host_label, self.db.name, self.db.tag, spec.label_names,
                                      outbox=self.outbox is not None, compat=spec.compat_metric)
         if self.outbox is not None:
@@ -126,6 +126,7 @@ class Worker:
         self.applied = False  # `pgne apply` changed the database (APPLIED_CHANNEL): check it now
         self._last_trigger_check = float("-inf")  # time.monotonic() of the last check_triggers()
         self.templates_broken = False  # see templates_changed()
+        self.event_log_damage: str | None = None  # what the last check found wrong with pgne.event_log
 
     # -- waiting -------------------------------------------------------------------------
 
@@ -182,12 +183,17 @@ class Worker:
         self.templates_broken = True
 
     def setup(self, conn) -> bool:
+        del conn.notices[:]
         try:
             with _Deadline(conn, self.name, "the setup", SETUP_TIMEOUT):
                 result = apply_on_connection(conn, self.db, self.renderer)
         except (jinja2.TemplateError, UserError) as exc:  # the config was checked at start: files changed
             self.templates_changed(exc)
             return False
+        for notice in conn.notices:  # what the script says it did beyond the plan (a rebuilt pgne.event_log)
+            if notice.startswith("WARNING:  pgne:"):
+                log.warning("%s: setup: %s", self.name, notice.split("pgne: ", 1)[1].strip())
+        del conn.notices[:]
         if result.ok:
             log.info("%s: setup: %s", self.name, result.line().split(": ", 1)[1])
         else:
@@ -386,10 +392,11 @@ class Worker:
             self.metrics.queue_usage.set(cur.fetchone()[0])
         self.drain(conn)  # notifications that arrived during the query
 
-    def check_triggers(self, conn) -> None:
+    def check_triggers(self, conn, repair: bool = True) -> None:
         """pgne_setup_problem and pgne_trigger_installed, from one read of the catalogs: after
         every (re)connect (and its perform_setup), then every --trigger-check-interval, and after
-        `pgne apply` said it changed the database."""
+        `pgne apply` said it changed the database. A damaged pgne.event_log (outbox) shows its
+        triggers as not installed; with perform_setup (and `repair`) the setup rebuilds it at once."""
         self._last_trigger_check = time.monotonic()
         try:
             with _Deadline(conn, self.name, "the trigger check"):
@@ -404,10 +411,23 @@ class Worker:
             return
         finally:
             self.drain(conn)
+        damage = inventory.event_log_damage
+        if damage != self.event_log_damage:
+            if damage is not None:
+                log.error("%s: pgne.event_log %s: the triggers count nothing until it is rebuilt (%s)", self.name,
+                          damage, "now" if self.db.perform_setup and repair else "pgne apply")
+            else:
+                log.info("%s: pgne.event_log is as pgne makes it again", self.name)
+            self.event_log_damage = damage
+        if damage is not None and self.db.perform_setup and repair:
+            self.setup(conn)  # rebuilds it, its rows kept
+            self.check_triggers(conn, repair=False)
+            return
         self.report_problems(inventory)
         installed = installed_triggers(inventory, self.db)
         gauge = self.metrics.trigger_installed
         for (schema, table, event), present in installed.items():
+            present = present and damage is None  # a trigger that cannot write its rows counts nothing
             gauge.labels(self.metrics.host, self.db.name, schema, table, event).set(1 if present else 0)
             if not present:
                 log.warning("%s: trigger pgne_%s on %s.%s is missing or differs from the config",

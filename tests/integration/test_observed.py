@@ -147,14 +147,16 @@ def test_an_outbox_install_from_before_columns_to_observe_is_in_sync_until_a_col
     plain = [{k: v for k, v in m.items() if k != "columns_to_observe"} for m in MONITORS]
     config = write(tmp_path, config_text(outbox_entry(pg_database, plain)))
     assert apply_in_process(config).code == 0
-    assert query(pg_database.dsn, "SELECT count(*) FROM pg_attribute WHERE attname = 'observed' "
-                                  "AND attrelid IN ('pgne.event_log'::regclass, 'pgne.totals'::regclass)") == [(0,)]
+    # pgne.event_log has one layout (the triggers check it by its number of columns); pgne.totals
+    # gets `observed` only when a column is observed
+    assert query(pg_database.dsn, "SELECT attrelid::regclass::text FROM pg_attribute WHERE attname = 'observed' "
+                                  "AND attrelid IN ('pgne.event_log'::regclass, 'pgne.totals'::regclass)") == [
+        ("pgne.event_log",)]
     assert status_in_process(config).code == 0  # an install without the column is not broken
     config = write(tmp_path, config_text(outbox_entry(pg_database, MONITORS)))
     status = status_in_process(config)
     assert status.code == 1
     rows = [line.split()[1:] for line in status.stdout.splitlines()[1:]]
-    assert ["missing", "column", "pgne.event_log.observed"] in rows
     assert ["missing", "column", "pgne.totals.observed"] in rows
     assert apply_in_process(config).code == 0
     assert status_in_process(config).code == 0

@@ -348,3 +348,19 @@ def test_relabel_series_brings_observed_histograms_to_the_current_label_columns(
         ("pgne_observed_skipped_total", labels(reason="null")): 4.0,
         ("pgne_observed_invalid_values_total", (("database", "d"), ("host", "h"))): 1.0,
     }
+
+
+def test_relabel_series_brings_the_compat_series_to_the_current_label_columns(tmp_path):
+    """pg_notify_exporter's series (--compat-metric, a `sum` gauge) written without the label
+    column `code` and with it empty are one series to Prometheus: relabelled into one (7 + 3)."""
+    labels = ["operation", "host", "tag", "database", "table"]
+    values = ["INSERT", "h", "t", "d", "public.two"]
+    help_text = "compat help"
+    write(tmp_path, "gauge_sum", MERGED_PID, {
+        mmap_key("pg_notify_exporter", "pg_notify_exporter", labels, values, help_text): 7.0,
+        mmap_key("pg_notify_exporter", "pg_notify_exporter", labels + ["code"], values + [""], help_text): 3.0,
+        mmap_key("pg_notify_exporter", "pg_notify_exporter", labels, values[:4] + ["public.one"], help_text): 2.0})
+    assert relabel_series(str(tmp_path), ("code",)) == 2
+    assert totals(tmp_path) == {
+        ("pg_notify_exporter", tuple(sorted(zip(labels + ["code"], values + [""])))): 10.0,
+        ("pg_notify_exporter", tuple(sorted(zip(labels + ["code"], values[:4] + ["public.one", ""])))): 2.0}

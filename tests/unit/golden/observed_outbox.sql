@@ -15,7 +15,8 @@ CREATE TABLE IF NOT EXISTS "pgne".event_log (
   operation text NOT NULL,
   labels jsonb NOT NULL,
   n bigint NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now()
+  created_at timestamptz NOT NULL DEFAULT now(),
+  observed jsonb  -- columns_to_observe: the group's histograms; '{}' where nothing is observed
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
         autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 10000);
 -- The durable counts that pgne exports.
@@ -28,10 +29,11 @@ CREATE TABLE IF NOT EXISTS "pgne".totals (
   PRIMARY KEY (table_name, operation, labels)
 );
 REVOKE ALL ON "pgne".event_log, "pgne".totals FROM PUBLIC;
--- columns_to_observe: each group's histograms ({"column": {"count", "sum" (exact, as text),
--- "buckets", "null", "not_finite"}}). Nullable, no default: adding it rewrites no row of a
--- table that existed before. Only where it is missing: ALTER TABLE locks pgne.event_log, which
--- the application's writes to monitored tables insert into.
+-- The column `observed` (columns_to_observe: each group's histograms ({"column": {"count", "sum"
+-- (exact, as text), "buckets", "null", "not_finite"}})): always in pgne.event_log, whose layout
+-- the triggers check by its number of columns; in pgne.totals where a column is observed.
+-- Nullable, no default: adding it rewrites no row of a table that existed before. Only where it
+-- is missing: ALTER TABLE locks pgne.event_log, which the application's writes insert into.
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_attribute
@@ -44,6 +46,96 @@ BEGIN
                    AND attname = 'observed' AND NOT attisdropped) THEN
     ALTER TABLE "pgne".totals ADD COLUMN observed jsonb;
   END IF;
+END
+$pgne$;
+
+-- pgne.event_log as pgne made it, or rebuilt (its rows and grants kept): the triggers'
+-- INSERT into it must never fail (a DBA's constraint, trigger, rule, row-level security,
+-- an older layout...). Nothing is done to one that is intact.
+DO $pgne$
+DECLARE
+  damage pg_catalog.text := (SELECT CASE
+      WHEN "pgne-c".oid IS NULL THEN 'is missing'
+      WHEN "pgne-c".relkind <> 'r' OR "pgne-c".relispartition THEN 'is not a plain table'
+      WHEN "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity THEN 'has row-level security'
+      WHEN "pgne-c".relhasrules THEN 'has (or had) a rule'
+      WHEN "pgne-c".relhastriggers THEN 'has (or had) a trigger'
+      WHEN "pgne-c".relhasindex THEN 'has (or had) an index'
+      WHEN "pgne-c".relchecks <> 0 OR EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
+                   WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
+      WHEN NOT pg_catalog.has_table_privilege("pgne-c".relowner, "pgne-c".oid, 'INSERT')
+        THEN 'has an owner without the INSERT privilege'
+      WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
+                   WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
+                     AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
+                          "pgne-a".attgenerated, "pgne-a".attidentity) NOT IN (
+                       ('table_name', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                       ('operation', 'pg_catalog.text'::pg_catalog.regtype, true, false, '', ''),
+                       ('labels', 'pg_catalog.jsonb'::pg_catalog.regtype, true, false, '', ''),
+                       ('n', 'pg_catalog.int8'::pg_catalog.regtype, true, false, '', ''),
+                       ('created_at', 'pg_catalog.timestamptz'::pg_catalog.regtype, true, true, '', ''),
+                       ('observed', 'pg_catalog.jsonb'::pg_catalog.regtype, false, false, '', '')))
+        THEN 'has other columns, types, defaults or NOT NULLs than pgne''s'
+      WHEN (SELECT pg_catalog.count(*) FILTER (WHERE "pgne-a".attname <> 'observed')
+                     || '/' || pg_catalog.count(*) FILTER (WHERE "pgne-a".attname = 'observed')
+            FROM pg_catalog.pg_attribute AS "pgne-a"
+            WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped)
+           <> '5/1'  -- only `observed` missing (an older layout): apply adds it before it checks
+        THEN 'lacks a column of pgne''s'
+      WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
+                   WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND "pgne-a".attisdropped)
+        THEN 'has a dropped column'
+      WHEN (SELECT pg_catalog.pg_get_expr("pgne-d".adbin, "pgne-d".adrelid) FROM pg_catalog.pg_attrdef AS "pgne-d"
+            WHERE "pgne-d".adrelid = "pgne-c".oid) IS DISTINCT FROM 'now()'
+        THEN 'has another default than pgne''s'
+    END
+    FROM pg_catalog.pg_class AS "pgne-c" WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass
+);
+  copied pg_catalog.int8;
+  privilege record;
+BEGIN
+  IF damage IS NULL THEN
+    RETURN;
+  END IF;
+  ALTER TABLE "pgne".event_log RENAME TO "event_log-damaged";
+  CREATE TABLE IF NOT EXISTS "pgne".event_log (
+    table_name text NOT NULL,
+    operation text NOT NULL,
+    labels jsonb NOT NULL,
+    n bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    observed jsonb  -- columns_to_observe: the group's histograms; '{}' where nothing is observed
+  ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
+          autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 10000);
+  REVOKE ALL ON "pgne".event_log FROM PUBLIC;
+  FOR privilege IN
+    SELECT "pgne-g".privilege_type, "pgne-r".rolname
+    FROM pg_catalog.pg_class AS "pgne-c",
+         LATERAL pg_catalog.aclexplode("pgne-c".relacl) AS "pgne-g"
+         JOIN pg_catalog.pg_roles AS "pgne-r" ON "pgne-r".oid = "pgne-g".grantee
+    WHERE "pgne-c".oid = '"pgne"."event_log-damaged"'::pg_catalog.regclass
+      AND "pgne-g".grantee <> "pgne-c".relowner
+  LOOP
+    EXECUTE pg_catalog.format('GRANT %s ON "pgne".event_log TO %I', privilege.privilege_type, privilege.rolname);
+  END LOOP;
+  BEGIN  -- the rows not drained yet, as far as they can be read
+    EXECUTE pg_catalog.format(
+      'INSERT INTO "pgne".event_log (table_name, operation, labels, n, created_at, observed) '
+      'SELECT table_name::text, operation::text, labels::jsonb, n::int8, COALESCE(created_at::timestamptz, now()), %s '
+      'FROM ONLY "pgne"."event_log-damaged"',
+      CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute
+                        WHERE attrelid = '"pgne"."event_log-damaged"'::pg_catalog.regclass
+                          AND attname = 'observed' AND NOT attisdropped) THEN 'observed::jsonb'
+           ELSE 'NULL' END);
+    GET DIAGNOSTICS copied = ROW_COUNT;
+    RAISE WARNING 'pgne: pgne.event_log %: rebuilt as pgne makes it, % row(s) kept', damage, copied;
+  EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'pgne: pgne.event_log %: rebuilt as pgne makes it; its rows could not be read (%), they are not counted',
+      damage, SQLERRM;
+  END;
+  EXECUTE pg_catalog.format('DROP %s "pgne"."event_log-damaged" CASCADE',
+    (SELECT CASE relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END
+     FROM pg_catalog.pg_class WHERE oid = '"pgne"."event_log-damaged"'::pg_catalog.regclass));
 END
 $pgne$;
 
@@ -153,10 +245,20 @@ BEGIN
       "pgne-trigger".labels := '{"{}"}';
       "pgne-trigger".counts := '{1}';
     END IF;
-    -- What the INSERT after this block needs ('...'::regclass fails here if the table is missing).
-    IF NOT pg_catalog.has_table_privilege('pgne.event_log'::pg_catalog.regclass, 'INSERT') THEN
-      RAISE EXCEPTION 'permission denied for table pgne.event_log' USING ERRCODE = 'insufficient_privilege';
+    PERFORM FROM pg_catalog.pg_class AS "pgne-c"
+    WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass  -- fails here if it is missing
+      AND "pgne-c".relkind = 'r' AND "pgne-c".relnatts = 6 AND "pgne-c".relchecks = 0
+      AND NOT ("pgne-c".relhastriggers OR "pgne-c".relhasrules OR "pgne-c".relhasindex OR "pgne-c".relispartition
+               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity);
+    IF NOT FOUND THEN
+      RAISE EXCEPTION 'pgne.event_log differs from pgne''s layout: pgne rebuilds it at its next setup (pgne apply)';
     END IF;
+    -- Only now (a trigger on pgne.event_log would fire): what the INSERT after this block would
+    -- raise at plan time, with the same types (the trigger's INSERTs give these types exactly).
+    INSERT INTO pgne.event_log (table_name, operation, labels, n, created_at, observed)
+    SELECT NULL::pg_catalog.text, NULL::pg_catalog.text, NULL::pg_catalog.jsonb, NULL::pg_catalog.int8,
+           NULL::pg_catalog.timestamptz, NULL::pg_catalog.jsonb
+    WHERE false;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
     RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
@@ -164,8 +266,9 @@ BEGIN
     RETURN NULL;
   END;
   IF "pgne-trigger".counts IS NOT NULL THEN  -- NULL: the statement touched no row
-    INSERT INTO pgne.event_log (table_name, operation, labels, n, observed)
-    SELECT 'sales.orders', TG_OP, "pgne-u"."pgne-labels", "pgne-u"."pgne-n", "pgne-u"."pgne-observed"
+    INSERT INTO pgne.event_log (table_name, operation, labels, n, created_at, observed)
+    SELECT 'sales.orders'::pg_catalog.text, TG_OP, "pgne-u"."pgne-labels", "pgne-u"."pgne-n", pg_catalog.now(),
+           "pgne-u"."pgne-observed"
     FROM unnest("pgne-trigger".labels, "pgne-trigger".counts, "pgne-trigger".observed)
       AS "pgne-u" ("pgne-labels", "pgne-n", "pgne-observed");  -- ROWS FROM syntax, no schema
   END IF;
@@ -173,7 +276,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:2224d071fe6e087690be0ac3d062825380aeb66e12959cfa3724b8172f5b01c9';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:3ad0f1814aaed2b1537c6c5d63e24c259c0fa0c911924c55ef40e0b0a8d6206e';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -269,10 +372,20 @@ BEGIN
       ) AS "pgne-r"
       HAVING pg_catalog.count(*) > 0
     ) AS "pgne-g";
-    -- What the INSERT after this block needs ('...'::regclass fails here if the table is missing).
-    IF NOT pg_catalog.has_table_privilege('pgne.event_log'::pg_catalog.regclass, 'INSERT') THEN
-      RAISE EXCEPTION 'permission denied for table pgne.event_log' USING ERRCODE = 'insufficient_privilege';
+    PERFORM FROM pg_catalog.pg_class AS "pgne-c"
+    WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass  -- fails here if it is missing
+      AND "pgne-c".relkind = 'r' AND "pgne-c".relnatts = 6 AND "pgne-c".relchecks = 0
+      AND NOT ("pgne-c".relhastriggers OR "pgne-c".relhasrules OR "pgne-c".relhasindex OR "pgne-c".relispartition
+               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity);
+    IF NOT FOUND THEN
+      RAISE EXCEPTION 'pgne.event_log differs from pgne''s layout: pgne rebuilds it at its next setup (pgne apply)';
     END IF;
+    -- Only now (a trigger on pgne.event_log would fire): what the INSERT after this block would
+    -- raise at plan time, with the same types (the trigger's INSERTs give these types exactly).
+    INSERT INTO pgne.event_log (table_name, operation, labels, n, created_at, observed)
+    SELECT NULL::pg_catalog.text, NULL::pg_catalog.text, NULL::pg_catalog.jsonb, NULL::pg_catalog.int8,
+           NULL::pg_catalog.timestamptz, NULL::pg_catalog.jsonb
+    WHERE false;
   EXCEPTION WHEN OTHERS THEN
     -- Never fail the application's statement: this statement's events are not counted.
     RAISE WARNING 'pgne: % on %.% not counted: % (SQLSTATE %)',
@@ -280,8 +393,9 @@ BEGIN
     RETURN NULL;
   END;
   IF "pgne-trigger".counts IS NOT NULL THEN  -- NULL: the statement touched no row
-    INSERT INTO pgne.event_log (table_name, operation, labels, n, observed)
-    SELECT 'public.lines', TG_OP, "pgne-u"."pgne-labels", "pgne-u"."pgne-n", "pgne-u"."pgne-observed"
+    INSERT INTO pgne.event_log (table_name, operation, labels, n, created_at, observed)
+    SELECT 'public.lines'::pg_catalog.text, TG_OP, "pgne-u"."pgne-labels", "pgne-u"."pgne-n", pg_catalog.now(),
+           "pgne-u"."pgne-observed"
     FROM unnest("pgne-trigger".labels, "pgne-trigger".counts, "pgne-trigger".observed)
       AS "pgne-u" ("pgne-labels", "pgne-n", "pgne-observed");  -- ROWS FROM syntax, no schema
   END IF;
@@ -289,7 +403,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_lines_87680e081c"() IS 'pgne sha256:dafc6b98f16a686c8adea473aba502b65b6362d6a67d34169739a809361bef75';
+COMMENT ON FUNCTION "pgne"."public_lines_87680e081c"() IS 'pgne sha256:526ed0c57609ef654786b8df404f4903278e92cbbe23b7cd5bd943f8b06381ce';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
