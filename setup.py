@@ -59,6 +59,9 @@ setup(
             # deploy/kubernetes/ validated offline (tests/unit/test_kubernetes_manifests.py): the
             # Kubernetes schemas it ships are its version's, so pinned.
             "kubernetes-validate==1.37.0",
+            # docs/ is built with `mkdocs build --strict` (tests/unit/test_docs.py): a broken link
+            # or anchor fails the suite. Anchor validation needs MkDocs 1.6.
+            "mkdocs>=1.6,<2",
         ],
     },
     entry_points={"console_scripts": ["pgne = pgne.cli:main"]},

@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg2.extensions import parse_dsn
 from support.databases import Database, query
+from support.doc_examples import assert_shows
 from support.processes import free_port, pgne_env
 
 DEADLINE = 60.0
@@ -92,8 +93,8 @@ class DemoProcess:
 def start_demo(tmp_path):
     demos: list[DemoProcess] = []
 
-    def start(dsn: str | None) -> DemoProcess:
-        demo = DemoProcess(dsn, tmp_path)
+    def start(dsn: str | None, rate: float = 20.0) -> DemoProcess:
+        demo = DemoProcess(dsn, tmp_path, rate)
         demos.append(demo)
         return demo
 
@@ -221,6 +222,26 @@ def test_demo_without_a_dsn_runs_on_an_embedded_server_it_starts_and_removes(sta
         socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
     leftover = subprocess.run(["pgrep", "-f", f"postgres -D {data_dir}"], capture_output=True, text=True).stdout.split()
     assert leftover == [], f"processes of the embedded server still run: {leftover}"
+
+
+def test_the_quick_starts_demo_outputs_are_what_pgne_demo_prints(start_demo):
+    """README's quick start shows what `pgne demo` prints, the two `curl | grep` excerpts of
+    /metrics and the lines of Ctrl-C: each is compared with a real run (ports and values aside)."""
+    demo = start_demo(None, rate=5)  # the demo's default rate, as the README runs it
+    demo.wait_for_banner()
+    started = demo.stdout
+    assert_shows("demo-start", started)
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{demo.port}/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines(keepends=True)
+    # the README's greps
+    assert_shows("demo-events", "".join(line for line in lines if line.startswith("pgne_events_total")))
+    histogram = re.compile(r'^pgne_observed_euros_(bucket|sum|count)\{.*operation="INSERT".*supplier="acme"')
+    assert_shows("demo-histogram", "".join(line for line in lines if histogram.search(line)))
+
+    assert demo.stop(signal.SIGINT, whole_group=True) == 0, demo.output()
+    assert demo.stdout.startswith(started)
+    assert_shows("demo-stop", demo.stdout[len(started):])
 
 
 def test_demo_without_a_dsn_or_the_embedded_server_names_the_install_command(monkeypatch, capsys):

@@ -176,10 +176,10 @@ def test_systemd_analyze_security_rates_the_unit_exposure_at_most_2_of_10(tmp_pa
         "systemd-analyze security --offline needs systemd 250 or later (Debian 12 has 252)"
     overall = [line for line in result.stdout.splitlines() if "Overall exposure level" in line]
     assert result.returncode == 0, f"{overall or result.stdout[-2000:]}\n{result.stderr}"
-    # the README gives the figure the unit gets
+    # the deployment docs give the figure the unit gets
     figure = re.search(r"Overall exposure level for pgne\.service: (\d+\.\d) (\w+)", result.stdout)
-    readme = (REPO / "README.md").read_text()
-    assert f"`systemd-analyze security pgne` rates it {figure[1]} (\"{figure[2]}\")" in readme, figure[0]
+    docs = (REPO / "docs" / "deployment.md").read_text()
+    assert f"`systemd-analyze security pgne` rates it {figure[1]} (\"{figure[2]}\")" in docs, figure[0]
 
 
 # --------------------------------------------------------------------------- alert rules

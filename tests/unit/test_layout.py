@@ -1,4 +1,4 @@
-"""README's layout table is the architecture: every module of pgne/ in it once, and a module
+"""The layout table of docs/development.md is the architecture: every module of pgne/ in it once, and a module
 imports only modules of its own row or of rows above it (no import runs back up the table)."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ ROW = re.compile(r"^\| (`pgne/\w+\.py`(?:, `pgne/\w+\.py`)*) \|", re.MULTILINE)
 
 
 def layout_rows() -> list[list[str]]:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("### Layout"):text.index("### Architecture")]
+    text = (REPO / "docs" / "development.md").read_text(encoding="utf-8")
+    section = text[text.index("## Layout"):text.index("## Architecture")]
     return [re.findall(r"`pgne/(\w+)\.py`", match) for match in ROW.findall(section)]
 
 
