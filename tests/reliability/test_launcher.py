@@ -438,7 +438,8 @@ def test_idle_http_connections_never_keep_a_dead_worker_from_restarting(pg_datab
             time.sleep(1)  # the server accepts what it will (32, and one waiting)
             victim = workers[0]
             os.kill(victim, signal.SIGKILL)
-            wait_until(lambda: len(proc.worker_pids()) == len(up) and victim not in proc.worker_pids(), 20,
+            # within 6 s: before the server closes the idle connections (10 s for a request's head)
+            wait_until(lambda: len(proc.worker_pids()) == len(up) and victim not in proc.worker_pids(), 6,
                        "the killed worker restarted while a client holds idle connections", proc.describe)
         finally:
             for sock in held:
