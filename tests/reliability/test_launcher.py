@@ -64,12 +64,13 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 sys.argv = ["pgne", *sys.argv[2:]]
 runpy.run_module("pgne", run_name="__main__")
 """
-DATABASES, NOFILE = 30, 64
+DATABASES, NOFILE = 30, 100
 
 
 def test_out_of_file_descriptors_the_workers_that_fit_run_and_the_rest_are_retried_until_the_limit_allows(
         pg_database_factory, tmp_path):
-    """30 databases under an open-files limit of 64 (soft and hard): every start that does not
+    """30 databases under an open-files limit of 100 (soft and hard; a start keeps room for every
+    HTTP connection pgne accepts, 33, and 16 more): every start that does not
     fit fails (logged, pgne_worker_start_failures_total) and is retried with backoff; no running
     worker is ever lost, and they count exactly. A reload that removes 15 running databases
     makes room: the 15 left all come up and count."""
