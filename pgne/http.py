@@ -508,6 +508,11 @@ class MetricsServer:
     def port(self) -> int:
         return self.httpd.server_address[1]
 
+    def connections(self) -> int:
+        """The descriptors HTTP connections hold now (at most MAX_CONNECTIONS + 1 being accepted):
+        what a worker start leaves free counts the rest (pgne.launcher)."""
+        return self.httpd._slots  # an int read once: no lock needed
+
     def serve_databases(self, databases: frozenset[tuple[str, str]]) -> None:
         """Only these (host, database) pairs appear in /metrics (one atomic swap: no lock)."""
         self.httpd.databases = databases

@@ -8,17 +8,22 @@ temporary file): one JSON message per packet, descriptors beside it (SCM_RIGHTS)
 
 master -> launcher
     {"hello": {"sys_path", "cwd", "module", "private_dir"}}   first, once
-    {"start": ID}  + the read end of the worker's spec pipe
+    {"start": ID}  + the read end of the worker's spec pipe (ID: unique in the master, increasing)
+    {"release": ID}  the master has handled that worker's end (and folded its metrics files): reap it
     {"bye": true}  before the master closes its end (it stops, or retires this launcher)
 launcher -> master
     {"started": ID, "pid": PID}  + a pidfd on the worker, opened before the launcher can reap it
     {"failed": ID, "reason": TEXT}  the launcher could not start it (EMFILE, EAGAIN, ...)
-    {"exited": PID, "status": STATUS}  a worker was reaped (the raw wait status)
+    {"exited": ID, "pid": PID, "status": STATUS}  a worker ended (the raw wait status); it stays a
+        zombie until the master's "release": while it is one, the system cannot give its pid to
+        another process, so no new worker is ever taken for it, nor writes into its pid's files
 
 Nothing that goes wrong with one request ends the launcher. It exits when the master's end of
-the socket closes (EOF: the master is gone, however it died) or PR_SET_PDEATHSIG says so;
-its workers then get their own PR_SET_PDEATHSIG (and their spec pipes' EOF). If the master
-died without stopping (SIGKILL), the launcher removes the master's private state directory.
+the socket closes (EOF: the master is gone, however it died); its workers then get their own
+PR_SET_PDEATHSIG (and their spec pipes' EOF), and init reaps the zombies. Its own
+PR_SET_PDEATHSIG against the master is SIGCONT: a launcher that was stopped (SIGSTOP) when the
+master died resumes and reads that EOF too (a stopped process acts on no other signal). If the
+master died without stopping (SIGKILL), the launcher removes the master's private state directory.
 """
 from __future__ import annotations
 
@@ -80,6 +85,9 @@ class Launcher:
             os.set_blocking(fd, False)
         self.terminate = False
         self.bye = False  # the master said it closes its end: it is not dying
+        self.children: dict[int, int] = {}  # request id -> pid of every child not reaped yet
+        self.ended: set[int] = set()  # request ids reported "exited": zombies until released
+        self.released: set[int] = set()  # released before we saw them end (a lost status)
 
     def hello(self, hello: dict) -> None:
         sys.path[:] = hello["sys_path"]  # the master's: a test's stand-in worker module too
@@ -99,7 +107,8 @@ class Launcher:
 
     def run(self) -> int:
         signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
-        signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the loop: reap
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the loop: report ends
+        signal.signal(signal.SIGCONT, lambda *_: None)  # wakes the loop (our death signal): EOF?
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the master decides
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -107,7 +116,7 @@ class Launcher:
         poller.register(self.sock, select.POLLIN)
         poller.register(self.wakeup_r, select.POLLIN)
         while not self.terminate:
-            self._reap()
+            self._report_ends()
             try:
                 ready = dict(poller.poll())
             except InterruptedError:
@@ -119,7 +128,6 @@ class Launcher:
                     pass
             if self.sock.fileno() in ready and not self._serve():
                 break
-        self._reap()
         if self.private_dir and not self.bye and self._orphaned():  # the master died without cleaning up
             shutil.rmtree(self.private_dir, ignore_errors=True)
         return 0
@@ -152,6 +160,8 @@ class Launcher:
                 return False
             if "hello" in message:
                 self.hello(message["hello"])
+            elif "release" in message:
+                self._release(message["release"])
             elif "bye" in message:
                 self.bye = True
             elif "start" in message:
@@ -190,8 +200,10 @@ class Launcher:
                 pidfd = None
             except OSError as exc:
                 os.kill(pid, signal.SIGKILL)  # ours and not reaped: the pid is still its own
+                os.waitpid(pid, 0)  # at once: it has run nothing of a worker's yet
                 self._answer({"failed": request, "reason": f"pidfd_open: {exc.strerror or exc}"})
                 return
+            self.children[request] = pid
             try:
                 self._answer({"started": request, "pid": pid}, pidfd)
             finally:
@@ -200,15 +212,42 @@ class Launcher:
         finally:
             os.close(spec_fd)
 
-    def _reap(self) -> None:
-        while True:
+    def _report_ends(self) -> None:
+        """Report every child that has ended, without reaping it (WNOWAIT): its pid stays
+        taken until the master releases it."""
+        for request, pid in list(self.children.items()):
+            if request in self.ended:
+                continue
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:  # reaped already (cannot happen: only _release reaps)
+                del self.children[request]
+                continue
+            if info is None:
+                continue
+            self.ended.add(request)
+            self._answer({"exited": request, "pid": pid, "status": _wait_status(info)})
+            if request in self.released:
+                self._release(request)
+
+    def _release(self, request: int) -> None:
+        pid = self.children.get(request)
+        if pid is None:
+            return
+        if request not in self.ended:  # the master gave up waiting for its status (we were stopped)
+            try:
+                if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                    self.released.add(request)  # reap it when it ends
+                    return
             except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            self._answer({"exited": pid, "status": status})
+                pass
+        try:
+            os.waitpid(pid, 0)  # a zombie: at once
+        except ChildProcessError:
+            pass
+        del self.children[request]
+        self.ended.discard(request)
+        self.released.discard(request)
 
     # -- in the child ---------------------------------------------------------------------------
 
@@ -223,7 +262,7 @@ class Launcher:
             if os.getppid() != parent:
                 os._exit(0)
             signal.set_wakeup_fd(-1)
-            for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            for signum in (signal.SIGCHLD, signal.SIGCONT, signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
                 signal.signal(signum, signal.SIG_DFL)
             _close_all_but({0, 1, 2, spec_fd})
             gc.freeze()  # what the launcher allocated since its own freeze
@@ -242,6 +281,13 @@ class Launcher:
                 os._exit(code & 0xFF if code >= 0 else 1)
 
 
+def _wait_status(info: os.waitid_result) -> int:
+    """A waitid result as the raw status waitpid would give (os.waitstatus_to_exitcode reads it)."""
+    if info.si_code == os.CLD_EXITED:
+        return (info.si_status & 0xFF) << 8
+    return (info.si_status & 0x7F) | (0x80 if info.si_code == os.CLD_DUMPED else 0)
+
+
 def _close_all_but(keep: set[int]) -> None:
     for name in os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"):
         fd = int(name)
@@ -255,9 +301,10 @@ def _close_all_but(keep: set[int]) -> None:
 def main(argv: list[str]) -> int:
     """argv: the inherited socket's fd, the master's pid."""
     fd, master = int(argv[0]), int(argv[1])
-    die_with(signal.SIGTERM)  # then the loop ends (cleaning up after a killed master)
-    if os.getppid() != master:  # the master died before the prctl
-        os.kill(os.getpid(), signal.SIGTERM)
+    # SIGCONT: it resumes a stopped launcher (a stopped process acts on no other signal but
+    # SIGKILL), whose loop then reads the socket's EOF, cleans up after the master and exits;
+    # a running launcher reads that EOF anyway (the handler only wakes its loop)
+    die_with(signal.SIGCONT)
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)  # our answers wait for room; requests are read with MSG_DONTWAIT
     launcher = Launcher(sock, master)

@@ -8,11 +8,13 @@ here may import prometheus_client.
 
 Workers are forked by pgne's launcher (pgne.launcher), so no lock held by the HTTP thread or
 prometheus_client is ever inherited, and they share the code it imported. As in gunicorn's
-arbiter, the running workers are kept by pid (`workers`), signal handlers only set flags and
+arbiter, the running workers are kept (`workers`, by start request id: a pid may be reused),
+signal handlers only set flags and
 wake the main loop through signal.set_wakeup_fd, and the loop also wakes when a worker ends (its
 pidfd: a worker's death is handled at once, whatever state the launcher is in), when the
 launcher answers, and at each deadline of theirs; it calls mark_process_dead(pid) for every
-ended worker, and restarts workers with backoff. Starts are asynchronous (a request, then the
+ended worker, folds its files (compaction) and only then releases it: until then the launcher
+keeps it a zombie, so its pid is nobody else's. It restarts workers with backoff. Starts are asynchronous (a request, then the
 launcher's answer): nothing the launcher does or fails to do blocks the loop.
 POST /-/reload (--web.enable-lifecycle) is done by that loop too: the HTTP thread queues it in
 the server's Lifecycle and writes to the wakeup fd (`_wake`); the loop reloads as for SIGHUP and
@@ -76,6 +78,7 @@ class WorkerSlot:
     started_at: float = 0.0
     restart_at: float | None = 0.0  # when to (re)start; None: do not
     failures: int = 0
+    kill_at: float | None = None  # replaced (a reload) and SIGTERMed: SIGKILL then if still running
 
     @property
     def running(self) -> bool:
@@ -109,14 +112,16 @@ class Master:
         self.server = MetricsServer(listen, state_dir, web, telemetry_path, self.lifecycle)
         self.started_once: set[tuple] = set()  # keys of the databases whose worker has started (/-/ready)
         self.slots: dict[tuple, WorkerSlot] = {}  # database key -> the slot the config wants
-        # pid -> slot of every worker not reaped yet (gunicorn's WORKERS), the workers of slots
-        # that a reload replaced included: they are reaped (mark_process_dead) like any other.
+        # start request id -> slot of every worker not ended yet (gunicorn's WORKERS), the workers
+        # of slots that a reload replaced included: they are reaped (mark_process_dead) like any
+        # other. Not by pid: a pid ends and is reused; a request id is never reused.
         self.workers: dict[int, WorkerSlot] = {}
         self.flags: set[int] = set()
-        # reaped workers whose files are not folded yet, with the label columns they wrote
-        self.uncompacted: list[tuple[int, tuple[str, ...]]] = []
+        # ended workers whose files are not folded yet, with the label columns they wrote; each
+        # is released (the launcher reaps it: its pid is free) once folded
+        self.uncompacted: list[tuple[launcher.StartedWorker, tuple[str, ...]]] = []
         self.stopping = False
-        self.launchers = launcher.Launchers(private_dir)
+        self.launchers = launcher.Launchers(private_dir, self.server.connections)
         self.wakeup_r, self.wakeup_w = os.pipe()
         for fd in (self.wakeup_r, self.wakeup_w):
             os.set_blocking(fd, False)
@@ -179,11 +184,8 @@ class Master:
             log_format=self.log_format,
         )
         slot.restart_at = None
-        try:
-            slot.pending = self.launchers.start((slot, spec))
-        except OSError as exc:  # EMFILE (os.pipe), a full socket (a stopped launcher), no fork: as if it had died at once
-            self._start_failed(slot, exc.strerror or str(exc))
-            return
+        # failures (EMFILE in os.pipe, no fork, ...) come back as events: as if it had died at once
+        slot.pending = self.launchers.start((slot, spec))
 
     def _start_failed(self, slot: WorkerSlot, reason: str) -> None:
         slot.pending = None
@@ -204,10 +206,10 @@ class Master:
         pid = worker.pid
         slot.pid, slot.worker, slot.status = pid, worker, None
         slot.label_names, slot.started_at = spec.label_names, time.monotonic()
-        self.workers[pid] = slot
+        self.workers[worker.request] = slot
         log.info("%s: %s worker started (pid %d)", name, slot.mode, pid, extra=for_database(name))
         if self.stopping or self.slots.get(slot.database.key) is not slot:  # retired while it was starting
-            _signal(slot, signal.SIGTERM)
+            self._retire_worker(slot)
             return
         if not _send_spec(worker.stdin, encode_spec(spec)):
             # Not reading (stopped?): kill it so that the reaper restarts it. Blocking here
@@ -248,17 +250,21 @@ class Master:
                 self._reaped(event.worker)
 
     def _reaped(self, worker: launcher.StartedWorker) -> None:
+        """A worker has ended: it is a zombie until `_compact` releases it (its pid is its own)."""
         pid, code = worker.pid, worker.exitcode()
         try:
             mark_process_dead(pid, self.state_dir)
         except OSError as exc:  # its live gauges keep their last value until the next start
             log.warning("cannot remove the live gauges of process %d: %s", pid, exc)
-        slot = self.workers.pop(pid)
+        worker.close()
+        slot = self.workers.pop(worker.request, None)
         # with the label columns it wrote pgne_events_total with (see _compact)
-        self.uncompacted.append((pid, slot.label_names))
+        self.uncompacted.append((worker, slot.label_names if slot else self.config.label_names))
+        if slot is None:  # a worker of an abandoned start: it read EOF and exited, counting nothing
+            return
         slot.status = code
         slot.worker = None
-        worker.release()
+        slot.kill_at = None
         if self.stopping or self.slots.get(slot.database.key) is not slot:  # stopping, or retired by a reload
             return
         name = slot.database.display_name
@@ -281,17 +287,35 @@ class Master:
         a pid whose turn did not come (readers held the dir) is tried again at the next tick."""
         waiting = []
         relabel = False
-        for pid, label_names in self.uncompacted:
-            if compact(self.state_dir, pid, timeout=COMPACTION_LOCK_WAIT) is None:
-                waiting.append((pid, label_names))
+        for worker, label_names in self.uncompacted:
+            if compact(self.state_dir, worker.pid, timeout=COMPACTION_LOCK_WAIT) is None:
+                waiting.append((worker, label_names))
             else:
                 relabel |= label_names != self.config.label_names
+                worker.release()  # the launcher reaps it: from now on its pid may be another's
         self.uncompacted = waiting
         if relabel:
             # A worker of an earlier config wrote pgne_events_total with other label columns:
             # bring its series to the current ones, so that no series is served twice
             # (to Prometheus, `note=""` is no label: {table="t"} and {table="t",note=""} are one).
             relabel_series(self.state_dir, self.config.label_names)
+
+    def _retire_worker(self, slot: WorkerSlot) -> None:
+        """SIGTERM a worker whose slot a reload replaced; SIGKILL after STOP_GRACE (stopped, or
+        ignoring SIGTERM): its replacement waits for its end."""
+        _signal(slot, signal.SIGTERM)
+        if slot.worker is not None:
+            slot.kill_at = time.monotonic() + STOP_GRACE
+
+    def _kill_overdue(self) -> None:
+        now = time.monotonic()
+        for slot in self.workers.values():
+            if slot.kill_at is not None and slot.kill_at <= now:
+                slot.kill_at = None
+                name = slot.database.display_name
+                log.warning("%s: replaced worker (pid %d) still runs %g s after SIGTERM; killing it", name,
+                            slot.pid, STOP_GRACE, extra=for_database(name))
+                _signal(slot, signal.SIGKILL)
 
     def _start_due(self) -> None:
         now = time.monotonic()
@@ -312,6 +336,7 @@ class Master:
         running = {slot.database.key for slot in self.workers.values()}
         due = [slot.restart_at - now for key, slot in self.slots.items()
                if slot.restart_at is not None and key not in running and not slot.busy]
+        due += [slot.kill_at - now for slot in self.workers.values() if slot.kill_at is not None]
         return max(0.0, min(due + [LOOP_TICK]))
 
     def _make_room(self) -> None:
@@ -361,7 +386,7 @@ class Master:
             new = wanted.get(key)
             if new is not None and new.database == slot.database and new.mode == slot.mode and not restart_all:
                 continue
-            _signal(slot, signal.SIGTERM)  # reaped like any worker; its replacement waits for that
+            self._retire_worker(slot)  # reaped like any worker; its replacement waits for that
             del self.slots[key]
             log.info("%s: %s in the new config", slot.database.display_name,
                      "changed" if new else "removed", extra=for_database(slot.database.display_name))
@@ -412,6 +437,9 @@ class Master:
         self._update_readiness()  # not ready before the server answers its first request
         self.install_signal_handlers()
         self.server.start()
+        # at once, even without a worker to start: a launcher outliving a killed master is what
+        # removes a private state directory
+        self.launchers.ensure()
         log.info("pgne %s serving %s://%s:%d%s; %d worker(s); state dir %s", __version__, self.server.scheme,
                  url_host(self.listen[0]), self.server.port, self.telemetry_path, len(self.slots), self.state_dir)
         try:
@@ -420,6 +448,7 @@ class Master:
                 self._wait(self._sleep_time())
                 self._handle_launcher()
                 self._compact()
+                self._kill_overdue()
                 if self.flags & {signal.SIGTERM, signal.SIGINT}:
                     log.info("stopping")
                     break
@@ -444,9 +473,9 @@ class Master:
         for slot in self.workers.values():  # those of slots a reload replaced have had it already
             _signal(slot, signal.SIGTERM)
         self._wait_for_workers(time.monotonic() + STOP_GRACE)
-        for pid, slot in list(self.workers.items()):
+        for slot in list(self.workers.values()):
             if self.slots.get(slot.database.key) is slot:
-                log.warning("%s: worker (pid %d) ignored SIGTERM; killing it", slot.database.display_name, pid,
+                log.warning("%s: worker (pid %d) ignored SIGTERM; killing it", slot.database.display_name, slot.pid,
                             extra=for_database(slot.database.display_name))
             _signal(slot, signal.SIGKILL)
         self._wait_for_workers(time.monotonic() + 1.0)

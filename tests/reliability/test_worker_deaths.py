@@ -279,7 +279,7 @@ def test_a_worker_crash_wakes_the_master_at_once_which_logs_it_and_restarts_the_
 def test_a_killed_launcher_takes_its_workers_and_a_new_one_forks_their_successors(pg_database_factory, tmp_path):
     """The launcher (the master's child that forks every worker) SIGKILLed: its workers end
     with it (PR_SET_PDEATHSIG, or the master kills them: two workers of one database never count
-    at once), the master says so, starts a new launcher with the next worker, and counts stay
+    at once), the master says so, starts a new launcher at once, and counts stay
     exact (outbox: the rows committed meanwhile too). The master never exits."""
     proc, notify_db, outbox_db = two_databases_counting(pg_database_factory, tmp_path)
     [launcher] = children_of(proc.pid)
@@ -294,8 +294,8 @@ def test_a_killed_launcher_takes_its_workers_and_a_new_one_forks_their_successor
     assert not set(new_workers) & set(old_workers)
     proc.wait_all_up(timeout=60)
     for pid in old_workers:
-        assert (f"worker (pid {pid}) was lost: the launcher that forked it died (a new one starts with the "
-                "next worker); restarting in 1 s") in proc.stderr_text(), proc.describe()
+        assert (f"worker (pid {pid}) was lost: the launcher that forked it died (a new one has started); "
+                "restarting in 1 s") in proc.stderr_text(), proc.describe()
     assert sum(proc.value("pgne_worker_restarts_total", db_labels(db)) for db in (notify_db, outbox_db)) == 2
 
     for db in (notify_db, outbox_db):
