@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 STUCK_AFTER = 8.0  # a launcher with starts pending that has sent nothing for this long is retired
 MAX_IN_FLIGHT = 4  # starts sent to the launcher and not answered yet, at most; the rest queue here
 LAUNCHER_RETRY = 1.0  # a launcher that could not be started (EMFILE, EAGAIN) is tried again then
+# A launcher that dies this soon after its start (it cannot import pgne: files changed under a
+# running pgne, say) is started again with backoff, LAUNCHER_RETRY doubling up to LAUNCHER_RETRY_MAX,
+# never in a loop that forks a Python every few milliseconds.
+LAUNCHER_SHORT_LIFE, LAUNCHER_RETRY_MAX = 10.0, 30.0
 STATUS_GRACE = 2.0  # an ended worker whose exit status the launcher has not reported by then is lost
 LAUNCHER_EXIT_WAIT = 2.0  # at shutdown: then a launcher that has not exited (stopped) is killed
 # The master's descriptors per running worker: its spec pipe's write end and its pidfd. Beside
@@ -198,6 +202,7 @@ class LauncherProcess:
         self.dead = False  # its socket reached EOF: it has exited
         self.retired = False  # takes no more starts; killed once its workers have ended and been released
         self.last_heard = time.monotonic()  # when it last sent something (or was first asked something)
+        self.started_at = self.last_heard
         try:
             cwd = os.getcwd()
         except OSError:  # deleted: the launcher stays where it is
@@ -363,6 +368,7 @@ class Launchers:
         self.queue: deque[PendingStart] = deque()  # starts not sent yet
         self.failed: list = []  # starts that failed before a launcher saw them (events to hand back)
         self.next_launcher_at = 0.0  # a launcher that cannot start is tried again then
+        self.short_lives = 0  # launchers in a row that died within LAUNCHER_SHORT_LIFE of their start
 
     def all(self) -> list[LauncherProcess]:
         return [launcher for launcher in [self.current, *self.others] if launcher is not None]
@@ -393,7 +399,17 @@ class Launchers:
     def ensure(self) -> None:
         """A live current launcher, unless one could not start a moment ago."""
         if self.current is not None and self.current.dead:
+            died = self.current
             self.retire()
+            lived = time.monotonic() - died.started_at
+            if lived < LAUNCHER_SHORT_LIFE:
+                self.short_lives += 1
+                delay = min(LAUNCHER_RETRY * 2 ** (self.short_lives - 1), LAUNCHER_RETRY_MAX)
+                self.next_launcher_at = time.monotonic() + delay
+                log.error("the launcher (pid %d) exited %.1f s after its start (see its error above); "
+                          "starting another in %g s", died.pid, lived, delay)
+            else:
+                self.short_lives = 0
         if self.current is not None or time.monotonic() < self.next_launcher_at:
             return
         try:

@@ -531,3 +531,48 @@ def test_the_launcher_environment_is_a_whitelist(pg_database, tmp_path, monkeypa
             assert set(environ) <= set(master) | {"PROMETHEUS_MULTIPROC_DIR"}
         assert Path(f"/proc/{worker}/cwd").resolve() == Path(f"/proc/{proc.pid}/cwd").resolve()
         assert proc.stop()[0] == 0
+
+
+# -- a launcher that cannot start -----------------------------------------------------------------
+
+def test_a_launcher_that_dies_at_its_start_is_started_again_with_backoff_not_in_a_loop(pg_database, tmp_path):
+    """pgne's files change under a running master (an uninstall, an upgrade that moves them) and
+    the launcher is killed once: every new launcher dies at its start ("No module named
+    pgne.launcher_process"). The master starts another with backoff (1 s doubling), not one every
+    few milliseconds; once the files are back, the next one starts the worker, which counts."""
+    import shutil
+
+    import pgne
+
+    run_sql(pg_database, TABLES)
+    site = tmp_path / "site"
+    shutil.copytree(Path(pgne.__file__).parent, site / "pgne")
+    for folder in ("sql_templates", "schema"):  # where a checkout's pgne finds them (pgne.resources)
+        if not (site / "pgne" / folder).is_dir():
+            shutil.copytree(Path(pgne.__file__).parent.parent / folder, site / folder)
+    path = tmp_path / "events_config.yml"
+    path.write_text(config_text(database_entry(pg_database, [ONE])))
+    proc = PgneProcess(path, tmp_path / "pgne")
+    proc.environment = lambda: pgne_env(PYTHONPATH=str(site))
+    with proc.running():
+        [launcher] = children_of(proc.pid)
+        module = site / "pgne" / "launcher_process.py"
+        module.rename(module.with_suffix(".gone"))
+        shutil.rmtree(site / "pgne" / "__pycache__", ignore_errors=True)
+        os.kill(launcher, signal.SIGKILL)
+        seen: set[int] = set()
+        deadline = time.monotonic() + 6.0
+        while time.monotonic() < deadline:  # every launcher the master starts, however short-lived
+            seen.update(pid for pid in children_of(proc.pid) if pid != launcher)
+            time.sleep(0.002)
+        failures = proc.stderr_text().count("No module named pgne.launcher_process")
+        # 1 s doubling: a start at about 0 (or 1), 1, 3 s, and one at 7 s at the earliest; a
+        # loop without backoff started 97-177 in 5 s
+        assert 2 <= max(len(seen), failures) <= 4, (len(seen), failures, proc.describe())
+        assert "exited" in proc.stderr_text() and "starting another in" in proc.stderr_text()
+        module.with_suffix(".gone").rename(module)
+        labels = insert_labels(pg_database)
+        wait_value(proc, "pgne_database_up", db_labels(pg_database) | {"tag": TAG}, lambda v: v == 1, 40,
+                   "the database to be up again through a launcher that starts")
+        run_sql(pg_database, "INSERT INTO one (code) VALUES ('alpha'), ('alpha')")
+        wait_value(proc, "pgne_events_total", labels, lambda v: v == 2, 10, "the 2 rows to be counted")
