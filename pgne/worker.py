@@ -378,13 +378,20 @@ class Worker:
                         log.info("%s: draining again", self.name)
                     failing = False
                     self.metrics.up.set(1)
+            # psycopg2 keeps a NOTIFY that came with an answer to the drain's statements in
+            # conn.notifies: the socket will not wake the wait for it (FIELD-NOTES: drain after execute)
+            self.drain(conn)
             self._run_due_checks(conn)
             self.wait_for_applies(conn, max(0.0, min(next_drain, self._next_heartbeat, self._next_check())
                                             - time.monotonic()))
 
     def wait_for_applies(self, conn, seconds: float) -> None:
         """delivery: outbox: sleep, but wake for a NOTIFY of `pgne apply` (the only channel this
-        connection listens on) and return at once (raising MasterGone) if the master exits."""
+        connection listens on) and return at once (raising MasterGone) if the master exits. One
+        already read (in conn.notifies, with an answer to a statement) ends the wait at once."""
+        if conn.notifies:
+            self.drain(conn)
+            return
         readable, _, _ = select.select([conn, self.master_fd], [], [], seconds)
         if self.master_fd in readable:
             self._check_master()
