@@ -270,6 +270,26 @@ def test_a_listen_port_out_of_range_says_so(workdir, command, port):
         2, "", f"--listen-address '127.0.0.1:{port}': port {int(port)} out of range (1 to 65535)\n")
 
 
+@pytest.mark.parametrize("command", ["run", "demo"])
+@pytest.mark.parametrize(("host", "reason"), [
+    ("é..", "label empty or too long"),
+    ("[é..]", "label empty or too long"),
+    ("a" * 64 + "é", "label empty or too long"),
+    ("ü" * 70 + ".example", "label empty or too long"),
+    (os.fsdecode(b"\xff\xfe"), "Invalid character '\\udcff'"),  # argv bytes that are not UTF-8
+])
+def test_a_listen_host_that_cannot_be_a_host_name_is_a_bad_argument(workdir, command, host, reason):
+    """Exit 2 and one line, not "internal error: TypeError: encoding of hostname failed": no
+    resolver can be asked about such a name, now or later (a name that does not resolve is 3)."""
+    config = ["-c", "readme.yml"] if command == "run" else []
+    address = f"{host}:9292"
+    shown = repr(host.strip("[]"))
+    result = pgne_cli(command, *config, "--listen-address", address, cwd=workdir)
+    assert (result.returncode, result.stdout, result.stderr.encode("utf-8", "backslashreplace")) == (
+        2, "", f"--listen-address {address!r}: {shown} is not a host name ({reason})\n".encode("utf-8",
+                                                                                           "backslashreplace"))
+
+
 def test_run_exits_3_when_its_port_is_in_use(workdir):
     """Exit 3 (not 1, nor 2): the address may be free later; nothing was started (the config's
     database is never connected to: the port is taken before any worker starts)."""
