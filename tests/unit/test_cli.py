@@ -109,6 +109,31 @@ def test_check_says_when_a_password_comes_from_this_shells_environment(workdir):
     assert "s3cret" not in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize(("databases", "names"), [
+    (3, "127.0.0.1:5432/d0, 127.0.0.1:5432/d1, 127.0.0.1:5432/d2"),
+    (4, "127.0.0.1:5432/d0, 127.0.0.1:5432/d1, 127.0.0.1:5432/d2 and 1 more database"),
+    (500, "127.0.0.1:5432/d0, 127.0.0.1:5432/d1, 127.0.0.1:5432/d2 and 497 more databases"),
+])
+def test_checks_note_on_an_environment_password_names_at_most_three_databases(workdir, databases, names):
+    entries = "".join(f"""
+          - database: d{i}
+            tag: t
+            perform_setup: false
+            username: u
+            password: ${{PGNE_SHOP_PASSWORD}}
+            enabled: true
+            monitors:
+            - {{table: x, enabled: yes, function: simple_event_notification, events: [insert]}}
+        """ for i in range(databases))
+    (workdir / "many.yml").write_text(textwrap.dedent("        - 127.0.0.1:" + entries), encoding="utf-8")
+    result = pgne_cli("check", "-c", "many.yml", cwd=workdir, env={"PGNE_SHOP_PASSWORD": "s3cret"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        f"many.yml: note: the password of {names} comes from the environment variable "
+        "PGNE_SHOP_PASSWORD of this shell; a service (systemd, supervisord, a container) has only the environment "
+        "it is given: set PGNE_SHOP_PASSWORD there too (EnvironmentFile=, environment=, env:) or use password_file\n")
+
+
 def test_invalid_config_reports_every_error(workdir):
     text = config({"events: [insert]": "events: [insert, upsert]",
                    "    enabled: true\n": "    enabled: true\n    port: x\n"})
