@@ -54,6 +54,7 @@ SMALL_BATCH_BYTES = 4096
 HEARTBEAT_INTERVAL = 10.0  # seconds; also reads pg_notification_queue_usage()
 # Anyone who may connect can NOTIFY pgne_applied: checks it asks for are at least this far apart.
 APPLIED_CHECK_SPACING = 1.0  # seconds
+APPLIED_LOG_SPACING = 60.0  # seconds: at most one INFO line a minute says a check was asked for
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 # A silently dropped network is noticed by keepalives while idle, and by tcp_user_timeout
 # while the heartbeat waits for its answer: at most HEARTBEAT_INTERVAL + 15 s. A path that
@@ -140,7 +141,7 @@ class Worker:
         self.counted = self.metrics.notifications[COUNTED]
         self.backoff = Backoff()
         self.problems: dict[tuple, str] = {}  # setup problems found by the last check -> their text
-        self.applied = False  # `pgne apply` changed the database (APPLIED_CHANNEL): check it now
+        self.applied = False  # a NOTIFY on APPLIED_CHANNEL (`pgne apply` sends one): check the database now
         self._last_trigger_check = float("-inf")  # time.monotonic() of the last check_triggers()
         self.event_log_damage: str | None = None  # what the last check found wrong with pgne.event_log
         self._applied_logged = float("-inf")  # time.monotonic() of the last INFO line about pgne_applied
@@ -427,7 +428,12 @@ class Worker:
             self._next_heartbeat = now + HEARTBEAT_INTERVAL
         if now >= self._next_check():
             if self.applied and now < self._next_trigger_check:
-                log.info("%s: pgne apply changed the database: checking it now", self.name)
+                # anyone who may connect can send it: INFO once a minute, DEBUG in between
+                quiet = now - self._applied_logged < APPLIED_LOG_SPACING
+                if not quiet:
+                    self._applied_logged = now
+                log.log(logging.DEBUG if quiet else logging.INFO, "%s: a NOTIFY on %s (pgne apply sends one): "
+                        "checking the database now", self.name, APPLIED_CHANNEL)
             self.applied = False  # one that arrives during the check asks for another
             self.check_triggers(conn)
             self._next_trigger_check = now + self.spec.trigger_check_interval
@@ -528,7 +534,7 @@ class Worker:
         rejected: dict[str, int] = {}
         observed: dict[tuple, object] = {}  # (series key, column name) -> payload.Observation
         for note in batch:
-            if note.channel == APPLIED_CHANNEL:  # not an event: `pgne apply` changed the database
+            if note.channel == APPLIED_CHANNEL:  # not an event: a check asked for (`pgne apply` sends it)
                 applies += 1
                 continue
             result = classify(note.payload)
