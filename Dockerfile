@@ -1,7 +1,10 @@
 # pgne's image, for deploy/kubernetes/ (the StatefulSet runs it) or `docker run`:
 #   docker build -t pgne:0.1.0 .
-#   docker run --read-only --tmpfs /tmp -v "$PWD/config:/etc/pgne/config:ro" -p 9292:9292 \
+#   docker run --read-only --tmpfs /tmp -v pgne-state:/var/lib/pgne \
+#     -v "$PWD/config:/etc/pgne/config:ro" -p 9292:9292 \
 #     pgne:0.1.0 run -c /etc/pgne/config/events_config.yml --state-dir /var/lib/pgne
+# (--read-only: pgne writes only /tmp and its --state-dir, each a volume; a new named volume
+# takes the image's /var/lib/pgne, owner 65532. Without -v, VOLUME below gives an anonymous one.)
 # Two stages: the first builds pgne's wheel from the checkout, the second installs that wheel
 # (and its dependencies from PyPI) into a virtualenv on a slim Python, and nothing else of the
 # checkout: no compiler, no source tree.
@@ -31,6 +34,7 @@ ENV PATH=/opt/pgne/bin:$PATH \
     PYTHONUNBUFFERED=1
 USER 65532:65532
 WORKDIR /var/lib/pgne
+VOLUME /var/lib/pgne
 EXPOSE 9292
 ENTRYPOINT ["pgne"]
 CMD ["--help"]

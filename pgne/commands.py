@@ -49,10 +49,21 @@ def environment_password_notes(config: Config) -> list[str]:
     for database in config.databases:
         if database.password_variable:
             by_variable.setdefault(database.password_variable, []).append(database.display_name)
-    return [f"{config.path}: note: the password of {', '.join(names)} comes from the environment variable "
+    return [f"{config.path}: note: the password of {_first_names(names)} comes from the environment variable "
             f"{variable} of this shell; a service (systemd, supervisord, a container) has only the environment "
             f"it is given: set {variable} there too (EnvironmentFile=, environment=, env:) or use password_file"
             for variable, names in by_variable.items()]
+
+
+NAMES_IN_A_NOTE = 3
+
+
+def _first_names(names: list[str]) -> str:
+    """The first NAMES_IN_A_NOTE names, and how many more: a config of a thousand databases
+    that share one variable still gets a line that can be read."""
+    shown = ", ".join(names[:NAMES_IN_A_NOTE])
+    more = len(names) - NAMES_IN_A_NOTE
+    return f"{shown} and {more} more database{'s' * (more != 1)}" if more > 0 else shown
 
 
 def render_sql(config: Config, renderer: Renderer, host: str | None = None, database: str | None = None,

@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import jinja2
 import jinja2.meta
@@ -130,18 +130,41 @@ class RenderedMonitor:
     comment: str  # what COMMENT ON FUNCTION stores
 
 
+def read_templates(directories: Sequence[str | Path]) -> dict[str, str]:
+    """Every template (`*.j2`, at any depth) of `directories`, by the name Jinja loads it by; the
+    first folder that has a name wins, as when FileSystemLoader searches them. A file that cannot
+    be read or decoded is a UserError that names it."""
+    sources: dict[str, str] = {}
+    for directory in reversed([Path(d) for d in directories]):
+        for path in sorted(directory.rglob("*.j2")):
+            try:
+                sources[path.relative_to(directory).as_posix()] = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UserError(f"cannot read template {path}: {exc}") from None
+    return sources
+
+
 class Renderer:
     """Jinja environment over the user's template folders, then the built-in ones (and the
     pgne.validation.TemplateCatalog that config validation asks)."""
 
-    def __init__(self, template_dirs: Sequence[str | Path] = (), lock_timeout: float = DEFAULT_LOCK_TIMEOUT):
+    def __init__(self, template_dirs: Sequence[str | Path] = (), lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+                 builtin_sources: Mapping[str, str] | None = None):
+        """With `builtin_sources` (read_templates() of the built-in folder, read earlier), every
+        template is held in memory: those of `template_dirs` are read now, and no file is read
+        again (a running worker: files replaced under it by a pip install change nothing until
+        pgne restarts). Without, templates are read from their folders when used (the commands)."""
         for directory in template_dirs:
             if not Path(directory).is_dir():
                 raise UserError(f"--templates {directory}: not a directory")
         self.search_path = [str(d) for d in template_dirs] + [str(builtin_templates_dir())]
         self.lock_timeout = lock_timeout
+        if builtin_sources is None:
+            loader: jinja2.BaseLoader = jinja2.FileSystemLoader(self.search_path)
+        else:
+            loader = jinja2.DictLoader({**builtin_sources, **read_templates(template_dirs)})
         self.env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(self.search_path),
+            loader=loader,
             undefined=jinja2.StrictUndefined,
             autoescape=False,
             keep_trailing_newline=True,

@@ -40,7 +40,8 @@ from pgne.model import APPLIED_CHANNEL, OUTBOX
 from pgne.outbox import OutboxExporter
 from pgne.payload import COUNTED, Router
 from pgne.protocol import EXIT_TEARDOWN_FAILED, TEARDOWN, WorkerSpec, die_with_parent, read_spec
-from pgne.render import Renderer
+from pgne.render import Renderer, read_templates
+from pgne.resources import builtin_templates_dir
 from pgne.statedir import ENV_VARIABLE
 
 # Run as `python -m pgne.worker`, this module's __name__ is "__main__": its spec names it.
@@ -53,6 +54,7 @@ SMALL_BATCH_BYTES = 4096
 HEARTBEAT_INTERVAL = 10.0  # seconds; also reads pg_notification_queue_usage()
 # Anyone who may connect can NOTIFY pgne_applied: checks it asks for are at least this far apart.
 APPLIED_CHECK_SPACING = 1.0  # seconds
+APPLIED_LOG_SPACING = 60.0  # seconds: at most one INFO line a minute says a check was asked for
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 # A silently dropped network is noticed by keepalives while idle, and by tcp_user_timeout
 # while the heartbeat waits for its answer: at most HEARTBEAT_INTERVAL + 15 s. A path that
@@ -72,6 +74,21 @@ KEEPALIVE_OPTIONS = {
     "keepalives_count": 3,
     "tcp_user_timeout": 15000,
 }
+
+
+
+def _read_builtin_templates() -> tuple[dict[str, str] | None, UserError | None]:
+    try:
+        return read_templates([builtin_templates_dir()]), None
+    except UserError as exc:
+        return None, exc
+
+
+# The built-in templates, read once when the launcher imports this module (as pgne starts, with
+# the code it runs): a worker never reads them from disk, so a `pip install` of another version
+# under a running pgne changes no worker, not even one started after it, until pgne restarts.
+BUILTIN_TEMPLATES, BUILTIN_TEMPLATES_ERROR = _read_builtin_templates()
+
 
 class MasterGone(Exception):
     """The spec pipe reached EOF: the master exited."""
@@ -108,7 +125,8 @@ class Worker:
         self.db = spec.database
         self.name = self.db.display_name
         self.master_fd = master_fd
-        self.renderer = Renderer(spec.template_dirs, lock_timeout=spec.lock_timeout)
+        self.templates_broken = False  # see templates_unusable()
+        self.renderer = self._renderer()
         self.router = Router(self.db, spec.label_names)
         self.classify = self.router.classifier()  # memoized: most payloads are not JSON-parsed again
         self.outbox = None
@@ -123,10 +141,23 @@ class Worker:
         self.counted = self.metrics.notifications[COUNTED]
         self.backoff = Backoff()
         self.problems: dict[tuple, str] = {}  # setup problems found by the last check -> their text
-        self.applied = False  # `pgne apply` changed the database (APPLIED_CHANNEL): check it now
+        self.applied = False  # a NOTIFY on APPLIED_CHANNEL (`pgne apply` sends one): check the database now
         self._last_trigger_check = float("-inf")  # time.monotonic() of the last check_triggers()
-        self.templates_broken = False  # see templates_changed()
         self.event_log_damage: str | None = None  # what the last check found wrong with pgne.event_log
+        self._applied_logged = float("-inf")  # time.monotonic() of the last INFO line about pgne_applied
+        self._failing_check = ""  # the error of the check/setup path logged last (said once while it repeats)
+
+    def _renderer(self) -> Renderer | None:
+        """Every template in memory, read now (--templates) or when pgne started (the built-in
+        ones): setup and the trigger check never read a file again."""
+        try:
+            if BUILTIN_TEMPLATES_ERROR is not None:
+                raise BUILTIN_TEMPLATES_ERROR
+            return Renderer(self.spec.template_dirs, lock_timeout=self.spec.lock_timeout,
+                            builtin_sources=BUILTIN_TEMPLATES)
+        except UserError as exc:
+            self.templates_unusable(exc)
+            return None
 
     # -- waiting -------------------------------------------------------------------------
 
@@ -169,11 +200,11 @@ class Worker:
                 log.warning("%s: cannot connect: %s; retrying in %.1f s", self.name, first_line(exc), delay)
                 self.sleep(delay)
 
-    def templates_changed(self, exc: jinja2.TemplateError | UserError) -> None:
-        """A template this worker loads now is gone or different from the one pgne started with:
-        pgne's files were replaced under the running process (a `pip install` of another version)
-        or a --templates folder was edited. Said once; counting goes on (it needs no template);
-        setup and the trigger check wait for a restart, which loads the new files consistently."""
+    def templates_unusable(self, exc: jinja2.TemplateError | UserError) -> None:
+        """The templates cannot be read (as this worker starts) or rendered: pgne's files changed
+        since the config was checked (a --templates folder edited, pgne's own files replaced before
+        pgne had read them). Said once; counting goes on (it needs no template); setup and the
+        trigger check wait for a restart, which loads the files consistently."""
         if not self.templates_broken:
             # pgne.render wraps a template's error in a UserError that names the template and monitor
             what = f"{exc.name!r} is gone" if isinstance(exc, jinja2.TemplateNotFound) else str(exc)
@@ -182,13 +213,28 @@ class Worker:
                       "check do not: restart pgne", self.name, what)
         self.templates_broken = True
 
+    def check_failed(self, what: str, exc: Exception) -> None:
+        """An unexpected error of setup or the trigger check (not the server's, not the connection's):
+        one logged line (once while it repeats), never the worker's death; counting goes on."""
+        text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+        if text != self._failing_check:
+            log.error("%s: %s failed: %s; counting goes on (trying again at the next check)", self.name, what, text)
+        self._failing_check = text
+
     def setup(self, conn) -> bool:
+        if self.renderer is None or self.templates_broken:
+            return False
         del conn.notices[:]
         try:
             with _Deadline(conn, self.name, "the setup", SETUP_TIMEOUT):
                 result = apply_on_connection(conn, self.db, self.renderer)
         except (jinja2.TemplateError, UserError) as exc:  # the config was checked at start: files changed
-            self.templates_changed(exc)
+            self.templates_unusable(exc)
+            return False
+        except (psycopg2.Error, MasterGone):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen error: never the worker's death
+            self.check_failed("setup", exc)
             return False
         for notice in conn.notices:  # what the script says it did beyond the plan (a rebuilt pgne.event_log)
             if notice.startswith("WARNING:  pgne:"):
@@ -333,13 +379,20 @@ class Worker:
                         log.info("%s: draining again", self.name)
                     failing = False
                     self.metrics.up.set(1)
+            # psycopg2 keeps a NOTIFY that came with an answer to the drain's statements in
+            # conn.notifies: the socket will not wake the wait for it (FIELD-NOTES: drain after execute)
+            self.drain(conn)
             self._run_due_checks(conn)
             self.wait_for_applies(conn, max(0.0, min(next_drain, self._next_heartbeat, self._next_check())
                                             - time.monotonic()))
 
     def wait_for_applies(self, conn, seconds: float) -> None:
         """delivery: outbox: sleep, but wake for a NOTIFY of `pgne apply` (the only channel this
-        connection listens on) and return at once (raising MasterGone) if the master exits."""
+        connection listens on) and return at once (raising MasterGone) if the master exits. One
+        already read (in conn.notifies, with an answer to a statement) ends the wait at once."""
+        if conn.notifies:
+            self.drain(conn)
+            return
         readable, _, _ = select.select([conn, self.master_fd], [], [], seconds)
         if self.master_fd in readable:
             self._check_master()
@@ -375,7 +428,12 @@ class Worker:
             self._next_heartbeat = now + HEARTBEAT_INTERVAL
         if now >= self._next_check():
             if self.applied and now < self._next_trigger_check:
-                log.info("%s: pgne apply changed the database: checking it now", self.name)
+                # anyone who may connect can send it: INFO once a minute, DEBUG in between
+                quiet = now - self._applied_logged < APPLIED_LOG_SPACING
+                if not quiet:
+                    self._applied_logged = now
+                log.log(logging.DEBUG if quiet else logging.INFO, "%s: a NOTIFY on %s (pgne apply sends one): "
+                        "checking the database now", self.name, APPLIED_CHANNEL)
             self.applied = False  # one that arrives during the check asks for another
             self.check_triggers(conn)
             self._next_trigger_check = now + self.spec.trigger_check_interval
@@ -398,16 +456,24 @@ class Worker:
         `pgne apply` said it changed the database. A damaged pgne.event_log (outbox) shows its
         triggers as not installed; with perform_setup (and `repair`) the setup rebuilds it at once."""
         self._last_trigger_check = time.monotonic()
+        if self.renderer is None or self.templates_broken:
+            self.drain(conn)
+            return
         try:
             with _Deadline(conn, self.name, "the trigger check"):
-                inventory = read_inventory(conn, self.db)
+                inventory = read_inventory(conn, self.db, self.renderer)
         except (jinja2.TemplateError, UserError) as exc:
-            self.templates_changed(exc)
+            self.templates_unusable(exc)
             return
         except psycopg2.DatabaseError as exc:
             if isinstance(exc, psycopg2.OperationalError):
                 raise
             log.warning("%s: cannot check triggers: %s", self.name, first_line(exc))
+            return
+        except (psycopg2.Error, MasterGone):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen error: never the worker's death
+            self.check_failed("the trigger check", exc)
             return
         finally:
             self.drain(conn)
@@ -423,6 +489,14 @@ class Worker:
             self.setup(conn)  # rebuilds it, its rows kept
             self.check_triggers(conn, repair=False)
             return
+        try:
+            self._report(inventory, damage)
+        except Exception as exc:  # noqa: BLE001 - as above
+            self.check_failed("the trigger check", exc)
+            return
+        self._failing_check = ""
+
+    def _report(self, inventory, damage: str | None) -> None:
         self.report_problems(inventory)
         installed = installed_triggers(inventory, self.db)
         gauge = self.metrics.trigger_installed
@@ -460,7 +534,7 @@ class Worker:
         rejected: dict[str, int] = {}
         observed: dict[tuple, object] = {}  # (series key, column name) -> payload.Observation
         for note in batch:
-            if note.channel == APPLIED_CHANNEL:  # not an event: `pgne apply` changed the database
+            if note.channel == APPLIED_CHANNEL:  # not an event: a check asked for (`pgne apply` sends it)
                 applies += 1
                 continue
             result = classify(note.payload)

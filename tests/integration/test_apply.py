@@ -2,6 +2,7 @@
 enabling and disabling, exit codes and output lines (SPEC.md, "Command line" and "SQL")."""
 from __future__ import annotations
 
+import select
 import subprocess
 import sys
 import time
@@ -9,7 +10,7 @@ import time
 import psycopg2.extensions
 import pytest
 from support.databases import pgne_functions, pgne_triggers, query, schema_exists
-from support.exporter import apply_in_process, status_in_process
+from support.exporter import PgneProcess, apply_in_process, status_in_process
 from support.listener import event
 from support.processes import pgne_env, run_pgne
 
@@ -455,3 +456,75 @@ def test_prune_in_a_disabled_database_after_the_schema_is_dropped(db, write_conf
     assert pruned.lines[0].startswith(f"{name(db)}: applied: ")
     assert f"extra: function pgne.{FN_U} (not named by the config)" in pruned.lines[0]
     assert state(db) == NOTHING
+
+
+class AppliedListener:
+    """LISTEN pgne_applied: how many NOTIFYs came since the last call (exactly: a sentinel sent
+    after the command arrives after everything the command sent)."""
+
+    def __init__(self, db):
+        self.db = db
+        self.conn = db.connect(autocommit=True)
+        with self.conn.cursor() as cur:
+            cur.execute("LISTEN pgne_applied")
+        self.sentinels = 0
+
+    def since_last(self) -> int:
+        self.sentinels += 1
+        sentinel = f"sentinel {self.sentinels}"
+        with self.db.connect(autocommit=True) as sender, sender.cursor() as cur:
+            cur.execute("SELECT pg_notify('pgne_applied', %s)", (sentinel,))
+        got: list[str] = []
+        deadline = time.monotonic() + 10
+        while sentinel not in got:
+            assert time.monotonic() < deadline, f"no sentinel within 10 s: {got}"
+            select.select([self.conn], [], [], 0.5)
+            self.conn.poll()
+            got += [note.payload for note in self.conn.notifies]
+            del self.conn.notifies[:]
+        return len([p for p in got if not p.startswith("sentinel ")])
+
+
+def test_every_apply_but_a_dry_run_tells_running_workers_whatever_its_outcome(db, write_config):
+    """A DBA who fixed a setup problem by hand runs `pgne apply` to make the exporter see it: the
+    NOTIFY pgne_applied comes with "up to date" and with a failure too; a dry run changes nothing
+    and says nothing."""
+    path = write_config(db, monitors())
+    listener = AppliedListener(db)
+    try:
+        applied(apply_in_process(path), db)
+        assert listener.since_last() == 1
+        assert apply_in_process(path).lines == [f"{name(db)}: up to date"]
+        assert listener.since_last() == 1
+        assert apply_in_process(path, dry_run=True).lines == [f"{name(db)}: up to date"]
+        assert listener.since_last() == 0
+        db.execute("ALTER TABLE t DROP COLUMN code")
+        for dry_run in (False, True):
+            failed = apply_in_process(path, dry_run=dry_run)
+            assert failed.code == 1, failed.stdout
+            assert failed.lines[0].startswith(f"{name(db)}: FAILED: "), failed.lines
+            assert listener.since_last() == (0 if dry_run else 1)
+    finally:
+        listener.conn.close()
+
+
+def test_a_running_pgne_sees_a_problem_fixed_by_hand_when_apply_finds_the_database_up_to_date(
+        db, write_config, tmp_path):
+    """Default --trigger-check-interval (60 s): only apply's NOTIFY can make the worker see the
+    problem and then its fix within the 10 s allowed here."""
+    path = write_config(db, monitors())
+    applied(apply_in_process(path), db)
+    problem = {"host": db.host_label, "database": db.name, "problem": "missing_label_column", "schema": "public",
+               "table": "t", "column": "code"}
+    with PgneProcess(path, tmp_path / "pgne").running() as proc:
+        assert proc.value("pgne_setup_problem", problem) == 0
+        db.execute("ALTER TABLE t DROP COLUMN code")
+        failed = run_pgne("apply", "-c", path)  # nothing to apply; it fails with the problem
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        proc.wait_for_value("pgne_setup_problem", problem, 1, timeout=10)
+        db.execute("ALTER TABLE t ADD COLUMN code text")  # the DBA's fix, by hand
+        fixed = run_pgne("apply", "-c", path)
+        assert (fixed.returncode, fixed.stdout) == (0, f"{name(db)}: up to date\n"), fixed.stderr
+        proc.wait_for_value("pgne_setup_problem", problem, 0, timeout=10)
+        assert proc.value("pgne_trigger_installed", {"host": db.host_label, "database": db.name,
+                                                     "schema": "public", "table": "t", "event": "INSERT"}) == 1

@@ -422,7 +422,7 @@ def test_a_running_pgne_learns_of_apply_replace_legacy_at_once_not_at_its_next_t
     db = pg_database
     legacy_database(db)
     config = write_config(db, MONITORS)
-    proc = PgneProcess(config, tmp_path / "run")
+    proc = PgneProcess(config, tmp_path / "run", log_level="DEBUG")
     pgne_processes.append(proc)
     proc.start()
     host = dict(next(iter(proc.series("pgne_database_up", database=db.name))))["host"]
@@ -443,15 +443,16 @@ def test_a_running_pgne_learns_of_apply_replace_legacy_at_once_not_at_its_next_t
     took = time.monotonic() - done
     assert b"SETUP FAILED" not in proc.get("/")[2]
     assert took < 10, took
-    assert "pgne apply changed the database: checking it now" in proc.stderr_text()
+    assert (f"INFO pgne.worker[{proc.worker_pids()[0]}]: {host}/{db.name}: a NOTIFY on pgne_applied (pgne apply "
+            "sends one): checking the database now") in proc.stderr_text()
     # the apply's NOTIFY is not an event: nothing counted, nothing rejected
     results = ("counted", "invalid", "unknown_table", "unmonitored_event")
     assert {r: proc.value("pgne_notifications_total", dict(labels, result=r)) for r in results} == {
         r: 0 for r in results}
-    assert proc.stderr_text().count("checking it now") == 1
+    assert proc.stderr_text().count("checking the database now") == 1
 
     # anyone who may connect can NOTIFY pgne_applied: 300 of them cost a check a second at most
-    checks = proc.stderr_text().count("checking it now")
+    checks = proc.stderr_text().count("checking the database now")
     started = time.monotonic()
     conn = psycopg2.connect(db.dsn)
     try:
@@ -465,8 +466,12 @@ def test_a_running_pgne_learns_of_apply_replace_legacy_at_once_not_at_its_next_t
     one_alpha = labels_key("pgne_events_total", dict(labels, tag="it", operation="INSERT", schema="public",
                                                      table="one", code="alpha"))
     proc.wait_for_values({one_alpha: 1}, timeout=10)
-    wait_until(lambda: proc.stderr_text().count("checking it now") > checks, 10, "the check it asked for")
+    wait_until(lambda: proc.stderr_text().count("checking the database now") > checks, 10, "the check it asked for")
     elapsed = time.monotonic() - started
-    assert 1 <= proc.stderr_text().count("checking it now") - checks <= int(elapsed) + 2, elapsed
+    assert 1 <= proc.stderr_text().count("checking the database now") - checks <= int(elapsed) + 2, elapsed
+    # at INFO, one line a minute: the flood's checks are DEBUG lines
+    info = [line for line in proc.stderr_text().splitlines()
+            if " INFO " in line and "checking the database now" in line]
+    assert len(info) == 1, info
     assert proc.value("pgne_notifications_total", dict(labels, result="counted")) == 1
     assert proc.value("pgne_notifications_total", dict(labels, result="invalid")) == 0

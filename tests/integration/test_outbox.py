@@ -757,3 +757,50 @@ def test_exported_counter_never_goes_backwards_across_a_worker_sigkill_and_a_res
         wait_drained(proc, db, expected, watch=watch)
     finally:
         proc.kill_leftovers()
+
+
+HEARTBEAT_SQL = "SELECT pg_catalog.pg_notification_queue_usage()"
+
+
+def test_a_notify_pgne_applied_that_comes_during_a_drain_is_acted_on_at_once_not_at_the_next_heartbeat(db, tmp_path):
+    """psycopg2 reads a NOTIFY that comes while the worker's drain runs (here it waits for a lock
+    on pgne.totals) into conn.notifies, with the statement's answer: the socket stays quiet. The
+    worker looks there before it waits: the check comes within a second (APPLIED_CHECK_SPACING),
+    not at the next heartbeat (10 s)."""
+    config = write(tmp_path, outbox_config(db, [TWO], perform_setup=True, drain_interval=3.3))
+    installed = {"host": db.host_label, "database": db.name, "schema": "public", "table": "two", "event": "INSERT"}
+    watcher = psycopg2.connect(db.dsn)
+    watcher.autocommit = True
+    blocker = psycopg2.connect(db.dsn)
+    try:
+        with PgneProcess(config, tmp_path / "pgne", "--trigger-check-interval", "600").running() as proc, \
+                watcher.cursor() as cur, blocker.cursor() as blocked:
+            proc.wait_for_value("pgne_trigger_installed", installed, 1)
+
+            def pgne_backend(condition: str):
+                cur.execute("SELECT query_start FROM pg_catalog.pg_stat_activity WHERE application_name = 'pgne' "
+                            "AND datname = %s AND " + condition, (db.name, HEARTBEAT_SQL))
+                rows = cur.fetchall()
+                return rows[0][0] if rows else None
+
+            # just after a heartbeat (the worker's last statement until its next drain, unless that
+            # comes at once: 3.3 s and 10 s do not stay in step): the next heartbeat is 10 s away
+            before = pgne_backend("query = %s")
+            heartbeat = wait_until(lambda: (pgne_backend("query = %s") or before) != before and time.monotonic(),
+                                   35, "a heartbeat of the worker", proc.describe)
+            blocked.execute("LOCK TABLE pgne.totals IN ACCESS EXCLUSIVE MODE")
+            cur.execute("INSERT INTO two (note) VALUES ('x')")
+            wait_until(lambda: pgne_backend("wait_event_type = 'Lock' AND query <> %s"), 5,
+                       "the worker's drain to wait for the lock", proc.describe)
+            cur.execute("DROP TRIGGER pgne_insert ON two")  # what the check will find
+            cur.execute("NOTIFY pgne_applied")
+            blocker.rollback()  # the drain goes on: its answer brings the NOTIFY
+            released = time.monotonic()
+            assert released - heartbeat < 5, "the next heartbeat is too close to tell the difference"
+            proc.wait_for_value("pgne_trigger_installed", installed, 0, timeout=3)
+            assert time.monotonic() - heartbeat < 9  # before the next heartbeat could have done it
+            proc.wait_for_value("pgne_events_total", {"host": db.host_label, "database": db.name, "tag": TAG,
+                                                      "operation": "INSERT", "schema": "public", "table": "two"}, 1)
+    finally:
+        watcher.close()
+        blocker.close()

@@ -272,7 +272,16 @@ host all all 127.0.0.1/32 scram-sha-256
 SHIPPED_ENVIRONMENT = '; environment=PGNE_SHOP_PASSWORD="change-me"\n'
 
 
-@pytest.mark.parametrize("way", ["password_file", "environment"])
+def environment_line(password: str) -> str:
+    """The environment= line as deploy/supervisord.conf says to write it: each % doubled, the
+    value in "..." or, when it holds a ", in '...'."""
+    shipped = SHIPPED.read_text()
+    assert "write each % of the\n;     password as %%" in shipped and "when it holds a \", with '...'" in shipped
+    quote = "'" if '"' in password else '"'
+    return f"environment=PGNE_SHOP_PASSWORD={quote}{password.replace('%', '%%')}{quote}\n"
+
+
+@pytest.mark.parametrize("way", ["password_file", "environment", "environment-percent-and-quote"])
 def test_the_shipped_program_gets_its_password_the_two_ways_the_file_shows(way, workdir):
     """A server that checks passwords (scram-sha-256): under supervisord, which gives pgne none of
     the operator's shell environment, the program runs and the database is up with the password
@@ -283,6 +292,8 @@ def test_the_shipped_program_gets_its_password_the_two_ways_the_file_shows(way, 
     from support.databases import create_database, run_sql
 
     secret = f"Sv-{uuid.uuid4().hex[:12]}"
+    if way == "environment-percent-and-quote":  # supervisord's own syntax: % expands, " quotes
+        secret = f'Sv-100%-{uuid.uuid4().hex[:6]}%(ENV_HOME)s, "quoted" \\ $x'
     text = SHIPPED.read_text()
     assert text.count(SHIPPED_ENVIRONMENT) == 1, "the shipped environment= example changed: update the README too"
     with start_cluster(hba=SCRAM_HBA) as cluster:
@@ -298,7 +309,7 @@ def test_the_shipped_program_gets_its_password_the_two_ways_the_file_shows(way, 
         else:
             password = {"password": "${PGNE_SHOP_PASSWORD}"}
             # the documented edit: the line uncommented, with the real password
-            text = text.replace(SHIPPED_ENVIRONMENT, f'environment=PGNE_SHOP_PASSWORD="{secret}"\n')
+            text = text.replace(SHIPPED_ENVIRONMENT, environment_line(secret))
         config.write_text(config_text(database_entry(db, [MONITOR], tag="sv", perform_setup=False, username="pgne_sv",
                                                      **password)))
         # apply as the superuser: pgne_sv may only CONNECT

@@ -109,6 +109,31 @@ def test_check_says_when_a_password_comes_from_this_shells_environment(workdir):
     assert "s3cret" not in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize(("databases", "names"), [
+    (3, "127.0.0.1:5432/d0, 127.0.0.1:5432/d1, 127.0.0.1:5432/d2"),
+    (4, "127.0.0.1:5432/d0, 127.0.0.1:5432/d1, 127.0.0.1:5432/d2 and 1 more database"),
+    (500, "127.0.0.1:5432/d0, 127.0.0.1:5432/d1, 127.0.0.1:5432/d2 and 497 more databases"),
+])
+def test_checks_note_on_an_environment_password_names_at_most_three_databases(workdir, databases, names):
+    entries = "".join(f"""
+          - database: d{i}
+            tag: t
+            perform_setup: false
+            username: u
+            password: ${{PGNE_SHOP_PASSWORD}}
+            enabled: true
+            monitors:
+            - {{table: x, enabled: yes, function: simple_event_notification, events: [insert]}}
+        """ for i in range(databases))
+    (workdir / "many.yml").write_text(textwrap.dedent("        - 127.0.0.1:" + entries), encoding="utf-8")
+    result = pgne_cli("check", "-c", "many.yml", cwd=workdir, env={"PGNE_SHOP_PASSWORD": "s3cret"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        f"many.yml: note: the password of {names} comes from the environment variable "
+        "PGNE_SHOP_PASSWORD of this shell; a service (systemd, supervisord, a container) has only the environment "
+        "it is given: set PGNE_SHOP_PASSWORD there too (EnvironmentFile=, environment=, env:) or use password_file\n")
+
+
 def test_invalid_config_reports_every_error(workdir):
     text = config({"events: [insert]": "events: [insert, upsert]",
                    "    enabled: true\n": "    enabled: true\n    port: x\n"})
@@ -268,6 +293,26 @@ def test_a_listen_port_out_of_range_says_so(workdir, command, port):
     result = pgne_cli(command, *config, "--listen-address", f"127.0.0.1:{port}", cwd=workdir)
     assert (result.returncode, result.stdout, result.stderr) == (
         2, "", f"--listen-address '127.0.0.1:{port}': port {int(port)} out of range (1 to 65535)\n")
+
+
+@pytest.mark.parametrize("command", ["run", "demo"])
+@pytest.mark.parametrize(("host", "reason"), [
+    ("é..", "label empty or too long"),
+    ("[é..]", "label empty or too long"),
+    ("a" * 64 + "é", "label empty or too long"),
+    ("ü" * 70 + ".example", "label empty or too long"),
+    (os.fsdecode(b"\xff\xfe"), "Invalid character '\\udcff'"),  # argv bytes that are not UTF-8
+])
+def test_a_listen_host_that_cannot_be_a_host_name_is_a_bad_argument(workdir, command, host, reason):
+    """Exit 2 and one line, not "internal error: TypeError: encoding of hostname failed": no
+    resolver can be asked about such a name, now or later (a name that does not resolve is 3)."""
+    config = ["-c", "readme.yml"] if command == "run" else []
+    address = f"{host}:9292"
+    shown = repr(host.strip("[]"))
+    result = pgne_cli(command, *config, "--listen-address", address, cwd=workdir)
+    assert (result.returncode, result.stdout, result.stderr.encode("utf-8", "backslashreplace")) == (
+        2, "", f"--listen-address {address!r}: {shown} is not a host name ({reason})\n".encode("utf-8",
+                                                                                           "backslashreplace"))
 
 
 def test_run_exits_3_when_its_port_is_in_use(workdir):

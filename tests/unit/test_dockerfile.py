@@ -4,9 +4,10 @@ Its RUN steps run for real in tests/integration/test_dockerfile.py."""
 from __future__ import annotations
 
 import re
+import shlex
 
 import pytest
-from support.dockerfile import exec_form, stages
+from support.dockerfile import DOCKERFILE, exec_form, stages
 from support.kubernetes import container, flags, listen_port, manifests
 
 import pgne
@@ -65,3 +66,35 @@ def test_the_writable_paths_and_port_are_the_statefulsets(image, statefulset):
     assert final.one("WORKDIR") == state_dir
     assert f"install -d -o 65532 -g 65532 -m 0750 {state_dir}" in " ".join(final.all("RUN"))
     assert final.one("EXPOSE") == str(listen_port(spec)) == "9292"
+
+
+def docker_run_example(text: str) -> list[str]:
+    """The `docker run` command of the Dockerfile's opening comment, as argv."""
+    lines = [line[1:].strip() for line in text.splitlines() if line.startswith("#")]
+    start = next(i for i, line in enumerate(lines) if line.startswith("docker run "))
+    command = ""
+    for line in lines[start:]:
+        command += line.removesuffix("\\").strip() + " "
+        if not line.endswith("\\"):
+            break
+    return shlex.split(command)
+
+
+def test_the_docker_run_example_can_write_every_path_pgne_writes(image):
+    """With --read-only, pgne's --state-dir and /tmp (the launcher's) must be volumes: a tmpfs, a
+    writable -v, or the image's VOLUME."""
+    _, (_, final) = image
+    argv = docker_run_example(DOCKERFILE.read_text())
+    assert argv[:2] == ["docker", "run"] and "--read-only" in argv
+    writable = set(final.all("VOLUME"))
+    for option, value in zip(argv, argv[1:]):
+        if option == "--tmpfs":
+            writable.add(value.split(":")[0])
+        elif option == "-v" and not value.endswith(":ro"):
+            writable.add(value.split(":")[1])
+    image_name = next(a for a in argv if a.startswith("pgne:"))
+    pgne_args = argv[argv.index(image_name) + 1:]
+    assert pgne_args[0] == "run"
+    written = {pgne_args[pgne_args.index("--state-dir") + 1], "/tmp"}
+    assert written <= writable, written - writable
+    assert "/var/lib/pgne" in final.all("VOLUME")  # also without the example's -v
