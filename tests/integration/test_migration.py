@@ -305,17 +305,29 @@ def test_compat_series_equals_pgne_events_total_and_old_and_new_promql_give_the_
     def old(table: str, operation: str, code: str) -> tuple:
         return labels_key("pg_notify_exporter", dict(base, table=table, operation=operation, code=code))
 
-    after = pgne.wait_for_values({old(*key): n for key, n in truth.items()})
+    def twins_of(scrape) -> dict:
+        """pgne_events_total's series under pg_notify_exporter's labels."""
+        twins = {}
+        for (name, labels), value in scrape.items():
+            if name == "pgne_events_total":
+                d = dict(labels)
+                d["table"] = f"{d.pop('schema')}.{d['table']}"
+                twins[frozenset(d.items())] = value
+        return twins
+
+    # The worker raises pgne_events_total, then its twin; a scrape reads their files one after the
+    # other, so one that falls between the two may see them differ: wait for both.
+    pgne.wait_for_values({old(*key): n for key, n in truth.items()})
+    def consistent():
+        scrape = pgne.scrape()
+        compat = {labels: v for (name, labels), v in scrape.items() if name == "pg_notify_exporter"}
+        return scrape if compat == twins_of(scrape) else None
+
+    after = wait_until(consistent, 10, "pgne_events_total to equal its pg_notify_exporter twins")
 
     # one scrape: every pgne_events_total series has its twin, with the same value, and no other
-    events = {labels: v for (name, labels), v in after.items() if name == "pgne_events_total"}
     compat = {labels: v for (name, labels), v in after.items() if name == "pg_notify_exporter"}
-    twins = {}
-    for labels, value in events.items():
-        d = dict(labels)
-        d["table"] = f"{d.pop('schema')}.{d['table']}"
-        twins[frozenset(d.items())] = value
-    assert compat == twins
+    assert compat == twins_of(after)
     assert {(d["table"], d["operation"], d["code"]): v for d, v in ((dict(k), v) for k, v in compat.items())} == truth
     assert "# TYPE pg_notify_exporter gauge" in pgne.metrics_text()
 
