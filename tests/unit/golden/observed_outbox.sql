@@ -63,8 +63,9 @@ DECLARE
       WHEN "pgne-c".relhasindex THEN 'has (or had) an index'
       WHEN "pgne-c".relchecks <> 0 OR EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                    WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-      WHEN NOT pg_catalog.has_table_privilege("pgne-c".relowner, "pgne-c".oid, 'INSERT')
-        THEN 'has an owner without the INSERT privilege'
+      WHEN NOT (pg_catalog.has_table_privilege("pgne-c".relowner, "pgne-c".oid, 'INSERT')
+                AND pg_catalog.has_table_privilege("pgne-c".relowner, "pgne-c".oid, 'SELECT'))
+        THEN 'has an owner without the INSERT or SELECT privilege'
       WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
                    WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
                      AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
@@ -246,10 +247,18 @@ BEGIN
       "pgne-trigger".counts := '{1}';
     END IF;
     PERFORM FROM pg_catalog.pg_class AS "pgne-c"
+      LEFT JOIN pgne.event_log AS "pgne-e" ON false  -- no row read: the columns' types, and a plan
+                                                     -- that an ALTER of pgne.event_log invalidates
     WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass  -- fails here if it is missing
       AND "pgne-c".relkind = 'r' AND "pgne-c".relnatts = 6 AND "pgne-c".relchecks = 0
       AND NOT ("pgne-c".relhastriggers OR "pgne-c".relhasrules OR "pgne-c".relhasindex OR "pgne-c".relispartition
-               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity);
+               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity)
+      AND pg_catalog.pg_typeof("pgne-e".table_name) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".operation) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".labels) = 'pg_catalog.jsonb'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".n) = 'pg_catalog.int8'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".created_at) = 'pg_catalog.timestamptz'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".observed) = 'pg_catalog.jsonb'::pg_catalog.regtype;
     IF NOT FOUND THEN
       RAISE EXCEPTION 'pgne.event_log differs from pgne''s layout: pgne rebuilds it at its next setup (pgne apply)';
     END IF;
@@ -276,7 +285,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:3ad0f1814aaed2b1537c6c5d63e24c259c0fa0c911924c55ef40e0b0a8d6206e';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:f54df71cf404f7e48c79175f4ef157055fa3325f073b2649bdb2ccb479f87091';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -373,10 +382,18 @@ BEGIN
       HAVING pg_catalog.count(*) > 0
     ) AS "pgne-g";
     PERFORM FROM pg_catalog.pg_class AS "pgne-c"
+      LEFT JOIN pgne.event_log AS "pgne-e" ON false  -- no row read: the columns' types, and a plan
+                                                     -- that an ALTER of pgne.event_log invalidates
     WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass  -- fails here if it is missing
       AND "pgne-c".relkind = 'r' AND "pgne-c".relnatts = 6 AND "pgne-c".relchecks = 0
       AND NOT ("pgne-c".relhastriggers OR "pgne-c".relhasrules OR "pgne-c".relhasindex OR "pgne-c".relispartition
-               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity);
+               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity)
+      AND pg_catalog.pg_typeof("pgne-e".table_name) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".operation) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".labels) = 'pg_catalog.jsonb'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".n) = 'pg_catalog.int8'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".created_at) = 'pg_catalog.timestamptz'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".observed) = 'pg_catalog.jsonb'::pg_catalog.regtype;
     IF NOT FOUND THEN
       RAISE EXCEPTION 'pgne.event_log differs from pgne''s layout: pgne rebuilds it at its next setup (pgne apply)';
     END IF;
@@ -403,7 +420,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_lines_87680e081c"() IS 'pgne sha256:526ed0c57609ef654786b8df404f4903278e92cbbe23b7cd5bd943f8b06381ce';
+COMMENT ON FUNCTION "pgne"."public_lines_87680e081c"() IS 'pgne sha256:97837ae655eeeb3c825102341c75d054a70991b9f01f1448b8947e9d7e50f66b';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger

@@ -58,8 +58,9 @@ DECLARE
       WHEN "pgne-c".relhasindex THEN 'has (or had) an index'
       WHEN "pgne-c".relchecks <> 0 OR EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                    WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-      WHEN NOT pg_catalog.has_table_privilege("pgne-c".relowner, "pgne-c".oid, 'INSERT')
-        THEN 'has an owner without the INSERT privilege'
+      WHEN NOT (pg_catalog.has_table_privilege("pgne-c".relowner, "pgne-c".oid, 'INSERT')
+                AND pg_catalog.has_table_privilege("pgne-c".relowner, "pgne-c".oid, 'SELECT'))
+        THEN 'has an owner without the INSERT or SELECT privilege'
       WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
                    WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
                      AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
@@ -213,10 +214,18 @@ BEGIN
       "pgne-trigger".counts := '{1}';
     END IF;
     PERFORM FROM pg_catalog.pg_class AS "pgne-c"
+      LEFT JOIN pgne.event_log AS "pgne-e" ON false  -- no row read: the columns' types, and a plan
+                                                     -- that an ALTER of pgne.event_log invalidates
     WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass  -- fails here if it is missing
       AND "pgne-c".relkind = 'r' AND "pgne-c".relnatts = 6 AND "pgne-c".relchecks = 0
       AND NOT ("pgne-c".relhastriggers OR "pgne-c".relhasrules OR "pgne-c".relhasindex OR "pgne-c".relispartition
-               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity);
+               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity)
+      AND pg_catalog.pg_typeof("pgne-e".table_name) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".operation) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".labels) = 'pg_catalog.jsonb'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".n) = 'pg_catalog.int8'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".created_at) = 'pg_catalog.timestamptz'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".observed) = 'pg_catalog.jsonb'::pg_catalog.regtype;
     IF NOT FOUND THEN
       RAISE EXCEPTION 'pgne.event_log differs from pgne''s layout: pgne rebuilds it at its next setup (pgne apply)';
     END IF;
@@ -246,7 +255,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:0a4c756dd1716bfae5c541a6b66b96a1b85abcc24bb98f924615150c197eaa62';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:a43dc5c168b00042f80c8eafb5e19d3865b13b79915bfc74d41f2f9764507fa2';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -317,10 +326,18 @@ BEGIN
   BEGIN
     "pgne-trigger".n := 1;
     PERFORM FROM pg_catalog.pg_class AS "pgne-c"
+      LEFT JOIN pgne.event_log AS "pgne-e" ON false  -- no row read: the columns' types, and a plan
+                                                     -- that an ALTER of pgne.event_log invalidates
     WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass  -- fails here if it is missing
       AND "pgne-c".relkind = 'r' AND "pgne-c".relnatts = 6 AND "pgne-c".relchecks = 0
       AND NOT ("pgne-c".relhastriggers OR "pgne-c".relhasrules OR "pgne-c".relhasindex OR "pgne-c".relispartition
-               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity);
+               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity)
+      AND pg_catalog.pg_typeof("pgne-e".table_name) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".operation) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".labels) = 'pg_catalog.jsonb'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".n) = 'pg_catalog.int8'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".created_at) = 'pg_catalog.timestamptz'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".observed) = 'pg_catalog.jsonb'::pg_catalog.regtype;
     IF NOT FOUND THEN
       RAISE EXCEPTION 'pgne.event_log differs from pgne''s layout: pgne rebuilds it at its next setup (pgne apply)';
     END IF;
@@ -344,7 +361,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:93c09cb8f1e00f0d6a64c5d17d97161e8054298030aef1e2f5d650c7b4be68c6';
+COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:66b7cf95cdb7fc3d934fbe05ae4c84893aa081e365999210ac2c083858801a45';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -432,10 +449,18 @@ BEGIN
       END IF;
     END IF;
     PERFORM FROM pg_catalog.pg_class AS "pgne-c"
+      LEFT JOIN pgne.event_log AS "pgne-e" ON false  -- no row read: the columns' types, and a plan
+                                                     -- that an ALTER of pgne.event_log invalidates
     WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass  -- fails here if it is missing
       AND "pgne-c".relkind = 'r' AND "pgne-c".relnatts = 6 AND "pgne-c".relchecks = 0
       AND NOT ("pgne-c".relhastriggers OR "pgne-c".relhasrules OR "pgne-c".relhasindex OR "pgne-c".relispartition
-               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity);
+               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity)
+      AND pg_catalog.pg_typeof("pgne-e".table_name) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".operation) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".labels) = 'pg_catalog.jsonb'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".n) = 'pg_catalog.int8'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".created_at) = 'pg_catalog.timestamptz'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".observed) = 'pg_catalog.jsonb'::pg_catalog.regtype;
     IF NOT FOUND THEN
       RAISE EXCEPTION 'pgne.event_log differs from pgne''s layout: pgne rebuilds it at its next setup (pgne apply)';
     END IF;
@@ -465,7 +490,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:ab388b900905418dc383ad209fdc89c73bef7d0a1bf0cd42288415ca0b982d2e';
+COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:941485af2daa7184f4633ed7f398709b1b3cdbf215e2950387145b38698898d2';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -593,8 +618,9 @@ DECLARE
       WHEN "pgne-c".relhasindex THEN 'has (or had) an index'
       WHEN "pgne-c".relchecks <> 0 OR EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                    WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-      WHEN NOT pg_catalog.has_table_privilege("pgne-c".relowner, "pgne-c".oid, 'INSERT')
-        THEN 'has an owner without the INSERT privilege'
+      WHEN NOT (pg_catalog.has_table_privilege("pgne-c".relowner, "pgne-c".oid, 'INSERT')
+                AND pg_catalog.has_table_privilege("pgne-c".relowner, "pgne-c".oid, 'SELECT'))
+        THEN 'has an owner without the INSERT or SELECT privilege'
       WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
                    WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
                      AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
@@ -711,10 +737,18 @@ BEGIN
       ) AS "pgne-g";
     END IF;
     PERFORM FROM pg_catalog.pg_class AS "pgne-c"
+      LEFT JOIN pgne.event_log AS "pgne-e" ON false  -- no row read: the columns' types, and a plan
+                                                     -- that an ALTER of pgne.event_log invalidates
     WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass  -- fails here if it is missing
       AND "pgne-c".relkind = 'r' AND "pgne-c".relnatts = 6 AND "pgne-c".relchecks = 0
       AND NOT ("pgne-c".relhastriggers OR "pgne-c".relhasrules OR "pgne-c".relhasindex OR "pgne-c".relispartition
-               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity);
+               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity)
+      AND pg_catalog.pg_typeof("pgne-e".table_name) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".operation) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".labels) = 'pg_catalog.jsonb'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".n) = 'pg_catalog.int8'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".created_at) = 'pg_catalog.timestamptz'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".observed) = 'pg_catalog.jsonb'::pg_catalog.regtype;
     IF NOT FOUND THEN
       RAISE EXCEPTION 'pgne.event_log differs from pgne''s layout: pgne rebuilds it at its next setup (pgne apply)';
     END IF;
@@ -744,7 +778,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:21acd3b9a7450ec231606a4d606880f42883eb6d7079b080b61375cdb2a17015';
+COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:f65a1c3f522f6036815f7e0b61fb7fae1f4e674d7e5393520bdb0d9d252fc45e';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
