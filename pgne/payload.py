@@ -130,7 +130,8 @@ def _count_value(value: object) -> bool:
 def parse_observation(column: ObservedColumn, raw: object, lenient: bool = False) -> Observation | None:
     """An Observation of `column` from a payload's `values` entry (or an outbox total's); None
     if it is malformed: not an object, counts that are not integers from 0 to 2^53, a sum that is
-    not a JSON number or decimal text as PostgreSQL prints it (_SUM_TEXT), or is outside sum_in_bounds, a configured bucket missing, or buckets that are not cumulative.
+    not a JSON number or decimal text as PostgreSQL prints it (_SUM_TEXT), or is outside
+    sum_in_bounds, a configured bucket missing, or buckets that are not cumulative.
     `lenient` (durable outbox totals, which predate a bound added to the config since): a
     missing bound holds what the greatest stored bound below it holds (pgne.outbox.merge_buckets)."""
     if type(raw) is not dict:
@@ -308,7 +309,7 @@ class Router:
         `count`). Whatever precedes `, "seq" : <digits>}` at the very end decides the
         classification: the seq is a top-level key (its `}` ends the payload; the separator's
         unescaped quotes cannot sit inside a JSON string); a JSON integer in canonical form (no
-        sign, no leading zero, at most 18 digits: json.loads refuses over 4,300) never changes
+        sign, no leading zero, at most 18 digits; _loads takes any length) never changes
         whether the payload is valid JSON; and seq is not used for counting. So such payloads
         are json.loads'ed once per distinct head. Any other payload (pg_notify_exporter's,
         jsonb-printed ones) takes `classify` every time.

@@ -226,13 +226,15 @@ def test_a_hostile_sum_is_skipped_its_rows_counted_and_the_worker_keeps_running(
 
 
 READINGS = {"table": "readings", "enabled": True, "function": "notification_with_payload",
-            "columns_to_label": [{"day": ["2024-01-31", "2024-02-01"]}],
+            "columns_to_label": [{"day": ["2024-01-31", "2024-02-01"]}, {"at": ["2024-01-01 00:00:00+00"]}],
             "columns_to_observe": [{"name": "x", "buckets": [1]}], "events": ["insert"]}
 
 
 @pytest.mark.parametrize("delivery", ["notify", "outbox"])
 def test_the_applications_session_settings_never_change_what_pgne_reports(pg_database, tmp_path, delivery):
-    pg_database.execute("CREATE TABLE readings (id serial, day date, x double precision)")
+    pg_database.execute("CREATE TABLE readings (id serial, day date, at timestamptz, x double precision)")
+    # the database's zone, which pgne's setup session (and the whitelist's author) reads it in
+    pg_database.execute(f'ALTER DATABASE "{pg_database.name}" SET TimeZone = \'UTC\'')
     entry = (outbox_entry(pg_database, [READINGS], perform_setup=True) if delivery == "outbox"
              else database_entry(pg_database, [READINGS]))
     config = write(tmp_path, config_text(entry))
@@ -241,8 +243,10 @@ def test_the_applications_session_settings_never_change_what_pgne_reports(pg_dat
         try:
             with conn.cursor() as cur:  # what an application's session may set; SQL's sums are unchanged
                 cur.execute("SET extra_float_digits = -15; SET DateStyle = 'German, DMY'; "
-                            "SET IntervalStyle = sql_standard; SET bytea_output = escape")
-                cur.execute("INSERT INTO readings (day, x) VALUES ('2024-01-31', 1.5e300)")
+                            "SET IntervalStyle = sql_standard; SET bytea_output = escape; "
+                            "SET TimeZone = 'America/New_York'; SET lc_monetary = 'C.utf8'")
+                cur.execute("INSERT INTO readings (day, at, x) "
+                            "VALUES ('2024-01-31', '2024-01-01 00:00:00+00', 1.5e300)")
                 cur.execute("INSERT INTO readings (day, x) VALUES ('2024-02-01', 0.1), ('2024-02-01', 0.2)")
             conn.commit()
         finally:
@@ -259,9 +263,11 @@ def test_the_applications_session_settings_never_change_what_pgne_reports(pg_dat
         wanted = {"2024-01-31": 1.5e300, "2024-02-01": 0.30000000000000004}  # not 2e+300 and 0.3
         wait_until(lambda: exported() == wanted, 30, "the sums of both days",
                    lambda: f"{exported()}\n{proc.describe()}")
-        events = {dict(k[1])["day"]: v for k, v in proc.scrape().items() if k[0] == "pgne_events_total"
-                  and dict(k[1])["database"] == pg_database.name and dict(k[1])["host"] == host and v}
-        assert events == {"2024-01-31": 1.0, "2024-02-01": 2.0}  # the dates read as ISO, not 'other'
+        events = {(dict(k[1])["day"], dict(k[1])["at"]): v for k, v in proc.scrape().items()
+                  if k[0] == "pgne_events_total" and dict(k[1])["database"] == pg_database.name
+                  and dict(k[1])["host"] == host and v}
+        # the dates read as ISO, the instant in the database's zone (UTC), not 'other'
+        assert events == {("2024-01-31", "2024-01-01 00:00:00+00"): 1.0, ("2024-02-01", "other"): 2.0}
 
 
 HUGE = "9" * 8000  # a numeric value whose sum alone is over NOTIFY's 8000-byte limit

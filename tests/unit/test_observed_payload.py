@@ -108,8 +108,9 @@ def test_a_sum_not_written_as_postgresql_prints_numbers_is_skipped_and_its_rows_
 
 def _raw_sum(number: str, count: str = "3", bucket: str = "1") -> str:
     """A payload whose sum is a JSON number written as is (json.dumps would not write 5,000 digits)."""
-    return ('{"table": "public.one", "action": "INSERT", "data": {"code": "alpha"}, "count": %s, "values": '
-            '{"amount": {"count": 1, "sum": %s, "buckets": {"10": %s, "100.5": 1}}}, "seq": 7}' % (count, number, bucket))
+    return ('{"table": "public.one", "action": "INSERT", "data": {"code": "alpha"}, "count": COUNT, "values": '
+            '{"amount": {"count": 1, "sum": SUM, "buckets": {"10": BUCKET, "100.5": 1}}}, "seq": 7}'
+            ).replace("COUNT", count).replace("SUM", number).replace("BUCKET", bucket)
 
 
 @pytest.mark.parametrize("digits", [4300, 4301, 5000, 131_092])
@@ -127,9 +128,10 @@ def test_a_json_integer_sum_beyond_the_bounds_is_skipped_and_a_long_count_is_inv
     assert router().classify(_raw_sum("1", count="1" * 4301)) == (INVALID, 0)
     assert router().classify(_raw_sum("1" * 4301, bucket="1" * 4301)) == (KEY, 3, None)  # a bucket's count
     # a label value is its digits, as PostgreSQL prints the number: a whitelisted one is kept
-    label = '{"table": "public.one", "action": "INSERT", "data": {"code": %s}, "count": 2}' % ("7" * 5000)
+    long = "7" * 5000
+    label = '{"table": "public.one", "action": "INSERT", "data": {"code": ' + long + '}, "count": 2}'
     assert router().classify(label) == (("INSERT", "public", "one", "other"), 2)
-    assert router().classify('{"table": %s, "action": "INSERT"}' % ("7" * 5000)) == (INVALID, 0)
+    assert router().classify('{"table": ' + long + ', "action": "INSERT"}') == (INVALID, 0)
 
 
 @pytest.mark.parametrize("total", [

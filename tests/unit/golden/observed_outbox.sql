@@ -150,6 +150,8 @@ CREATE OR REPLACE FUNCTION "pgne"."sales_orders_74609b9789"()
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = postgres
   SET bytea_output = hex
+  SET TimeZone FROM CURRENT
+  SET lc_monetary FROM CURRENT
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -285,7 +287,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:f54df71cf404f7e48c79175f4ef157055fa3325f073b2649bdb2ccb479f87091';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:e01819da84011c92071367dc051c226c6a1b379e5d38eaa0da85b4466a35f9bf';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -348,6 +350,8 @@ CREATE OR REPLACE FUNCTION "pgne"."public_lines_87680e081c"()
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = postgres
   SET bytea_output = hex
+  SET TimeZone FROM CURRENT
+  SET lc_monetary FROM CURRENT
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -420,7 +424,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_lines_87680e081c"() IS 'pgne sha256:97837ae655eeeb3c825102341c75d054a70991b9f01f1448b8947e9d7e50f66b';
+COMMENT ON FUNCTION "pgne"."public_lines_87680e081c"() IS 'pgne sha256:2fc3c71c67d73b5d4da1273f1db4bba549563a6c963269b413e9fcb9acedd580';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger

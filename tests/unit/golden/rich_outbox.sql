@@ -145,6 +145,8 @@ CREATE OR REPLACE FUNCTION "pgne"."sales_orders_74609b9789"()
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = postgres
   SET bytea_output = hex
+  SET TimeZone FROM CURRENT
+  SET lc_monetary FROM CURRENT
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -255,7 +257,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:a43dc5c168b00042f80c8eafb5e19d3865b13b79915bfc74d41f2f9764507fa2';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:f42dde38fc08afb1caae649c3529f673897f1c2353176b5986baf588e26a44ae';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -318,6 +320,8 @@ CREATE OR REPLACE FUNCTION "pgne"."public_customers_746dedf2f4"()
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = postgres
   SET bytea_output = hex
+  SET TimeZone FROM CURRENT
+  SET lc_monetary FROM CURRENT
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -361,7 +365,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:66b7cf95cdb7fc3d934fbe05ae4c84893aa081e365999210ac2c083858801a45';
+COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:b88b75b34e0f1706a7e8c371c0223b90739926804664c8b53f5655fe29191085';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -403,6 +407,8 @@ CREATE OR REPLACE FUNCTION "pgne"."audit_log_dd556fb87f"()
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = postgres
   SET bytea_output = hex
+  SET TimeZone FROM CURRENT
+  SET lc_monetary FROM CURRENT
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -490,7 +496,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:941485af2daa7184f4633ed7f398709b1b3cdbf215e2950387145b38698898d2';
+COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:4ede46e80ae1c7b3ea8c379c2675d3ff54f532321476d535792bf65b7c22b917';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -705,6 +711,8 @@ CREATE OR REPLACE FUNCTION "pgne"."public_refunds_520c957fdd"()
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = postgres
   SET bytea_output = hex
+  SET TimeZone FROM CURRENT
+  SET lc_monetary FROM CURRENT
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -778,7 +786,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:f65a1c3f522f6036815f7e0b61fb7fae1f4e674d7e5393520bdb0d9d252fc45e';
+COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:78e6272f4190efd4bc140992af30f94659230584afb8580671316d0c70b0adcd';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
