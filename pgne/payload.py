@@ -16,6 +16,7 @@ from __future__ import annotations
 import decimal
 import json
 import json.scanner
+import re
 from dataclasses import dataclass
 from itertools import product
 from typing import Callable, Iterator
@@ -34,18 +35,39 @@ SEQ_SEPARATOR = ', "seq" : '
 MEMO_SIZE = 2048  # payloads less their seq remembered per worker (label groups x counts seen)
 
 
+class LongInteger(str):
+    """A JSON integer too long for int() (sys.get_int_max_str_digits(), 4,300 digits), as its text:
+    a `sum` parses it as decimal text, bounded like any other (sum_in_bounds); anywhere an int is
+    wanted (`count`, a bucket's count) it is not one, so only that part is refused; a label value
+    prints as the digits, as PostgreSQL prints the number."""
+
+
+def _int_or_long(text: str) -> int | LongInteger:
+    try:
+        return int(text)
+    except ValueError:
+        return LongInteger(text)
+
+
 def _loads(payload: str) -> object:
     """json.loads(payload), without its Python-level wrappers for the common case (a third to half
     of a small payload): the C scanner straight from the first character. Whatever it does not
     consume whole (leading or trailing whitespace, a BOM, garbage) goes to json.loads, whose
-    answer or error stands."""
+    answer or error stands. A payload with an integer too long for int() (whose ValueError is not
+    a JSONDecodeError) is parsed again with such integers as LongInteger: it is valid JSON, and
+    one odd value must not make its rows uncounted. Only then: parse_int costs every integer a call."""
     try:
-        obj, end = _scan_once(payload, 0)
-    except StopIteration:
-        return json.loads(payload)
-    if end != len(payload):
-        return json.loads(payload)
-    return obj
+        try:
+            obj, end = _scan_once(payload, 0)
+        except StopIteration:
+            return json.loads(payload)
+        if end != len(payload):
+            return json.loads(payload)
+        return obj
+    except json.JSONDecodeError:
+        raise
+    except ValueError:
+        return json.loads(payload, parse_int=_int_or_long)
 
 
 # Sums are added exactly (PostgreSQL's numeric has up to 131,072 digits before the point):
@@ -58,6 +80,10 @@ EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decim
 # to 1 would need 10^18 digits. Anything outside these bounds is malformed: skipped, never added.
 MAX_SUM_INTEGER_DIGITS = 131_072 + 20
 MAX_SUM_FRACTION_DIGITS = 16_383
+# A sum's text: PostgreSQL's numeric and float8 output (and str(Decimal)'s, in pgne.totals), in
+# ASCII digits only. decimal.Decimal() alone would also take "1_0", " 5 ", "١" (other scripts'
+# digits), "Infinity": not what PostgreSQL sends.
+_SUM_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 
 
 # float(Decimal) prints the whole number first: 0.8 ms for a sum of 147,000 digits, once per
@@ -104,7 +130,8 @@ def _count_value(value: object) -> bool:
 def parse_observation(column: ObservedColumn, raw: object, lenient: bool = False) -> Observation | None:
     """An Observation of `column` from a payload's `values` entry (or an outbox total's); None
     if it is malformed: not an object, counts that are not integers from 0 to 2^53, a sum that is
-    not a finite decimal or outside sum_in_bounds, a configured bucket missing, or buckets that are not cumulative.
+    not a JSON number or decimal text as PostgreSQL prints it (_SUM_TEXT), or is outside
+    sum_in_bounds, a configured bucket missing, or buckets that are not cumulative.
     `lenient` (durable outbox totals, which predate a bound added to the config since): a
     missing bound holds what the greatest stored bound below it holds (pgne.outbox.merge_buckets)."""
     if type(raw) is not dict:
@@ -112,7 +139,9 @@ def parse_observation(column: ObservedColumn, raw: object, lenient: bool = False
     count, total, null, not_finite = raw.get("count"), raw.get("sum", 0), raw.get("null", 0), raw.get("not_finite", 0)
     if not (_count_value(count) and _count_value(null) and _count_value(not_finite)):
         return None
-    if type(total) is str:
+    if type(total) in (str, LongInteger):
+        if not _SUM_TEXT.fullmatch(total):
+            return None
         try:
             total = decimal.Decimal(total)
         except decimal.InvalidOperation:
@@ -280,7 +309,7 @@ class Router:
         `count`). Whatever precedes `, "seq" : <digits>}` at the very end decides the
         classification: the seq is a top-level key (its `}` ends the payload; the separator's
         unescaped quotes cannot sit inside a JSON string); a JSON integer in canonical form (no
-        sign, no leading zero, at most 18 digits: json.loads refuses over 4,300) never changes
+        sign, no leading zero, at most 18 digits; _loads takes any length) never changes
         whether the payload is valid JSON; and seq is not used for counting. So such payloads
         are json.loads'ed once per distinct head. Any other payload (pg_notify_exporter's,
         jsonb-printed ones) takes `classify` every time.

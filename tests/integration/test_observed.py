@@ -225,14 +225,52 @@ def test_a_hostile_sum_is_skipped_its_rows_counted_and_the_worker_keeps_running(
     assert events["acme"] == 5 * 3  # every payload's rows
 
 
+def test_a_json_integer_sum_of_thousands_of_digits_is_added_exactly_and_an_odd_sum_text_skipped(pg_database,
+                                                                                                  tmp_path):
+    """A hand-sent sum of 4,301 digits (valid JSON, that json.loads alone refuses) and its
+    opposite are added exactly: the rows of both are counted, and the sum is back to the good
+    payloads' 20.5; a sum written "1_0" (not how PostgreSQL prints a number) is skipped, its rows
+    counted."""
+    pg_database.execute(TABLES)
+    config = write(tmp_path, config_text(database_entry(pg_database, MONITORS, perform_setup=False)))
+    apply_in_process(config)
+    good = {"table": "public.orders", "action": "INSERT", "data": {"supplier": "acme"}, "count": 3,
+            "values": {"amount": {"count": 2, "sum": "10.25", "null": 1,
+                                  "buckets": {"-100": 0, "0": 0, "10": 1, "100": 2, "1000.5": 2}}}}
+    long = "4" + "0" * 4300
+
+    def with_sum(total: str, below: int) -> str:
+        values = {"count": 1, "sum": "SUM", "buckets": dict.fromkeys(["-100", "0", "10", "100", "1000.5"], below)}
+        return json.dumps(dict(good, values={"amount": values})).replace('"SUM"', total)
+
+    payloads = [json.dumps(good), with_sum(long, 0), with_sum("-" + long, 1), with_sum('"1_0"', 1), json.dumps(good)]
+    assert all(len(p.encode()) < 8000 for p in payloads)
+    with PgneProcess(config, tmp_path / "pgne").running() as proc:
+        for payload in payloads:
+            run_sql(pg_database, ("SELECT pg_notify('pg_notify_exporter', %s)", (payload,)))
+        settle(proc, pg_database)
+        samples = proc.scrape()
+    histogram = exported_histograms(samples, pg_database)[("pgne_observed_euros", "INSERT", "orders", "acme", "amount")]
+    assert histogram == {"count": 6.0, "sum": 20.5, "null": 2.0, "not_finite": 0.0,
+                         "buckets": {"-100.0": 1.0, "0.0": 1.0, "10.0": 3.0, "100.0": 5.0, "1000.5": 5.0, "+Inf": 6.0}}
+    labels = frozenset({"host": host_label(pg_database.host, pg_database.port), "database": pg_database.name}.items())
+    assert samples[("pgne_observed_invalid_values_total", labels)] == 1.0  # "1_0"
+    assert samples[("pgne_worker_restarts_total", labels)] == 0.0
+    events = {dict(k[1])["supplier"]: v for k, v in samples.items() if k[0] == "pgne_events_total"
+              and dict(k[1]).get("operation") == "INSERT" and dict(k[1]).get("table") == "orders"}
+    assert events["acme"] == 5 * 3  # every payload's rows
+
+
 READINGS = {"table": "readings", "enabled": True, "function": "notification_with_payload",
-            "columns_to_label": [{"day": ["2024-01-31", "2024-02-01"]}],
+            "columns_to_label": [{"day": ["2024-01-31", "2024-02-01"]}, {"at": ["2024-01-01 00:00:00+00"]}],
             "columns_to_observe": [{"name": "x", "buckets": [1]}], "events": ["insert"]}
 
 
 @pytest.mark.parametrize("delivery", ["notify", "outbox"])
 def test_the_applications_session_settings_never_change_what_pgne_reports(pg_database, tmp_path, delivery):
-    pg_database.execute("CREATE TABLE readings (id serial, day date, x double precision)")
+    pg_database.execute("CREATE TABLE readings (id serial, day date, at timestamptz, x double precision)")
+    # the database's zone, which pgne's setup session (and the whitelist's author) reads it in
+    pg_database.execute(f'ALTER DATABASE "{pg_database.name}" SET TimeZone = \'UTC\'')
     entry = (outbox_entry(pg_database, [READINGS], perform_setup=True) if delivery == "outbox"
              else database_entry(pg_database, [READINGS]))
     config = write(tmp_path, config_text(entry))
@@ -241,8 +279,10 @@ def test_the_applications_session_settings_never_change_what_pgne_reports(pg_dat
         try:
             with conn.cursor() as cur:  # what an application's session may set; SQL's sums are unchanged
                 cur.execute("SET extra_float_digits = -15; SET DateStyle = 'German, DMY'; "
-                            "SET IntervalStyle = sql_standard; SET bytea_output = escape")
-                cur.execute("INSERT INTO readings (day, x) VALUES ('2024-01-31', 1.5e300)")
+                            "SET IntervalStyle = sql_standard; SET bytea_output = escape; "
+                            "SET TimeZone = 'America/New_York'; SET lc_monetary = 'C.utf8'")
+                cur.execute("INSERT INTO readings (day, at, x) "
+                            "VALUES ('2024-01-31', '2024-01-01 00:00:00+00', 1.5e300)")
                 cur.execute("INSERT INTO readings (day, x) VALUES ('2024-02-01', 0.1), ('2024-02-01', 0.2)")
             conn.commit()
         finally:
@@ -259,9 +299,11 @@ def test_the_applications_session_settings_never_change_what_pgne_reports(pg_dat
         wanted = {"2024-01-31": 1.5e300, "2024-02-01": 0.30000000000000004}  # not 2e+300 and 0.3
         wait_until(lambda: exported() == wanted, 30, "the sums of both days",
                    lambda: f"{exported()}\n{proc.describe()}")
-        events = {dict(k[1])["day"]: v for k, v in proc.scrape().items() if k[0] == "pgne_events_total"
-                  and dict(k[1])["database"] == pg_database.name and dict(k[1])["host"] == host and v}
-        assert events == {"2024-01-31": 1.0, "2024-02-01": 2.0}  # the dates read as ISO, not 'other'
+        events = {(dict(k[1])["day"], dict(k[1])["at"]): v for k, v in proc.scrape().items()
+                  if k[0] == "pgne_events_total" and dict(k[1])["database"] == pg_database.name
+                  and dict(k[1])["host"] == host and v}
+        # the dates read as ISO, the instant in the database's zone (UTC), not 'other'
+        assert events == {("2024-01-31", "2024-01-01 00:00:00+00"): 1.0, ("2024-02-01", "other"): 2.0}
 
 
 HUGE = "9" * 8000  # a numeric value whose sum alone is over NOTIFY's 8000-byte limit

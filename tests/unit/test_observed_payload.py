@@ -98,6 +98,42 @@ def test_a_sum_outside_what_postgresql_can_hold_is_skipped_and_its_rows_counted(
     assert router().classify(_sum(total)) == (KEY, 3, None)
 
 
+@pytest.mark.parametrize("total", ["1_0", "1_000.5", "\u0661", "\uff15", " 5 ", "5 ", "+5", ".5", "5.", "1e", "1e+",
+                                   "Infinity", "-Infinity", "0x10", "", "1.5e+3 "])
+def test_a_sum_not_written_as_postgresql_prints_numbers_is_skipped_and_its_rows_counted(total):
+    """Decimal() takes underscores, other scripts' digits and surrounding spaces; PostgreSQL
+    never prints them."""
+    assert router().classify(_sum(total)) == (KEY, 3, None)
+
+
+def _raw_sum(number: str, count: str = "3", bucket: str = "1") -> str:
+    """A payload whose sum is a JSON number written as is (json.dumps would not write 5,000 digits)."""
+    return ('{"table": "public.one", "action": "INSERT", "data": {"code": "alpha"}, "count": COUNT, "values": '
+            '{"amount": {"count": 1, "sum": SUM, "buckets": {"10": BUCKET, "100.5": 1}}}, "seq": 7}'
+            ).replace("COUNT", count).replace("SUM", number).replace("BUCKET", bucket)
+
+
+@pytest.mark.parametrize("digits", [4300, 4301, 5000, 131_092])
+def test_a_json_integer_sum_longer_than_python_parses_is_added_exactly(digits):
+    """json.loads refuses integers over 4,300 digits (int's limit): such a payload is valid JSON,
+    its rows are counted and its sum, within sum_in_bounds, added exactly."""
+    number = "-" + "9" * digits
+    for classify in (router().classify, router().classifier()):
+        assert classify(_raw_sum(number)) == (KEY, 3, (Observation(AMOUNT, 1, Decimal(number), (1, 1)),))
+
+
+def test_a_json_integer_sum_beyond_the_bounds_is_skipped_and_a_long_count_is_invalid():
+    long = "1" * 131_093  # one digit more before the point than pgne adds
+    assert router().classify(_raw_sum(long)) == (KEY, 3, None)
+    assert router().classify(_raw_sum("1", count="1" * 4301)) == (INVALID, 0)
+    assert router().classify(_raw_sum("1" * 4301, bucket="1" * 4301)) == (KEY, 3, None)  # a bucket's count
+    # a label value is its digits, as PostgreSQL prints the number: a whitelisted one is kept
+    long = "7" * 5000
+    label = '{"table": "public.one", "action": "INSERT", "data": {"code": ' + long + '}, "count": 2}'
+    assert router().classify(label) == (("INSERT", "public", "one", "other"), 2)
+    assert router().classify('{"table": ' + long + ', "action": "INSERT"}') == (INVALID, 0)
+
+
 @pytest.mark.parametrize("total", [
     "9" * 131_072 + "." + "9" * 16_383,  # numeric's largest value
     "-" + "1" + "0" * 131_091,  # and 20 more digits before the point: a sum of 10^20 of them

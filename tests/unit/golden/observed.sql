@@ -16,6 +16,8 @@ CREATE OR REPLACE FUNCTION "pgne"."sales_orders_74609b9789"()
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = postgres
   SET bytea_output = hex
+  SET TimeZone FROM CURRENT
+  SET lc_monetary FROM CURRENT
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -152,7 +154,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:49e23b94b118e601f615b8d496eb9267a04f55a1ad6bb408d2ca011f47a1d442';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:0d9184e097e2651aab92f54646ad8ec40ffc0d44970eaa9d222d24f63831d217';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -214,6 +216,8 @@ CREATE OR REPLACE FUNCTION "pgne"."public_lines_87680e081c"()
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = postgres
   SET bytea_output = hex
+  SET TimeZone FROM CURRENT
+  SET lc_monetary FROM CURRENT
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -267,7 +271,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_lines_87680e081c"() IS 'pgne sha256:eeb8bdbe12b4f04eb9544fae58c079cd21466ab0749622dc7ccd5974276fcdf5';
+COMMENT ON FUNCTION "pgne"."public_lines_87680e081c"() IS 'pgne sha256:25410701ef4b91e92c7df71e2aa9f267be9729a8043b381aee2f4391b8733a07';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger

@@ -63,8 +63,9 @@ DECLARE
       WHEN "pgne-c".relhasindex THEN 'has (or had) an index'
       WHEN "pgne-c".relchecks <> 0 OR EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                    WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-      WHEN NOT pg_catalog.has_table_privilege("pgne-c".relowner, "pgne-c".oid, 'INSERT')
-        THEN 'has an owner without the INSERT privilege'
+      WHEN NOT (pg_catalog.has_table_privilege("pgne-c".relowner, "pgne-c".oid, 'INSERT')
+                AND pg_catalog.has_table_privilege("pgne-c".relowner, "pgne-c".oid, 'SELECT'))
+        THEN 'has an owner without the INSERT or SELECT privilege'
       WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
                    WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
                      AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
@@ -149,6 +150,8 @@ CREATE OR REPLACE FUNCTION "pgne"."sales_orders_74609b9789"()
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = postgres
   SET bytea_output = hex
+  SET TimeZone FROM CURRENT
+  SET lc_monetary FROM CURRENT
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -246,10 +249,18 @@ BEGIN
       "pgne-trigger".counts := '{1}';
     END IF;
     PERFORM FROM pg_catalog.pg_class AS "pgne-c"
+      LEFT JOIN pgne.event_log AS "pgne-e" ON false  -- no row read: the columns' types, and a plan
+                                                     -- that an ALTER of pgne.event_log invalidates
     WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass  -- fails here if it is missing
       AND "pgne-c".relkind = 'r' AND "pgne-c".relnatts = 6 AND "pgne-c".relchecks = 0
       AND NOT ("pgne-c".relhastriggers OR "pgne-c".relhasrules OR "pgne-c".relhasindex OR "pgne-c".relispartition
-               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity);
+               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity)
+      AND pg_catalog.pg_typeof("pgne-e".table_name) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".operation) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".labels) = 'pg_catalog.jsonb'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".n) = 'pg_catalog.int8'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".created_at) = 'pg_catalog.timestamptz'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".observed) = 'pg_catalog.jsonb'::pg_catalog.regtype;
     IF NOT FOUND THEN
       RAISE EXCEPTION 'pgne.event_log differs from pgne''s layout: pgne rebuilds it at its next setup (pgne apply)';
     END IF;
@@ -276,7 +287,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:3ad0f1814aaed2b1537c6c5d63e24c259c0fa0c911924c55ef40e0b0a8d6206e';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:e01819da84011c92071367dc051c226c6a1b379e5d38eaa0da85b4466a35f9bf';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -339,6 +350,8 @@ CREATE OR REPLACE FUNCTION "pgne"."public_lines_87680e081c"()
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = postgres
   SET bytea_output = hex
+  SET TimeZone FROM CURRENT
+  SET lc_monetary FROM CURRENT
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -373,10 +386,18 @@ BEGIN
       HAVING pg_catalog.count(*) > 0
     ) AS "pgne-g";
     PERFORM FROM pg_catalog.pg_class AS "pgne-c"
+      LEFT JOIN pgne.event_log AS "pgne-e" ON false  -- no row read: the columns' types, and a plan
+                                                     -- that an ALTER of pgne.event_log invalidates
     WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass  -- fails here if it is missing
       AND "pgne-c".relkind = 'r' AND "pgne-c".relnatts = 6 AND "pgne-c".relchecks = 0
       AND NOT ("pgne-c".relhastriggers OR "pgne-c".relhasrules OR "pgne-c".relhasindex OR "pgne-c".relispartition
-               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity);
+               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity)
+      AND pg_catalog.pg_typeof("pgne-e".table_name) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".operation) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".labels) = 'pg_catalog.jsonb'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".n) = 'pg_catalog.int8'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".created_at) = 'pg_catalog.timestamptz'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".observed) = 'pg_catalog.jsonb'::pg_catalog.regtype;
     IF NOT FOUND THEN
       RAISE EXCEPTION 'pgne.event_log differs from pgne''s layout: pgne rebuilds it at its next setup (pgne apply)';
     END IF;
@@ -403,7 +424,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_lines_87680e081c"() IS 'pgne sha256:526ed0c57609ef654786b8df404f4903278e92cbbe23b7cd5bd943f8b06381ce';
+COMMENT ON FUNCTION "pgne"."public_lines_87680e081c"() IS 'pgne sha256:2fc3c71c67d73b5d4da1273f1db4bba549563a6c963269b413e9fcb9acedd580';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger

@@ -16,6 +16,8 @@ CREATE OR REPLACE FUNCTION "pgne"."public_one_6415285b3b"()
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = postgres
   SET bytea_output = hex
+  SET TimeZone FROM CURRENT
+  SET lc_monetary FROM CURRENT
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -48,7 +50,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_one_6415285b3b"() IS 'pgne sha256:161eec95f7dd133bc7c933c5f9b50dde33c7bfe8da7fd2ba0236b5738f75adae';
+COMMENT ON FUNCTION "pgne"."public_one_6415285b3b"() IS 'pgne sha256:244c1a22fea2cb5f1699768e1c55952748d14d3e1936fe591f9a6b375eff313e';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -90,6 +92,8 @@ CREATE OR REPLACE FUNCTION "pgne"."public_two_93be4d32ed"()
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = postgres
   SET bytea_output = hex
+  SET TimeZone FROM CURRENT
+  SET lc_monetary FROM CURRENT
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -119,7 +123,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_two_93be4d32ed"() IS 'pgne sha256:b010825ce379bd3d1a7e36b3b3748eea8407d8b893be7eb182fcb458db4961c6';
+COMMENT ON FUNCTION "pgne"."public_two_93be4d32ed"() IS 'pgne sha256:d89a75e538c8866def93f8e1b5be9fd2bc941975e64869ca979d7796787eaaec';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger

@@ -58,8 +58,9 @@ DECLARE
       WHEN "pgne-c".relhasindex THEN 'has (or had) an index'
       WHEN "pgne-c".relchecks <> 0 OR EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                    WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-      WHEN NOT pg_catalog.has_table_privilege("pgne-c".relowner, "pgne-c".oid, 'INSERT')
-        THEN 'has an owner without the INSERT privilege'
+      WHEN NOT (pg_catalog.has_table_privilege("pgne-c".relowner, "pgne-c".oid, 'INSERT')
+                AND pg_catalog.has_table_privilege("pgne-c".relowner, "pgne-c".oid, 'SELECT'))
+        THEN 'has an owner without the INSERT or SELECT privilege'
       WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
                    WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
                      AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
@@ -144,6 +145,8 @@ CREATE OR REPLACE FUNCTION "pgne"."sales_orders_74609b9789"()
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = postgres
   SET bytea_output = hex
+  SET TimeZone FROM CURRENT
+  SET lc_monetary FROM CURRENT
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -213,10 +216,18 @@ BEGIN
       "pgne-trigger".counts := '{1}';
     END IF;
     PERFORM FROM pg_catalog.pg_class AS "pgne-c"
+      LEFT JOIN pgne.event_log AS "pgne-e" ON false  -- no row read: the columns' types, and a plan
+                                                     -- that an ALTER of pgne.event_log invalidates
     WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass  -- fails here if it is missing
       AND "pgne-c".relkind = 'r' AND "pgne-c".relnatts = 6 AND "pgne-c".relchecks = 0
       AND NOT ("pgne-c".relhastriggers OR "pgne-c".relhasrules OR "pgne-c".relhasindex OR "pgne-c".relispartition
-               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity);
+               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity)
+      AND pg_catalog.pg_typeof("pgne-e".table_name) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".operation) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".labels) = 'pg_catalog.jsonb'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".n) = 'pg_catalog.int8'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".created_at) = 'pg_catalog.timestamptz'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".observed) = 'pg_catalog.jsonb'::pg_catalog.regtype;
     IF NOT FOUND THEN
       RAISE EXCEPTION 'pgne.event_log differs from pgne''s layout: pgne rebuilds it at its next setup (pgne apply)';
     END IF;
@@ -246,7 +257,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:0a4c756dd1716bfae5c541a6b66b96a1b85abcc24bb98f924615150c197eaa62';
+COMMENT ON FUNCTION "pgne"."sales_orders_74609b9789"() IS 'pgne sha256:f42dde38fc08afb1caae649c3529f673897f1c2353176b5986baf588e26a44ae';
 DO $pgne$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -309,6 +320,8 @@ CREATE OR REPLACE FUNCTION "pgne"."public_customers_746dedf2f4"()
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = postgres
   SET bytea_output = hex
+  SET TimeZone FROM CURRENT
+  SET lc_monetary FROM CURRENT
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -317,10 +330,18 @@ BEGIN
   BEGIN
     "pgne-trigger".n := 1;
     PERFORM FROM pg_catalog.pg_class AS "pgne-c"
+      LEFT JOIN pgne.event_log AS "pgne-e" ON false  -- no row read: the columns' types, and a plan
+                                                     -- that an ALTER of pgne.event_log invalidates
     WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass  -- fails here if it is missing
       AND "pgne-c".relkind = 'r' AND "pgne-c".relnatts = 6 AND "pgne-c".relchecks = 0
       AND NOT ("pgne-c".relhastriggers OR "pgne-c".relhasrules OR "pgne-c".relhasindex OR "pgne-c".relispartition
-               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity);
+               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity)
+      AND pg_catalog.pg_typeof("pgne-e".table_name) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".operation) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".labels) = 'pg_catalog.jsonb'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".n) = 'pg_catalog.int8'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".created_at) = 'pg_catalog.timestamptz'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".observed) = 'pg_catalog.jsonb'::pg_catalog.regtype;
     IF NOT FOUND THEN
       RAISE EXCEPTION 'pgne.event_log differs from pgne''s layout: pgne rebuilds it at its next setup (pgne apply)';
     END IF;
@@ -344,7 +365,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:93c09cb8f1e00f0d6a64c5d17d97161e8054298030aef1e2f5d650c7b4be68c6';
+COMMENT ON FUNCTION "pgne"."public_customers_746dedf2f4"() IS 'pgne sha256:b88b75b34e0f1706a7e8c371c0223b90739926804664c8b53f5655fe29191085';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -386,6 +407,8 @@ CREATE OR REPLACE FUNCTION "pgne"."audit_log_dd556fb87f"()
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = postgres
   SET bytea_output = hex
+  SET TimeZone FROM CURRENT
+  SET lc_monetary FROM CURRENT
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -432,10 +455,18 @@ BEGIN
       END IF;
     END IF;
     PERFORM FROM pg_catalog.pg_class AS "pgne-c"
+      LEFT JOIN pgne.event_log AS "pgne-e" ON false  -- no row read: the columns' types, and a plan
+                                                     -- that an ALTER of pgne.event_log invalidates
     WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass  -- fails here if it is missing
       AND "pgne-c".relkind = 'r' AND "pgne-c".relnatts = 6 AND "pgne-c".relchecks = 0
       AND NOT ("pgne-c".relhastriggers OR "pgne-c".relhasrules OR "pgne-c".relhasindex OR "pgne-c".relispartition
-               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity);
+               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity)
+      AND pg_catalog.pg_typeof("pgne-e".table_name) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".operation) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".labels) = 'pg_catalog.jsonb'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".n) = 'pg_catalog.int8'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".created_at) = 'pg_catalog.timestamptz'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".observed) = 'pg_catalog.jsonb'::pg_catalog.regtype;
     IF NOT FOUND THEN
       RAISE EXCEPTION 'pgne.event_log differs from pgne''s layout: pgne rebuilds it at its next setup (pgne apply)';
     END IF;
@@ -465,7 +496,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:ab388b900905418dc383ad209fdc89c73bef7d0a1bf0cd42288415ca0b982d2e';
+COMMENT ON FUNCTION "pgne"."audit_log_dd556fb87f"() IS 'pgne sha256:4ede46e80ae1c7b3ea8c379c2675d3ff54f532321476d535792bf65b7c22b917';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
@@ -593,8 +624,9 @@ DECLARE
       WHEN "pgne-c".relhasindex THEN 'has (or had) an index'
       WHEN "pgne-c".relchecks <> 0 OR EXISTS (SELECT FROM pg_catalog.pg_constraint AS "pgne-k"
                    WHERE "pgne-k".conrelid = "pgne-c".oid AND "pgne-k".contype <> 'n') THEN 'has a constraint'
-      WHEN NOT pg_catalog.has_table_privilege("pgne-c".relowner, "pgne-c".oid, 'INSERT')
-        THEN 'has an owner without the INSERT privilege'
+      WHEN NOT (pg_catalog.has_table_privilege("pgne-c".relowner, "pgne-c".oid, 'INSERT')
+                AND pg_catalog.has_table_privilege("pgne-c".relowner, "pgne-c".oid, 'SELECT'))
+        THEN 'has an owner without the INSERT or SELECT privilege'
       WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute AS "pgne-a"
                    WHERE "pgne-a".attrelid = "pgne-c".oid AND "pgne-a".attnum > 0 AND NOT "pgne-a".attisdropped
                      AND ("pgne-a".attname, "pgne-a".atttypid, "pgne-a".attnotnull, "pgne-a".atthasdef,
@@ -679,6 +711,8 @@ CREATE OR REPLACE FUNCTION "pgne"."public_refunds_520c957fdd"()
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = postgres
   SET bytea_output = hex
+  SET TimeZone FROM CURRENT
+  SET lc_monetary FROM CURRENT
 AS $pgne$
 <<"pgne-trigger">>
 DECLARE
@@ -711,10 +745,18 @@ BEGIN
       ) AS "pgne-g";
     END IF;
     PERFORM FROM pg_catalog.pg_class AS "pgne-c"
+      LEFT JOIN pgne.event_log AS "pgne-e" ON false  -- no row read: the columns' types, and a plan
+                                                     -- that an ALTER of pgne.event_log invalidates
     WHERE "pgne-c".oid = 'pgne.event_log'::pg_catalog.regclass  -- fails here if it is missing
       AND "pgne-c".relkind = 'r' AND "pgne-c".relnatts = 6 AND "pgne-c".relchecks = 0
       AND NOT ("pgne-c".relhastriggers OR "pgne-c".relhasrules OR "pgne-c".relhasindex OR "pgne-c".relispartition
-               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity);
+               OR "pgne-c".relrowsecurity OR "pgne-c".relforcerowsecurity)
+      AND pg_catalog.pg_typeof("pgne-e".table_name) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".operation) = 'pg_catalog.text'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".labels) = 'pg_catalog.jsonb'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".n) = 'pg_catalog.int8'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".created_at) = 'pg_catalog.timestamptz'::pg_catalog.regtype
+      AND pg_catalog.pg_typeof("pgne-e".observed) = 'pg_catalog.jsonb'::pg_catalog.regtype;
     IF NOT FOUND THEN
       RAISE EXCEPTION 'pgne.event_log differs from pgne''s layout: pgne rebuilds it at its next setup (pgne apply)';
     END IF;
@@ -744,7 +786,7 @@ BEGIN
 END
 $pgne$;
 
-COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:21acd3b9a7450ec231606a4d606880f42883eb6d7079b080b61375cdb2a17015';
+COMMENT ON FUNCTION "pgne"."public_refunds_520c957fdd"() IS 'pgne sha256:78e6272f4190efd4bc140992af30f94659230584afb8580671316d0c70b0adcd';
 DO $pgne$
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_trigger
