@@ -150,8 +150,9 @@ def run(cluster: Cluster, workdir: str, counts: tuple[int, ...], scrapes: int, b
     method = (f"{', '.join(map(str, counts))} configured databases, each a real database of the cluster (one "
               "table, pgne's notify trigger on INSERT, two whitelisted label values), one `pgne run` each time, "
               f"measured {SETTLE:g} s after every database is up; {scrapes} timed scrapes of /metrics. PSS and RSS "
-              "from /proc/PID/smaps_rollup, summed over every process pgne runs." +
-              (f" \"at {baseline}\": pgne at that git revision (fork+exec'd workers), run side by side, the order "
+              "from /proc/PID/smaps_rollup, summed over every process pgne runs. pgne is started as users start "
+              "it: the installed `pgne` console script." +
+              (f" \"at {baseline}\": pgne at that git revision, started the same way, run side by side, the order "
                "alternating with the number of databases." if baseline else ""))
     return Section(title="Fleets: memory per database, start-up and scrape with 1 to 200 databases",
                    method=method, figures=figures, seconds=time.monotonic() - started)
