@@ -49,9 +49,10 @@ log = logging.getLogger(__name__)
 STUCK_AFTER = 8.0  # a launcher with starts pending that has sent nothing for this long is retired
 MAX_IN_FLIGHT = 4  # starts sent to the launcher and not answered yet, at most; the rest queue here
 LAUNCHER_RETRY = 1.0  # a launcher that could not be started (EMFILE, EAGAIN) is tried again then
-# A launcher that dies this soon after its start (it cannot import pgne: files changed under a
-# running pgne, say) is started again with backoff, LAUNCHER_RETRY doubling up to LAUNCHER_RETRY_MAX,
-# never in a loop that forks a Python every few milliseconds.
+# Launchers that die this soon after their start, one after the other (they cannot import pgne:
+# files changed under a running pgne, say), are started again with backoff: the first at once,
+# then LAUNCHER_RETRY doubling up to LAUNCHER_RETRY_MAX, never in a loop that forks a Python
+# every few milliseconds.
 LAUNCHER_SHORT_LIFE, LAUNCHER_RETRY_MAX = 10.0, 30.0
 STATUS_GRACE = 2.0  # an ended worker whose exit status the launcher has not reported by then is lost
 LAUNCHER_EXIT_WAIT = 2.0  # at shutdown: then a launcher that has not exited (stopped) is killed
@@ -403,8 +404,11 @@ class Launchers:
             self.retire()
             lived = time.monotonic() - died.started_at
             if lived < LAUNCHER_SHORT_LIFE:
+                # the first at once (a launcher killed once: its successor must be there to clean
+                # up after a master killed next), then 1 s doubling
                 self.short_lives += 1
-                delay = min(LAUNCHER_RETRY * 2 ** (self.short_lives - 1), LAUNCHER_RETRY_MAX)
+                delay = min(LAUNCHER_RETRY * 2 ** (self.short_lives - 2), LAUNCHER_RETRY_MAX) \
+                    if self.short_lives > 1 else 0.0
                 self.next_launcher_at = time.monotonic() + delay
                 log.error("the launcher (pid %d) exited %.1f s after its start (see its error above); "
                           "starting another in %g s", died.pid, lived, delay)
