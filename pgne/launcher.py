@@ -117,8 +117,10 @@ class StartedWorker:
         try:
             if self.pidfd >= 0:
                 signal.pidfd_send_signal(self.pidfd, signum)
-            elif self.status is None and self.lost is None:
-                os.kill(self.pid, signum)  # a zombie until we release it: the pid is still its own
+            elif self.status is None and self.lost is None and not self.launcher.dead:
+                # a zombie of its launcher until we release it: the pid is still its own. Once
+                # the launcher is dead, init reaps it and the pid may be another process's.
+                os.kill(self.pid, signum)
         except ProcessLookupError:
             pass
 

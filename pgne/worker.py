@@ -76,7 +76,6 @@ KEEPALIVE_OPTIONS = {
 }
 
 
-
 def _read_builtin_templates() -> tuple[dict[str, str] | None, UserError | None]:
     try:
         return read_templates([builtin_templates_dir()]), None
